@@ -1,0 +1,207 @@
+// Package meshauth is a Vault secrets engine for service-to-service
+// authentication: services registered with an mTLS identity exchange an API key
+// and their client certificate for a short-lived JWT that peers verify offline
+// (JWKS) or through Vault.
+package meshauth
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/consts"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// Storage keys. Every entry is JSON with a "version" field so that a later
+// release can upgrade it in memory on read.
+const (
+	// storageConfig holds the single configEntry.
+	storageConfig = "config"
+	// storageServicePrefix prefixes one serviceEntry per registered service,
+	// keyed by its normalised (lower-case) name. One entry per service keeps
+	// every write of a service atomic.
+	storageServicePrefix = "services/"
+	// storageKeyRing holds the whole signing key ring (private keys included)
+	// in one entry, so rotation is a single atomic Put. It is seal-wrapped.
+	storageKeyRing = "keyring"
+	// storageRevokedPrefix prefixes one revocationEntry per revoked token jti.
+	storageRevokedPrefix = "revoked/"
+)
+
+// backend is the meshauth secrets engine. The login and verify paths are
+// served from the in-memory caches below; only writes touch storage.
+type backend struct {
+	*framework.Backend
+
+	// serviceLocks serialises writes to one service (read, modify, write), so
+	// two concurrent updates never lose one another.
+	serviceLocks []*locksutil.LockEntry
+	// keyRingLock serialises key-ring rotations and tidies.
+	keyRingLock sync.Mutex
+	// revokeLock serialises writes of the revocation list.
+	revokeLock sync.Mutex
+
+	// services caches parsed service entries (with their trust material) by name.
+	services *epochCache[string, *cachedService]
+	// config caches the engine configuration under the empty key.
+	config *epochCache[string, *configEntry]
+	// keyRing caches the parsed key ring (signers, JWKS body) under the empty key.
+	keyRing *epochCache[string, *keyRing]
+	// revoked caches the set of revoked jtis under the empty key.
+	revoked *epochCache[string, *revocationSet]
+
+	// lockout tracks failed logins per service and caller, in memory only: a
+	// login must never write to storage.
+	lockout *lockoutTracker
+	// metrics counts logins, verifications and rotations on this node.
+	metrics *metrics
+	// verifiedChains caches the result of verifying a presented client
+	// certificate chain, keyed by the SHA-256 of the whole chain.
+	verifiedChains *chainCache
+
+	// now is the clock; tests replace it to cross leeway and lockout edges.
+	now func() time.Time
+}
+
+// Factory builds and sets up the meshauth backend; Vault calls it on mount.
+func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend, error) {
+	b := newBackend()
+	if err := b.Setup(ctx, conf); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// newBackend wires the paths and caches; Setup is the caller's job.
+func newBackend() *backend {
+	b := &backend{
+		serviceLocks:   locksutil.CreateLocks(),
+		services:       newEpochCache[string, *cachedService](),
+		config:         newEpochCache[string, *configEntry](),
+		keyRing:        newEpochCache[string, *keyRing](),
+		revoked:        newEpochCache[string, *revocationSet](),
+		lockout:        newLockoutTracker(),
+		metrics:        newMetrics(),
+		verifiedChains: newChainCache(chainCacheSize),
+		now:            time.Now,
+	}
+	b.Backend = &framework.Backend{
+		Help:        strings.TrimSpace(backendHelp),
+		BackendType: logical.TypeLogical,
+		PathsSpecial: &logical.Paths{
+			Unauthenticated: []string{"jwks", ".well-known/openid-configuration"},
+			SealWrapStorage: []string{storageKeyRing},
+		},
+		Paths: framework.PathAppend(
+			pathConfig(b),
+			pathServices(b),
+			pathServiceActions(b),
+			pathServiceTLS(b),
+			pathLogin(b),
+			pathToken(b),
+			pathKeys(b),
+			pathJWKS(b),
+			pathMetrics(b),
+			pathTidy(b),
+		),
+		InitializeFunc: b.initialize,
+		PeriodicFunc:   b.periodic,
+		Invalidate:     b.invalidate,
+		Clean:          b.cleanup,
+	}
+	return b
+}
+
+// initialize makes sure a signing key ring exists before the first login.
+// Vault calls it on the node that can write; elsewhere it has nothing to do.
+func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
+	if !b.canWrite() {
+		return nil
+	}
+	if _, err := b.ensureKeyRing(ctx, req.Storage); err != nil {
+		if errors.Is(err, logical.ErrReadOnly) {
+			return nil
+		}
+		return err
+	}
+	return nil
+}
+
+// periodic rotates the signing key when it is due and tidies expired state.
+// Vault runs it about once a minute; it must be safe to run twice, which it is
+// because each step first re-reads what it changes and acts only when due.
+func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
+	if !b.canWrite() {
+		return nil
+	}
+	if _, err := b.rotateKeyRingIfDue(ctx, req.Storage); err != nil {
+		return err
+	}
+	_, err := b.tidy(ctx, req.Storage)
+	return err
+}
+
+// canWrite reports whether this node may write shared storage: not a
+// performance standby, a performance secondary or a DR secondary.
+func (b *backend) canWrite() bool {
+	sys := b.System()
+	if sys == nil {
+		return true
+	}
+	state := sys.ReplicationState()
+	if sys.LocalMount() {
+		return !state.HasState(consts.ReplicationDRSecondary | consts.ReplicationPerformanceStandby)
+	}
+	return !state.HasState(consts.ReplicationPerformanceSecondary | consts.ReplicationDRSecondary | consts.ReplicationPerformanceStandby)
+}
+
+// invalidate drops exactly the cache that a changed storage key feeds. Vault
+// calls it on standbys and replicas when another node writes, so caches there
+// never serve stale trust.
+func (b *backend) invalidate(_ context.Context, key string) {
+	switch {
+	case key == storageConfig:
+		b.config.dropAll()
+	case key == storageKeyRing:
+		b.keyRing.dropAll()
+	case strings.HasPrefix(key, storageServicePrefix):
+		b.dropService(strings.TrimPrefix(key, storageServicePrefix))
+	case strings.HasPrefix(key, storageRevokedPrefix):
+		b.revoked.dropAll()
+	}
+}
+
+// dropService forgets one service's cached entry, trust material and the
+// verified-chain results that depended on it.
+func (b *backend) dropService(name string) {
+	b.services.drop(name)
+	b.verifiedChains.dropService(name)
+}
+
+// cleanup releases memory when the mount is disabled or the plugin stops.
+func (b *backend) cleanup(_ context.Context) {
+	b.services.dropAll()
+	b.config.dropAll()
+	b.keyRing.dropAll()
+	b.revoked.dropAll()
+	b.verifiedChains.dropAll()
+}
+
+const backendHelp = `
+The meshauth secrets engine authenticates services to one another.
+
+Register a service with its mTLS identity at services/<name>; the response
+holds its API key, once. The service exchanges that key, together with the
+client certificate it presents on its TLS connection to Vault, for a
+short-lived signed JWT at login/<name>. Peers verify the JWT offline with the
+public keys at jwks (unauthenticated), or online at verify.
+
+Signing keys rotate on a schedule (config key_rotation_period), with the next
+key published in jwks before it signs anything. Emergency revocation of every
+token of a service is at services/<name>/revoke, of one token at revoke.
+`

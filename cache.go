@@ -1,0 +1,70 @@
+package meshauth
+
+import "sync"
+
+// epochCache is a map of lazily loaded values that writes and Vault's
+// Invalidate callback drop. Loading happens outside the lock (it reads
+// storage), so a load can race a write: every drop advances the epoch, and a
+// load that began in an older epoch is not stored. A reader therefore never
+// caches a value older than the last write it could have missed.
+type epochCache[K comparable, V any] struct {
+	mu    sync.RWMutex
+	epoch uint64
+	items map[K]V
+}
+
+// newEpochCache returns an empty cache.
+func newEpochCache[K comparable, V any]() *epochCache[K, V] {
+	return &epochCache[K, V]{items: make(map[K]V)}
+}
+
+// get returns the cached value for k and whether there was one. When there is
+// none it also returns the epoch to hand to fill after loading.
+func (c *epochCache[K, V]) get(k K) (V, uint64, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	v, ok := c.items[k]
+	return v, c.epoch, ok
+}
+
+// fill stores v for k unless something was dropped since epoch was read.
+func (c *epochCache[K, V]) fill(k K, v V, epoch uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.epoch == epoch {
+		c.items[k] = v
+	}
+}
+
+// drop forgets k and invalidates every load in flight.
+func (c *epochCache[K, V]) drop(k K) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.epoch++
+	delete(c.items, k)
+}
+
+// dropAll forgets everything and invalidates every load in flight.
+func (c *epochCache[K, V]) dropAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.epoch++
+	clear(c.items)
+}
+
+// load returns the cached value for k, or calls loader and caches its result.
+// Concurrent misses may each call loader; they read the same storage, so the
+// duplicate work is harmless, and loaders here are cheap reads.
+func (c *epochCache[K, V]) load(k K, loader func() (V, error)) (V, error) {
+	v, epoch, ok := c.get(k)
+	if ok {
+		return v, nil
+	}
+	var err error
+	v, err = loader()
+	if err != nil {
+		return v, err
+	}
+	c.fill(k, v, epoch)
+	return v, nil
+}

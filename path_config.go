@@ -1,0 +1,328 @@
+package meshauth
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// configVersion is the current layout of configEntry.
+const configVersion = 1
+
+// Defaults of the engine configuration, as the contract states them.
+const (
+	defaultIssuer              = "meshauth"
+	defaultSigningAlgorithm    = algES256
+	defaultTokenTTL            = time.Hour
+	defaultMaxTTL              = 24 * time.Hour
+	defaultKeyRotationPeriod   = 24 * time.Hour
+	defaultLeeway              = 30 * time.Second
+	defaultLockoutThreshold    = 5
+	defaultLockoutDuration     = 15 * time.Minute
+	defaultLockoutCounterReset = 15 * time.Minute
+	defaultAPIKeyGracePeriod   = 24 * time.Hour
+	// maxLeeway bounds the clock skew an operator may allow: more than this
+	// turns expiry into a suggestion.
+	maxLeeway = 10 * time.Minute
+	// minRotationPeriod keeps automatic rotation from running away: the
+	// periodic function runs about once a minute.
+	minRotationPeriod = time.Minute
+)
+
+// configEntry is the engine configuration, stored at storageConfig.
+type configEntry struct {
+	// Version is the layout version of this entry.
+	Version int `json:"version"`
+	// Issuer is the iss claim of every token.
+	Issuer string `json:"issuer"`
+	// SigningAlgorithm is the JOSE alg of the current signing key.
+	SigningAlgorithm string `json:"signing_algorithm"`
+	// DefaultTTL is a token's lifetime when neither service nor request says.
+	DefaultTTL time.Duration `json:"default_ttl"`
+	// MaxTTL is the hard ceiling of any token's lifetime.
+	MaxTTL time.Duration `json:"max_ttl"`
+	// KeyRotationPeriod is how often the signing key rotates; 0 turns it off.
+	KeyRotationPeriod time.Duration `json:"key_rotation_period"`
+	// VerificationTTL is how long a retired key keeps verifying; 0 means
+	// MaxTTL + Leeway.
+	VerificationTTL time.Duration `json:"verification_ttl"`
+	// Leeway is the clock skew allowed on exp, nbf and iat.
+	Leeway time.Duration `json:"leeway"`
+	// LockoutThreshold is the number of failed logins in a row that locks a
+	// service for one caller; 0 turns lockout off.
+	LockoutThreshold int `json:"lockout_threshold"`
+	// LockoutDuration is how long a lock lasts.
+	LockoutDuration time.Duration `json:"lockout_duration"`
+	// LockoutCounterReset is how long a failure is remembered.
+	LockoutCounterReset time.Duration `json:"lockout_counter_reset"`
+	// APIKeyGracePeriod is how long the previous API key works after rotate-key.
+	APIKeyGracePeriod time.Duration `json:"api_key_grace_period"`
+	// APIKeyMaxAge is the age at which an API key stops working; 0 is none.
+	APIKeyMaxAge time.Duration `json:"api_key_max_age"`
+}
+
+// defaultConfig is the configuration of a freshly mounted engine.
+func defaultConfig() *configEntry {
+	return &configEntry{
+		Version:             configVersion,
+		Issuer:              defaultIssuer,
+		SigningAlgorithm:    defaultSigningAlgorithm,
+		DefaultTTL:          defaultTokenTTL,
+		MaxTTL:              defaultMaxTTL,
+		KeyRotationPeriod:   defaultKeyRotationPeriod,
+		Leeway:              defaultLeeway,
+		LockoutThreshold:    defaultLockoutThreshold,
+		LockoutDuration:     defaultLockoutDuration,
+		LockoutCounterReset: defaultLockoutCounterReset,
+		APIKeyGracePeriod:   defaultAPIKeyGracePeriod,
+	}
+}
+
+// verificationTTL is how long a retired key stays in jwks and verifies:
+// the configured value, or max_ttl + leeway, and never less than max_ttl so
+// that no token outlives its key's place in jwks.
+func (c *configEntry) verificationTTL() time.Duration {
+	if c.VerificationTTL > 0 {
+		return max(c.VerificationTTL, c.MaxTTL)
+	}
+	return c.MaxTTL + c.Leeway
+}
+
+// pathConfig declares the config path.
+func pathConfig(b *backend) []*framework.Path {
+	return []*framework.Path{{
+		Pattern: "config",
+		Fields: map[string]*framework.FieldSchema{
+			"issuer": {
+				Type:        framework.TypeString,
+				Description: "The iss claim of every token. When it is an https URL, discovery's jwks_uri is <issuer>/jwks; otherwise /v1/<mount>/jwks. Default: meshauth.",
+			},
+			"signing_algorithm": {
+				Type:          framework.TypeString,
+				Description:   "Signing algorithm: ES256, ES384, EdDSA or RS256. Changing it rotates to a new key of that kind. Default: ES256.",
+				AllowedValues: []any{algES256, algES384, algEdDSA, algRS256},
+			},
+			"default_ttl": {
+				Type:        framework.TypeDurationSecond,
+				Description: "Token lifetime when neither the service nor the login request sets one (duration or seconds). Default: 1h.",
+			},
+			"max_ttl": {
+				Type:        framework.TypeDurationSecond,
+				Description: "Hard ceiling for any token's lifetime (duration or seconds). Default: 24h.",
+			},
+			"key_rotation_period": {
+				Type:        framework.TypeDurationSecond,
+				Description: "How often the signing key rotates automatically (duration or seconds, at least 1m); 0 turns automatic rotation off. Default: 24h.",
+			},
+			"verification_ttl": {
+				Type:        framework.TypeDurationSecond,
+				Description: "How long a retired signing key stays in jwks and verifies tokens (duration or seconds); never shorter than max_ttl. Default: max_ttl + leeway.",
+			},
+			"leeway": {
+				Type:        framework.TypeDurationSecond,
+				Description: "Clock skew allowed on exp, nbf and iat (duration or seconds, at most 10m). Default: 30s.",
+			},
+			"lockout_threshold": {
+				Type:        framework.TypeInt,
+				Description: "Failed logins in a row, per service and caller, before that caller is locked out of that service; 0 turns lockout off. Default: 5.",
+			},
+			"lockout_duration": {
+				Type:        framework.TypeDurationSecond,
+				Description: "How long a locked caller stays locked (duration or seconds). Default: 15m.",
+			},
+			"lockout_counter_reset": {
+				Type:        framework.TypeDurationSecond,
+				Description: "Failed logins older than this are forgotten (duration or seconds). Default: 15m.",
+			},
+			"api_key_grace_period": {
+				Type:        framework.TypeDurationSecond,
+				Description: "How long the previous API key keeps working after services/<name>/rotate-key (duration or seconds). Default: 24h.",
+			},
+			"api_key_max_age": {
+				Type:        framework.TypeDurationSecond,
+				Description: "API keys older than this stop working, forcing rotation (duration or seconds); 0 means no limit. Default: 0.",
+			},
+		},
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.ReadOperation: &framework.PathOperation{
+				Callback: b.pathConfigRead,
+				Summary:  "Read the engine configuration. Durations are in seconds.",
+			},
+			logical.UpdateOperation: &framework.PathOperation{
+				Callback: b.pathConfigWrite,
+				Summary:  "Change the engine configuration; fields not given keep their value.",
+			},
+		},
+		HelpSynopsis:    "Engine settings: issuer, signing algorithm, token lifetimes, key rotation, lockout, API key policy.",
+		HelpDescription: "Read or update the engine's settings. An update changes only the fields it names. Changing signing_algorithm rotates to a new signing key of that algorithm at once.",
+	}}
+}
+
+// getConfig returns the configuration, from the cache or storage, with the
+// defaults when nothing was ever written. It never writes.
+func (b *backend) getConfig(ctx context.Context, s logical.Storage) (*configEntry, error) {
+	return b.config.load("", func() (*configEntry, error) {
+		entry, err := s.Get(ctx, storageConfig)
+		if err != nil {
+			return nil, fmt.Errorf("reading config: %w", err)
+		}
+		cfg := defaultConfig()
+		if entry == nil {
+			return cfg, nil
+		}
+		if err := entry.DecodeJSON(cfg); err != nil {
+			return nil, fmt.Errorf("decoding config: %w", err)
+		}
+		return cfg, nil
+	})
+}
+
+func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	cfg, err := b.getConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	return &logical.Response{Data: map[string]any{
+		"issuer":                cfg.Issuer,
+		"signing_algorithm":     cfg.SigningAlgorithm,
+		"default_ttl":           seconds(cfg.DefaultTTL),
+		"max_ttl":               seconds(cfg.MaxTTL),
+		"key_rotation_period":   seconds(cfg.KeyRotationPeriod),
+		"verification_ttl":      seconds(cfg.verificationTTL()),
+		"leeway":                seconds(cfg.Leeway),
+		"lockout_threshold":     cfg.LockoutThreshold,
+		"lockout_duration":      seconds(cfg.LockoutDuration),
+		"lockout_counter_reset": seconds(cfg.LockoutCounterReset),
+		"api_key_grace_period":  seconds(cfg.APIKeyGracePeriod),
+		"api_key_max_age":       seconds(cfg.APIKeyMaxAge),
+	}}, nil
+}
+
+func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	if resp := rejectUnknownFields(req, d); resp != nil {
+		return resp, nil
+	}
+	// The key-ring lock also guards config writes: an algorithm change and
+	// its rotation must not interleave with another rotation.
+	b.keyRingLock.Lock()
+	defer b.keyRingLock.Unlock()
+
+	old, err := b.getConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	cfg := *old
+	if msg := applyConfigFields(&cfg, d); msg != "" {
+		return logical.ErrorResponse(msg), nil
+	}
+	if msg := cfg.validate(); msg != "" {
+		return logical.ErrorResponse(msg), nil
+	}
+	cfg.Version = configVersion
+	entry, err := logical.StorageEntryJSON(storageConfig, &cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := req.Storage.Put(ctx, entry); err != nil {
+		return nil, fmt.Errorf("writing config: %w", err)
+	}
+	b.config.dropAll()
+
+	if cfg.SigningAlgorithm != old.SigningAlgorithm {
+		if _, err := b.rotateKeyRingLocked(ctx, req.Storage, &cfg); err != nil {
+			return nil, fmt.Errorf("config saved, but rotating to a %s key failed (run keys/rotate to retry): %w", cfg.SigningAlgorithm, err)
+		}
+		b.Logger().Info("signing algorithm changed; rotated key ring", "algorithm", cfg.SigningAlgorithm)
+	}
+	return nil, nil
+}
+
+// applyConfigFields copies the fields present in d into cfg, and returns a
+// message for the caller when one is out of range.
+func applyConfigFields(cfg *configEntry, d *framework.FieldData) string {
+	if v, ok := d.GetOk("issuer"); ok {
+		cfg.Issuer = strings.TrimSpace(v.(string))
+	}
+	if v, ok := d.GetOk("signing_algorithm"); ok {
+		cfg.SigningAlgorithm = v.(string)
+	}
+	durations := []struct {
+		field string
+		dst   *time.Duration
+	}{
+		{"default_ttl", &cfg.DefaultTTL},
+		{"max_ttl", &cfg.MaxTTL},
+		{"key_rotation_period", &cfg.KeyRotationPeriod},
+		{"verification_ttl", &cfg.VerificationTTL},
+		{"leeway", &cfg.Leeway},
+		{"lockout_duration", &cfg.LockoutDuration},
+		{"lockout_counter_reset", &cfg.LockoutCounterReset},
+		{"api_key_grace_period", &cfg.APIKeyGracePeriod},
+		{"api_key_max_age", &cfg.APIKeyMaxAge},
+	}
+	for _, f := range durations {
+		if v, ok := d.GetOk(f.field); ok {
+			secs := v.(int)
+			if secs < 0 {
+				return fmt.Sprintf("%s must not be negative", f.field)
+			}
+			*f.dst = time.Duration(secs) * time.Second
+		}
+	}
+	if v, ok := d.GetOk("lockout_threshold"); ok {
+		cfg.LockoutThreshold = v.(int)
+	}
+	return ""
+}
+
+// validate checks the configuration as a whole and returns a message a
+// person can act on, or "".
+func (c *configEntry) validate() string {
+	switch {
+	case c.Issuer == "":
+		return "issuer must not be empty"
+	case len(c.Issuer) > 512:
+		return "issuer is longer than 512 characters"
+	case !isSupportedAlgorithm(c.SigningAlgorithm):
+		return fmt.Sprintf("signing_algorithm %q is not supported; use one of %s", c.SigningAlgorithm, strings.Join(supportedAlgorithms, ", "))
+	case c.MaxTTL <= 0:
+		return "max_ttl must be positive"
+	case c.DefaultTTL <= 0:
+		return "default_ttl must be positive"
+	case c.DefaultTTL > c.MaxTTL:
+		return fmt.Sprintf("default_ttl (%s) must not exceed max_ttl (%s)", c.DefaultTTL, c.MaxTTL)
+	case c.KeyRotationPeriod != 0 && c.KeyRotationPeriod < minRotationPeriod:
+		return "key_rotation_period must be 0 (off) or at least 1m"
+	case c.VerificationTTL != 0 && c.VerificationTTL < c.MaxTTL:
+		return fmt.Sprintf("verification_ttl (%s) must not be shorter than max_ttl (%s): tokens would outlive their key", c.VerificationTTL, c.MaxTTL)
+	case c.Leeway > maxLeeway:
+		return "leeway must be at most 10m"
+	case c.LockoutThreshold < 0:
+		return "lockout_threshold must be 0 (off) or positive"
+	case c.LockoutThreshold > 0 && c.LockoutDuration <= 0:
+		return "lockout_duration must be positive while lockout_threshold is set"
+	case c.LockoutThreshold > 0 && c.LockoutCounterReset <= 0:
+		return "lockout_counter_reset must be positive while lockout_threshold is set"
+	}
+	if u, err := url.Parse(c.Issuer); err == nil && u.Scheme != "" && u.Scheme != "https" && u.Scheme != "http" {
+		return "issuer must be a plain name or an http(s) URL"
+	}
+	return ""
+}
+
+// issuerIsURL reports whether the issuer names a URL, in which case discovery
+// publishes jwks_uri beneath it.
+func (c *configEntry) issuerIsURL() bool {
+	u, err := url.Parse(c.Issuer)
+	return err == nil && (u.Scheme == "https" || u.Scheme == "http") && u.Host != ""
+}
+
+// seconds renders a duration the way Vault reads durations back: whole seconds.
+func seconds(d time.Duration) int64 {
+	return int64(d / time.Second)
+}

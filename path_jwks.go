@@ -1,0 +1,112 @@
+package meshauth
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// maxJWKSCacheAge caps the Cache-Control max-age of jwks and discovery.
+const maxJWKSCacheAge = time.Hour
+
+// pathJWKS declares the unauthenticated jwks and discovery paths.
+func pathJWKS(b *backend) []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern: "jwks",
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: &framework.PathOperation{
+					Callback: b.pathJWKSRead,
+					Summary:  "The RFC 7517 JWK Set of the keys that verify tokens (raw JSON, no Vault token needed).",
+				},
+			},
+			HelpSynopsis:    "Public keys for offline verification.",
+			HelpDescription: "Serves the next, current and retired-but-verifying keys as a raw JWK Set with Content-Type application/json and a jittered Cache-Control max-age no longer than the time until the next rotation. Needs no Vault token.",
+		},
+		{
+			Pattern: ".well-known/openid-configuration",
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ReadOperation: &framework.PathOperation{
+					Callback: b.pathDiscoveryRead,
+					Summary:  "OpenID-style discovery document: issuer, jwks_uri, algorithms (raw JSON).",
+				},
+			},
+			HelpSynopsis:    "Discovery document for verifiers.",
+			HelpDescription: "Names the issuer, the jwks_uri (<issuer>/jwks when the issuer is a URL, otherwise /v1/<mount>/jwks) and the signing algorithms. Needs no Vault token.",
+		},
+	}
+}
+
+func (b *backend) pathJWKSRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	ring, err := b.getKeyRing(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := b.getConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	now := b.now()
+	return rawJSON(ring.jwksJSON(now), cacheAge(ring, cfg, now)), nil
+}
+
+func (b *backend) pathDiscoveryRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	cfg, err := b.getConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	ring, err := b.getKeyRing(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	jwksURI := "/v1/" + strings.TrimSuffix(req.MountPoint, "/") + "/jwks"
+	if cfg.issuerIsURL() {
+		jwksURI = strings.TrimSuffix(cfg.Issuer, "/") + "/jwks"
+	}
+	doc := map[string]any{
+		"issuer":                                cfg.Issuer,
+		"jwks_uri":                              jwksURI,
+		"id_token_signing_alg_values_supported": supportedAlgorithms,
+		"response_types_supported":              []string{"id_token"},
+		"subject_types_supported":               []string{"public"},
+		"claims_supported":                      []string{"iss", "sub", "aud", "iat", "nbf", "exp", "jti", "cnf"},
+	}
+	body, err := json.Marshal(doc)
+	if err != nil {
+		return nil, fmt.Errorf("encoding discovery document: %w", err)
+	}
+	now := b.now()
+	return rawJSON(body, cacheAge(ring, cfg, now)), nil
+}
+
+// rawJSON answers a body as is, without Vault's response envelope.
+func rawJSON(body []byte, maxAge time.Duration) *logical.Response {
+	return &logical.Response{Data: map[string]any{
+		logical.HTTPStatusCode:         http.StatusOK,
+		logical.HTTPContentType:        "application/json",
+		logical.HTTPRawBody:            body,
+		logical.HTTPCacheControlHeader: fmt.Sprintf("max-age=%d", int64(maxAge/time.Second)),
+	}}
+}
+
+// cacheAge is how long verifiers may cache the key set: never past the next
+// rotation (after which the new next key must be fetched), at most an hour,
+// less up to 10% at random so a fleet of verifiers does not refetch at once.
+func cacheAge(ring *keyRing, cfg *configEntry, now time.Time) time.Duration {
+	age := maxJWKSCacheAge
+	if cfg.KeyRotationPeriod > 0 {
+		untilRotation := ring.current.entry.PromotedAt.Add(cfg.KeyRotationPeriod).Sub(now)
+		age = min(age, untilRotation)
+	}
+	if age <= 0 {
+		return 0
+	}
+	return age - time.Duration(rand.Int64N(int64(age/10)+1))
+}

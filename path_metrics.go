@@ -1,0 +1,51 @@
+package meshauth
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// prometheusContentType is the Prometheus text exposition format 0.0.4.
+const prometheusContentType = "text/plain; version=0.0.4; charset=utf-8"
+
+// pathMetrics declares metrics.
+func pathMetrics(b *backend) []*framework.Path {
+	return []*framework.Path{{
+		Pattern: "metrics",
+		Fields: map[string]*framework.FieldSchema{
+			"format": {
+				Type:          framework.TypeString,
+				Description:   "json (default) or prometheus (text exposition format, raw body).",
+				Default:       "json",
+				AllowedValues: []any{"json", "prometheus"},
+				Query:         true,
+			},
+		},
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.ReadOperation: &framework.PathOperation{
+				Callback: b.pathMetricsRead,
+				Summary:  "Counters of this node: logins, lockouts, tokens, verifications, key rotations.",
+			},
+		},
+		HelpSynopsis:    "Engine counters, as JSON or Prometheus text.",
+		HelpDescription: "Counters are kept per node since the plugin process started: logins by service and result, lockouts, tokens issued, verifications by result and reason, key rotations. Logins for unregistered names count under _unknown. Read with format=prometheus for the Prometheus text exposition format.",
+	}}
+}
+
+func (b *backend) pathMetricsRead(_ context.Context, _ *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	locked := b.lockout.locked(b.now())
+	switch d.Get("format").(string) {
+	case "json", "":
+		return &logical.Response{Data: b.metrics.snapshot(locked)}, nil
+	case "prometheus":
+		return &logical.Response{Data: map[string]any{
+			logical.HTTPStatusCode:  http.StatusOK,
+			logical.HTTPContentType: prometheusContentType,
+			logical.HTTPRawBody:     []byte(b.metrics.prometheus(locked)),
+		}}, nil
+	}
+	return logical.ErrorResponse("format must be json or prometheus"), nil
+}

@@ -1,0 +1,438 @@
+package meshauth
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// serviceVersion is the current layout of serviceEntry.
+const serviceVersion = 1
+
+// reservedClaims are the claim names meshauth sets itself; a service's extra
+// claims may not shadow them.
+var reservedClaims = []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf", "kid", "alg", "typ", "crit"}
+
+// serviceEntry is one registered service, stored at storageServicePrefix+name.
+// Everything about a service, its API keys included, is this one entry, so
+// every write of a service is atomic.
+type serviceEntry struct {
+	// Version is the layout version of this entry.
+	Version int `json:"version"`
+	// Name is the normalised service name, the tokens' sub claim.
+	Name string `json:"name"`
+	// Certificate is the PEM leaf client certificate pinned for the service.
+	Certificate string `json:"certificate,omitempty"`
+	// CAChain is the PEM bundle that issues the service's client certificates.
+	CAChain string `json:"ca_chain,omitempty"`
+	// Hostnames must each be covered by the client certificate's DNS SANs.
+	Hostnames []string `json:"hostnames,omitempty"`
+	// PinnedSPKI lists base64 SHA-256 SPKI pins the client certificate must match.
+	PinnedSPKI []string `json:"pinned_spki,omitempty"`
+	// RequireMTLS makes login fail without a verified client certificate.
+	RequireMTLS bool `json:"require_mtls"`
+	// AllowedAudiences bounds the aud a login may ask for.
+	AllowedAudiences []string `json:"allowed_audiences,omitempty"`
+	// DefaultAudience is the aud when a login names none.
+	DefaultAudience string `json:"default_audience,omitempty"`
+	// TokenTTL is the service's default token lifetime; 0 uses the engine's.
+	TokenTTL time.Duration `json:"token_ttl"`
+	// TokenMaxTTL is the service's ceiling on token lifetime; 0 uses the engine's.
+	TokenMaxTTL time.Duration `json:"token_max_ttl"`
+	// Claims are extra string claims put into every token.
+	Claims map[string]string `json:"claims,omitempty"`
+	// Disabled refuses logins and makes the service's tokens fail verify.
+	Disabled bool `json:"disabled"`
+	// Metadata is free-form operator data, never put into tokens.
+	Metadata map[string]string `json:"metadata,omitempty"`
+	// APIKeys are the service's live API keys, newest last, as hashes only.
+	APIKeys []apiKeyEntry `json:"api_keys"`
+	// RevokedBefore is a Unix time in seconds: tokens whose iat is not after
+	// it fail verify (services/:name/revoke). 0 means never revoked.
+	RevokedBefore int64 `json:"revoked_before,omitempty"`
+	// CreatedAt is when the service was registered.
+	CreatedAt time.Time `json:"created_at"`
+	// UpdatedAt is the last write.
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// pathServices declares the list and item paths of services.
+func pathServices(b *backend) []*framework.Path {
+	return []*framework.Path{
+		{
+			Pattern: "services/?$",
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.ListOperation: &framework.PathOperation{
+					Callback: b.pathServicesList,
+					Summary:  "List registered service names.",
+				},
+			},
+			HelpSynopsis:    "List registered services.",
+			HelpDescription: "Lists the names of every registered service. Names are stored in lower case.",
+		},
+		{
+			Pattern:        "services/" + serviceNamePattern,
+			Fields:         serviceFields(),
+			ExistenceCheck: b.serviceExists,
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.CreateOperation: &framework.PathOperation{
+					Callback: b.pathServiceWrite,
+					Summary:  "Register a service. The response holds its API key, once.",
+				},
+				logical.UpdateOperation: &framework.PathOperation{
+					Callback: b.pathServiceWrite,
+					Summary:  "Change a service; fields not given keep their value.",
+				},
+				logical.ReadOperation: &framework.PathOperation{
+					Callback: b.pathServiceRead,
+					Summary:  "Read a service. API keys are shown by id and dates only.",
+				},
+				logical.DeleteOperation: &framework.PathOperation{
+					Callback: b.pathServiceDelete,
+					Summary:  "Delete a service; its tokens stop verifying.",
+				},
+			},
+			HelpSynopsis:    "Register, read, update or delete a service.",
+			HelpDescription: serviceHelp,
+		},
+	}
+}
+
+// serviceFields is the schema of services/:name.
+func serviceFields() map[string]*framework.FieldSchema {
+	return map[string]*framework.FieldSchema{
+		"name": {
+			Type:        framework.TypeString,
+			Description: "Service name: [A-Za-z0-9][A-Za-z0-9._-]{0,127}, case-insensitive. It is the tokens' sub claim.",
+		},
+		"certificate": {
+			Type:        framework.TypeString,
+			Description: "PEM leaf client certificate of the service. A login presenting exactly this certificate passes the certificate check.",
+		},
+		"ca_chain": {
+			Type:        framework.TypeString,
+			Description: "PEM bundle of the CA certificates that issue the service's client certificates. A login presenting a certificate that chains to it passes the certificate check.",
+		},
+		"hostnames": {
+			Type:        framework.TypeCommaStringSlice,
+			Description: "DNS names that the client certificate's SANs must each cover (list or comma-separated).",
+		},
+		"pinned_spki": {
+			Type:        framework.TypeCommaStringSlice,
+			Description: "Base64 SHA-256 pins of the client certificate's SubjectPublicKeyInfo; when set, the presented certificate must match one.",
+		},
+		"require_mtls": {
+			Type:        framework.TypeBool,
+			Description: "Refuse logins without a verified client certificate. Default: true when certificate or ca_chain is set, otherwise false.",
+		},
+		"allowed_audiences": {
+			Type:        framework.TypeCommaStringSlice,
+			Description: "Audiences a login may request (list or comma-separated). Empty: only default_audience.",
+		},
+		"default_audience": {
+			Type:        framework.TypeString,
+			Description: "The aud claim when a login requests none. Default: the first of allowed_audiences; with neither, tokens carry no aud.",
+		},
+		"token_ttl": {
+			Type:        framework.TypeDurationSecond,
+			Description: "Default token lifetime for this service (duration or seconds); 0 uses the engine's default_ttl. At most the engine's max_ttl.",
+		},
+		"token_max_ttl": {
+			Type:        framework.TypeDurationSecond,
+			Description: "Ceiling on this service's token lifetime (duration or seconds); 0 uses the engine's max_ttl. At most the engine's max_ttl.",
+		},
+		"claims": {
+			Type:        framework.TypeKVPairs,
+			Description: "Extra string claims put into every token of the service. Registered claim names (iss, sub, aud, exp, nbf, iat, jti, cnf) are refused.",
+		},
+		"disabled": {
+			Type:        framework.TypeBool,
+			Description: "Refuse logins and fail verification of the service's tokens. Default: false.",
+		},
+		"metadata": {
+			Type:        framework.TypeKVPairs,
+			Description: "Free-form key/value data about the service, for operators; never put into tokens.",
+		},
+	}
+}
+
+// serviceExists answers Vault's existence check, so ACL policies can tell
+// create (register) from update.
+func (b *backend) serviceExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
+	name, errResp := serviceName(d)
+	if errResp != nil {
+		return false, nil
+	}
+	entry, err := readService(ctx, req.Storage, name)
+	return entry != nil, err
+}
+
+// readService reads one service from storage, or (nil, nil) when absent.
+func readService(ctx context.Context, s logical.Storage, name string) (*serviceEntry, error) {
+	raw, err := s.Get(ctx, storageServicePrefix+name)
+	if err != nil {
+		return nil, fmt.Errorf("reading service %q: %w", name, err)
+	}
+	if raw == nil {
+		return nil, nil
+	}
+	entry := &serviceEntry{}
+	if err := raw.DecodeJSON(entry); err != nil {
+		return nil, fmt.Errorf("decoding service %q: %w", name, err)
+	}
+	return entry, nil
+}
+
+// putService writes one service and drops every cache built from it.
+func (b *backend) putService(ctx context.Context, s logical.Storage, entry *serviceEntry) error {
+	entry.Version = serviceVersion
+	raw, err := logical.StorageEntryJSON(storageServicePrefix+entry.Name, entry)
+	if err != nil {
+		return err
+	}
+	if err := s.Put(ctx, raw); err != nil {
+		return fmt.Errorf("writing service %q: %w", entry.Name, err)
+	}
+	b.dropService(entry.Name)
+	return nil
+}
+
+func (b *backend) pathServicesList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	names, err := req.Storage.List(ctx, storageServicePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing services: %w", err)
+	}
+	return logical.ListResponse(names), nil
+}
+
+func (b *backend) pathServiceRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name, errResp := serviceName(d)
+	if errResp != nil {
+		return errResp, nil
+	}
+	entry, err := readService(ctx, req.Storage, name)
+	if err != nil || entry == nil {
+		return nil, err
+	}
+	return &logical.Response{Data: serviceResponse(entry, b.now())}, nil
+}
+
+// serviceResponse renders a service for read: every field but the key
+// hashes, and the certificate facts a person needs.
+func serviceResponse(e *serviceEntry, now time.Time) map[string]any {
+	keys := make([]map[string]any, 0, len(e.APIKeys))
+	for _, k := range e.APIKeys {
+		keys = append(keys, k.describe())
+	}
+	data := map[string]any{
+		"name":              e.Name,
+		"certificate":       e.Certificate,
+		"ca_chain":          e.CAChain,
+		"hostnames":         nonNil(e.Hostnames),
+		"pinned_spki":       nonNil(e.PinnedSPKI),
+		"require_mtls":      e.RequireMTLS,
+		"allowed_audiences": nonNil(e.AllowedAudiences),
+		"default_audience":  e.DefaultAudience,
+		"token_ttl":         seconds(e.TokenTTL),
+		"token_max_ttl":     seconds(e.TokenMaxTTL),
+		"claims":            e.Claims,
+		"disabled":          e.Disabled,
+		"metadata":          e.Metadata,
+		"api_keys":          keys,
+		"created_at":        e.CreatedAt.Format(time.RFC3339),
+		"updated_at":        e.UpdatedAt.Format(time.RFC3339),
+	}
+	if e.RevokedBefore > 0 {
+		data["tokens_revoked_before"] = time.Unix(e.RevokedBefore, 0).UTC().Format(time.RFC3339)
+	}
+	if e.Certificate != "" {
+		if facts, err := certificateFacts(e.Certificate, now); err == nil {
+			data["certificate_info"] = facts
+		}
+	}
+	return data
+}
+
+// nonNil renders an absent list as [] rather than null.
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+func (b *backend) pathServiceWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name, errResp := serviceName(d)
+	if errResp != nil {
+		return errResp, nil
+	}
+	if resp := rejectUnknownFields(req, d); resp != nil {
+		return resp, nil
+	}
+	cfg, err := b.getConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+
+	lock := b.serviceLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+
+	// Re-read under the lock: the existence check ran before it.
+	old, err := readService(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	now := b.now().UTC()
+	entry := &serviceEntry{Name: name, CreatedAt: now}
+	if old != nil {
+		copied := *old
+		entry = &copied
+	}
+	if msg := applyServiceFields(entry, d, old == nil); msg != "" {
+		return logical.ErrorResponse(msg), nil
+	}
+	if msg := validateService(entry, cfg, now); msg != "" {
+		return logical.ErrorResponse(msg), nil
+	}
+
+	var created *newAPIKey
+	if old == nil {
+		if created, err = generateAPIKey(now); err != nil {
+			return nil, err
+		}
+		entry.APIKeys = []apiKeyEntry{created.entry}
+	}
+	entry.UpdatedAt = now
+	if err := b.putService(ctx, req.Storage, entry); err != nil {
+		return nil, err
+	}
+	if created == nil {
+		return nil, nil
+	}
+	b.Logger().Info("service registered", "service", name, "api_key_id", created.entry.ID)
+	return &logical.Response{Data: map[string]any{
+		"name":       name,
+		"api_key":    created.secret,
+		"api_key_id": created.entry.ID,
+	}}, nil
+}
+
+// applyServiceFields copies the fields the request names into entry. On
+// create, require_mtls defaults to true when trust material is given.
+func applyServiceFields(e *serviceEntry, d *framework.FieldData, creating bool) string {
+	if v, ok := d.GetOk("certificate"); ok {
+		e.Certificate = v.(string)
+	}
+	if v, ok := d.GetOk("ca_chain"); ok {
+		e.CAChain = v.(string)
+	}
+	lists := []struct {
+		field string
+		dst   *[]string
+	}{
+		{"hostnames", &e.Hostnames},
+		{"pinned_spki", &e.PinnedSPKI},
+		{"allowed_audiences", &e.AllowedAudiences},
+	}
+	for _, l := range lists {
+		if v, ok := d.GetOk(l.field); ok {
+			cleaned, msg := cleanList(l.field, v.([]string))
+			if msg != "" {
+				return msg
+			}
+			*l.dst = cleaned
+		}
+	}
+	if v, ok := d.GetOk("default_audience"); ok {
+		e.DefaultAudience = v.(string)
+	}
+	for field, dst := range map[string]*time.Duration{"token_ttl": &e.TokenTTL, "token_max_ttl": &e.TokenMaxTTL} {
+		if v, ok := d.GetOk(field); ok {
+			if v.(int) < 0 {
+				return field + " must not be negative"
+			}
+			*dst = time.Duration(v.(int)) * time.Second
+		}
+	}
+	for field, dst := range map[string]*map[string]string{"claims": &e.Claims, "metadata": &e.Metadata} {
+		if v, ok := d.GetOk(field); ok {
+			cleaned, msg := cleanMap(field, v.(map[string]string))
+			if msg != "" {
+				return msg
+			}
+			*dst = cleaned
+		}
+	}
+	if v, ok := d.GetOk("disabled"); ok {
+		e.Disabled = v.(bool)
+	}
+	if v, ok := d.GetOk("require_mtls"); ok {
+		e.RequireMTLS = v.(bool)
+	} else if creating {
+		e.RequireMTLS = e.Certificate != "" || e.CAChain != ""
+	}
+	return ""
+}
+
+// validateService checks a service as it would be stored, and returns a
+// message naming the first check that failed, or "".
+func validateService(e *serviceEntry, cfg *configEntry, now time.Time) string {
+	switch {
+	case e.TokenTTL > cfg.MaxTTL:
+		return fmt.Sprintf("token_ttl (%s) exceeds the engine's max_ttl (%s)", e.TokenTTL, cfg.MaxTTL)
+	case e.TokenMaxTTL > cfg.MaxTTL:
+		return fmt.Sprintf("token_max_ttl (%s) exceeds the engine's max_ttl (%s)", e.TokenMaxTTL, cfg.MaxTTL)
+	case e.TokenMaxTTL > 0 && e.TokenTTL > e.TokenMaxTTL:
+		return fmt.Sprintf("token_ttl (%s) exceeds token_max_ttl (%s)", e.TokenTTL, e.TokenMaxTTL)
+	case len(e.DefaultAudience) > maxAudienceLen:
+		return fmt.Sprintf("default_audience is longer than %d characters", maxAudienceLen)
+	case e.DefaultAudience != "" && len(e.AllowedAudiences) > 0 && !slices.Contains(e.AllowedAudiences, e.DefaultAudience):
+		return fmt.Sprintf("default_audience %q is not in allowed_audiences", e.DefaultAudience)
+	case e.RequireMTLS && e.Certificate == "" && e.CAChain == "":
+		return "require_mtls is true but neither certificate nor ca_chain is set; give one, or set require_mtls=false"
+	}
+	for k := range e.Claims {
+		if slices.Contains(reservedClaims, k) {
+			return fmt.Sprintf("claims may not set the registered claim %q", k)
+		}
+	}
+	return validateServiceTLS(e, now)
+}
+
+func (b *backend) pathServiceDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	name, errResp := serviceName(d)
+	if errResp != nil {
+		return errResp, nil
+	}
+	lock := b.serviceLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+	if err := req.Storage.Delete(ctx, storageServicePrefix+name); err != nil {
+		return nil, fmt.Errorf("deleting service %q: %w", name, err)
+	}
+	b.dropService(name)
+	b.Logger().Info("service deleted", "service", name)
+	return nil, nil
+}
+
+const serviceHelp = `
+A service is a workload of the mesh that logs in at login/<name>.
+
+Creating a service answers its API key once (api_key, with api_key_id); it is
+stored only as a SHA-256 hash and no read ever shows it again. Rotate it with
+services/<name>/rotate-key.
+
+Give the service's mTLS identity with certificate (its leaf client
+certificate) and/or ca_chain (the CAs that issue it), optionally hostnames
+(each covered by the certificate's DNS SANs) and pinned_spki. With either set,
+require_mtls defaults to true and login needs the client certificate on the
+TLS connection to Vault. Registration validates all of it before storing
+anything and names the check that failed.
+
+An update changes only the fields it names.
+`

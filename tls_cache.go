@@ -1,0 +1,176 @@
+package meshauth
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/binary"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// chainCacheSize bounds the verified-chain results kept across all services.
+const chainCacheSize = 4096
+
+// failedChainTTL is how long a failed verification is remembered, so that a
+// caller repeating a bad chain costs one chain build a minute, not one a login.
+const failedChainTTL = time.Minute
+
+// cachedService is a service entry with its trust material parsed, as the
+// login and verify paths use it.
+type cachedService struct {
+	// entry is the stored service; never modified once cached.
+	entry *serviceEntry
+	// trust is the parsed certificate material; nil when trustErr is set.
+	trust *serviceTrust
+	// trustErr records stored trust material that does not parse; mTLS then
+	// fails closed.
+	trustErr error
+	// claimsOnce guards claimsJSON, the service's extra claims encoded once.
+	claimsOnce sync.Once
+	claimsJSON []byte
+}
+
+// getService returns the cached service, loading it from storage on a miss,
+// or nil when it is not registered. Absent names are not cached, so a caller
+// trying random names cannot grow the cache.
+func (b *backend) getService(ctx context.Context, s logical.Storage, name string) (*cachedService, error) {
+	cs, epoch, ok := b.services.get(name)
+	if ok {
+		return cs, nil
+	}
+	entry, err := readService(ctx, s, name)
+	if err != nil || entry == nil {
+		return nil, err
+	}
+	cs = &cachedService{entry: entry}
+	cs.trust, cs.trustErr = buildTrust(entry)
+	if cs.trustErr != nil {
+		b.Logger().Error("stored trust material of service does not parse; its mTLS logins will fail", "service", name, "error", cs.trustErr)
+	}
+	b.services.fill(name, cs, epoch)
+	return cs, nil
+}
+
+// chainKey identifies a presented chain: the SHA-256 of every certificate in
+// order, each length-prefixed, so a cached result is never reused for a
+// different chain that merely shares the leaf.
+type chainKey [sha256.Size]byte
+
+// chainResult is the outcome of verifying one chain for one service.
+type chainResult struct {
+	// err is nil when the chain is accepted.
+	err error
+	// until is when the result must be recomputed: the chain's earliest
+	// not_after on success, a minute after a failure.
+	until time.Time
+}
+
+// chainCall is one verification, done or in flight; concurrent logins with
+// the same chain wait on done instead of verifying again.
+type chainCall struct {
+	done chan struct{}
+	res  chainResult
+}
+
+// chainCache remembers verification results per service and chain.
+type chainCache struct {
+	mu        sync.Mutex
+	max       int
+	size      int
+	byService map[string]map[chainKey]*chainCall
+}
+
+// newChainCache returns an empty cache holding at most max results.
+func newChainCache(max int) *chainCache {
+	return &chainCache{max: max, byService: make(map[string]map[chainKey]*chainCall)}
+}
+
+// keyOf hashes a presented chain.
+func keyOf(chain []*x509.Certificate) chainKey {
+	h := sha256.New()
+	var n [4]byte
+	for _, c := range chain {
+		binary.BigEndian.PutUint32(n[:], uint32(len(c.Raw)))
+		h.Write(n[:])
+		h.Write(c.Raw)
+	}
+	var k chainKey
+	h.Sum(k[:0])
+	return k
+}
+
+// verify returns the cached result for (service, chain), or runs check once
+// while concurrent callers with the same chain wait for it.
+func (c *chainCache) verify(service string, chain []*x509.Certificate, now time.Time, check func() error) error {
+	key := keyOf(chain)
+	c.mu.Lock()
+	m := c.byService[service]
+	if m == nil {
+		m = make(map[chainKey]*chainCall)
+		c.byService[service] = m
+	}
+	if call, ok := m[key]; ok {
+		select {
+		case <-call.done:
+			if now.Before(call.res.until) {
+				c.mu.Unlock()
+				return call.res.err
+			}
+			delete(m, key)
+			c.size--
+		default:
+			c.mu.Unlock()
+			<-call.done
+			return call.res.err
+		}
+	}
+	if c.size >= c.max {
+		// Full: start over rather than track recency on the login path.
+		clear(c.byService)
+		c.size = 0
+		m = make(map[chainKey]*chainCall)
+		c.byService[service] = m
+	}
+	call := &chainCall{done: make(chan struct{})}
+	m[key] = call
+	c.size++
+	c.mu.Unlock()
+
+	call.res.err = check()
+	call.res.until = now.Add(failedChainTTL)
+	if call.res.err == nil {
+		call.res.until = earliestNotAfter(chain)
+	}
+	close(call.done)
+	return call.res.err
+}
+
+// earliestNotAfter is when the first certificate of a chain expires.
+func earliestNotAfter(chain []*x509.Certificate) time.Time {
+	t := chain[0].NotAfter
+	for _, c := range chain[1:] {
+		if c.NotAfter.Before(t) {
+			t = c.NotAfter
+		}
+	}
+	return t
+}
+
+// dropService forgets every result for one service: its trust changed.
+func (c *chainCache) dropService(service string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.size -= len(c.byService[service])
+	delete(c.byService, service)
+}
+
+// dropAll forgets every result.
+func (c *chainCache) dropAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.byService)
+	c.size = 0
+}
