@@ -122,9 +122,9 @@ func (b *backend) pathServiceRotateKey(ctx context.Context, req *logical.Request
 	}
 	b.Logger().Info("api key rotated", "service", name, "api_key_id", created.entry.ID, "grace_period", grace.String())
 	return &logical.Response{Data: map[string]any{
-		"name":                   name,
-		"api_key":                created.secret,
-		"api_key_id":             created.entry.ID,
+		"name":                    name,
+		"api_key":                 created.secret,
+		"api_key_id":              created.entry.ID,
 		"previous_keys_expire_at": ends.Format(time.RFC3339),
 	}}, nil
 }
