@@ -77,11 +77,11 @@ func parseCertificates(field, text string, maxCerts int) ([]*x509.Certificate, e
 		}
 		certs = append(certs, cert)
 	}
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("%s holds no PEM certificate; paste the PEM text (-----BEGIN CERTIFICATE-----)", field)
+	}
 	if len(bytes.TrimSpace(rest)) > 0 {
 		return nil, fmt.Errorf("%s has data after its last PEM block, or a block that does not decode", field)
-	}
-	if len(certs) == 0 {
-		return nil, fmt.Errorf("%s holds no PEM certificate", field)
 	}
 	return certs, nil
 }

@@ -1,0 +1,223 @@
+package meshauth
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+func TestServiceCreateReadNeverShowsKey(t *testing.T) {
+	e := getTestBackend(t)
+	resp := e.mustOK(t, logical.UpdateOperation, "services/Orders", map[string]any{
+		"allowed_audiences": "payments,ledger",
+		"claims":            map[string]any{"team": "checkout"},
+		"metadata":          map[string]any{"owner": "alice"},
+		"token_ttl":         "10m",
+	})
+	key := resp.Data["api_key"].(string)
+	if !strings.HasPrefix(key, apiKeyPrefix) || len(key) < 43 {
+		t.Fatalf("api key %q is not a 256-bit meshauth key", key)
+	}
+	if resp.Data["api_key_id"] == "" || resp.Data["name"] != "orders" {
+		t.Fatalf("unexpected create response %#v", resp.Data)
+	}
+	read := e.mustOK(t, logical.ReadOperation, "services/orders", nil)
+	flat := strings.Join(flatten(read.Data), " ")
+	if strings.Contains(flat, key) || strings.Contains(flat, "hash") {
+		t.Fatal("read shows the key or its hash")
+	}
+	keys := read.Data["api_keys"].([]map[string]any)
+	if len(keys) != 1 || keys[0]["id"] != resp.Data["api_key_id"] {
+		t.Fatalf("api_keys = %#v", keys)
+	}
+	if read.Data["token_ttl"] != int64(600) || read.Data["require_mtls"] != false {
+		t.Fatalf("read = %#v", read.Data)
+	}
+	// Names are case-insensitive: the same service under another spelling.
+	e.mustOK(t, logical.ReadOperation, "services/ORDERS", nil)
+	list := e.mustOK(t, logical.ListOperation, "services/", nil)
+	if got := list.Data["keys"].([]string); len(got) != 1 || got[0] != "orders" {
+		t.Fatalf("list = %v", got)
+	}
+}
+
+func flatten(v any) []string {
+	switch x := v.(type) {
+	case map[string]any:
+		var out []string
+		for k, v := range x {
+			out = append(out, k)
+			out = append(out, flatten(v)...)
+		}
+		return out
+	case []map[string]any:
+		var out []string
+		for _, m := range x {
+			out = append(out, flatten(m)...)
+		}
+		return out
+	case string:
+		return []string{x}
+	}
+	return nil
+}
+
+func TestServiceUpdateChangesOnlyNamedFields(t *testing.T) {
+	e := getTestBackend(t)
+	key := e.register(t, "orders", map[string]any{"allowed_audiences": "payments", "claims": map[string]any{"team": "a"}})
+	e.mustOK(t, logical.UpdateOperation, "services/orders", map[string]any{"disabled": true})
+	read := e.mustOK(t, logical.ReadOperation, "services/orders", nil)
+	if read.Data["disabled"] != true || read.Data["claims"].(map[string]string)["team"] != "a" || len(read.Data["allowed_audiences"].([]string)) != 1 {
+		t.Fatalf("update changed more than disabled: %#v", read.Data)
+	}
+	if resp := e.mustOK(t, logical.UpdateOperation, "services/orders", map[string]any{"disabled": false}); resp != nil {
+		t.Fatalf("update answered %#v; only create shows an API key", resp.Data)
+	}
+	e.mustLogin(t, "orders", key)
+}
+
+func TestServiceRefusesBadInputAndWritesNothing(t *testing.T) {
+	long := strings.Repeat("a", 300)
+	cases := []struct {
+		name string
+		data map[string]any
+		want string
+	}{
+		{"reserved claim", map[string]any{"claims": map[string]any{"sub": "root"}}, `registered claim "sub"`},
+		{"token_ttl over engine max", map[string]any{"token_ttl": "48h"}, "exceeds the engine's max_ttl"},
+		{"token_max_ttl over engine max", map[string]any{"token_max_ttl": "25h"}, "exceeds the engine's max_ttl"},
+		{"ttl over own max", map[string]any{"token_ttl": "2h", "token_max_ttl": "1h"}, "exceeds token_max_ttl"},
+		{"negative ttl", map[string]any{"token_ttl": -1}, "negative"},
+		{"default audience outside allowed", map[string]any{"allowed_audiences": "a", "default_audience": "b"}, "not in allowed_audiences"},
+		{"empty list entry", map[string]any{"allowed_audiences": []any{"a", ""}}, "empty entry"},
+		{"duplicate list entry", map[string]any{"allowed_audiences": "a,a"}, "twice"},
+		{"oversized list entry", map[string]any{"allowed_audiences": long}, "longer than"},
+		{"require mtls without trust", map[string]any{"require_mtls": true}, "neither certificate nor ca_chain"},
+		{"unknown field", map[string]any{"token_tll": "1h"}, "unknown field(s) token_tll"},
+		{"private key as certificate", map[string]any{"certificate": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}, "private key"},
+		{"garbage certificate", map[string]any{"certificate": "not pem"}, "no PEM certificate"},
+		{"oversized metadata value", map[string]any{"metadata": map[string]any{"k": strings.Repeat("v", 2000)}}, "longer than"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := getTestBackend(t)
+			puts := e.storage.puts.Load()
+			e.mustFail(t, logical.UpdateOperation, "services/orders", tc.data, tc.want)
+			if e.storage.puts.Load() != puts {
+				t.Fatal("a refused registration wrote to storage")
+			}
+			if resp, _ := e.request(t, logical.ReadOperation, "services/orders", nil); resp != nil {
+				t.Fatal("a refused registration left a service behind")
+			}
+		})
+	}
+}
+
+func TestServiceNamesOutsideTheSyntaxMatchNoPath(t *testing.T) {
+	e := getTestBackend(t)
+	for _, name := range []string{"-lead", ".hidden", strings.Repeat("a", 129), "a/b", "a b", "ünï"} {
+		if _, err := e.request(t, logical.UpdateOperation, "services/"+name, nil); err == nil {
+			t.Errorf("name %q was accepted", name)
+		}
+	}
+}
+
+func TestServiceDeleteStopsLoginAndVerify(t *testing.T) {
+	e := getTestBackend(t)
+	key := e.register(t, "orders", nil)
+	tok := e.mustLogin(t, "orders", key)
+	e.mustOK(t, logical.DeleteOperation, "services/orders", nil)
+	if _, err := e.login(t, "orders", key, nil); err != logical.ErrPermissionDenied {
+		t.Fatalf("login after delete: %v", err)
+	}
+	if ok, reason := e.verify(t, tok, nil); ok || reason != reasonUnknownService {
+		t.Fatalf("verify after delete: %v %s", ok, reason)
+	}
+}
+
+func TestServiceExistenceCheckSeparatesCreateFromUpdate(t *testing.T) {
+	e := getTestBackend(t)
+	req := &logical.Request{Operation: logical.UpdateOperation, Path: "services/orders", Storage: e.storage}
+	found, exists, err := e.b.HandleExistenceCheck(t.Context(), req)
+	if err != nil || !found || exists {
+		t.Fatalf("before create: found=%v exists=%v err=%v", found, exists, err)
+	}
+	e.register(t, "orders", nil)
+	_, exists, _ = e.b.HandleExistenceCheck(t.Context(), req)
+	if !exists {
+		t.Fatal("existence check does not see the service")
+	}
+}
+
+func TestRotateKeyGracePeriod(t *testing.T) {
+	e := getTestBackend(t)
+	old := e.register(t, "orders", nil)
+	resp := e.mustOK(t, logical.UpdateOperation, "services/orders/rotate-key", map[string]any{"grace_period": "1h"})
+	fresh := resp.Data["api_key"].(string)
+	if fresh == old || resp.Data["api_key_id"] == "" {
+		t.Fatal("rotate-key did not issue a new key")
+	}
+	e.mustLogin(t, "orders", old)
+	e.mustLogin(t, "orders", fresh)
+	e.clock.advance(61 * time.Minute)
+	if _, err := e.login(t, "orders", old, nil); err != logical.ErrPermissionDenied {
+		t.Fatalf("old key after grace: %v", err)
+	}
+	e.mustLogin(t, "orders", fresh)
+
+	// grace_period=0 ends the old key at once, and prunes it.
+	resp = e.mustOK(t, logical.UpdateOperation, "services/orders/rotate-key", map[string]any{"grace_period": 0})
+	if _, err := e.login(t, "orders", fresh, nil); err != logical.ErrPermissionDenied {
+		t.Fatalf("old key with zero grace: %v", err)
+	}
+	e.mustLogin(t, "orders", resp.Data["api_key"].(string))
+	if keys := e.mustOK(t, logical.ReadOperation, "services/orders", nil).Data["api_keys"].([]map[string]any); len(keys) != 1 {
+		t.Fatalf("expired keys were kept: %v", keys)
+	}
+	e.mustFail(t, logical.UpdateOperation, "services/nobody/rotate-key", nil, "not registered")
+}
+
+func TestRotateKeyFailedWriteKeepsOldKey(t *testing.T) {
+	e := getTestBackend(t)
+	old := e.register(t, "orders", nil)
+	e.storage.failPut.Store(true)
+	resp, err := e.request(t, logical.UpdateOperation, "services/orders/rotate-key", nil)
+	e.storage.failPut.Store(false)
+	if err == nil || (resp != nil && resp.Data["api_key"] != nil) {
+		t.Fatalf("rotate-key with failing storage answered %#v, %v", resp, err)
+	}
+	e.mustLogin(t, "orders", old)
+}
+
+func TestAPIKeyMaxAge(t *testing.T) {
+	e := getTestBackend(t)
+	key := e.register(t, "orders", nil)
+	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"api_key_max_age": "2h"})
+	e.mustLogin(t, "orders", key)
+	e.clock.advance(2*time.Hour + time.Second)
+	if _, err := e.login(t, "orders", key, nil); err != logical.ErrPermissionDenied {
+		t.Fatalf("key past max age: %v", err)
+	}
+}
+
+func TestServiceRevokeStopsEarlierTokensOnly(t *testing.T) {
+	e := getTestBackend(t)
+	key := e.register(t, "orders", nil)
+	before := e.mustLogin(t, "orders", key)
+	e.clock.advance(2 * time.Second)
+	e.mustOK(t, logical.UpdateOperation, "services/orders/revoke", nil)
+	if ok, reason := e.verify(t, before, nil); ok || reason != reasonServiceRevoked {
+		t.Fatalf("token from before revoke: %v %s", ok, reason)
+	}
+	// Same second as the revoke: still a good token.
+	after := e.mustLogin(t, "orders", key)
+	if ok, reason := e.verify(t, after, nil); !ok {
+		t.Fatalf("token minted right after revoke: %s", reason)
+	}
+	e.mustOK(t, logical.UpdateOperation, "services/orders/revoke", map[string]any{"disable": true})
+	if _, err := e.login(t, "orders", key, nil); err != logical.ErrPermissionDenied {
+		t.Fatalf("login after revoke with disable: %v", err)
+	}
+}
