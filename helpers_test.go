@@ -338,3 +338,5 @@ func handshake(tb testing.TB, chain []*x509.Certificate, key *ecdsa.PrivateKey) 
 func tlsConn(st *tls.ConnectionState) *logical.Connection {
 	return &logical.Connection{RemoteAddr: "127.0.0.1", ConnState: st}
 }
+
+func ellipticP256() elliptic.Curve { return elliptic.P256() }
