@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"strings"
 	"sync"
@@ -340,3 +341,5 @@ func tlsConn(st *tls.ConnectionState) *logical.Connection {
 }
 
 func ellipticP256() elliptic.Curve { return elliptic.P256() }
+
+func fmtSscanf(s, format string, a ...any) (int, error) { return fmt.Sscanf(s, format, a...) }

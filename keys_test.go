@@ -1,0 +1,172 @@
+package meshauth
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// jwksKIDs reads jwks and returns its kids in order.
+func jwksKIDs(t *testing.T, e *testEnv) []string {
+	resp := e.mustOK(t, logical.ReadOperation, "jwks", nil)
+	var set struct {
+		Keys []map[string]string `json:"keys"`
+	}
+	if err := json.Unmarshal(resp.Data[logical.HTTPRawBody].([]byte), &set); err != nil {
+		t.Fatal(err)
+	}
+	var kids []string
+	for _, k := range set.Keys {
+		if k["d"] != "" || k["p"] != "" {
+			t.Fatal("jwks holds private key material")
+		}
+		kids = append(kids, k["kid"])
+	}
+	return kids
+}
+
+func TestKeyRingNextKeyIsPublishedBeforeItSigns(t *testing.T) {
+	e := getTestBackend(t)
+	keys := e.mustOK(t, logical.ReadOperation, "keys", nil).Data["keys"].([]map[string]any)
+	if len(keys) != 2 || keys[0]["state"] != keyStateCurrent || keys[1]["state"] != keyStateNext {
+		t.Fatalf("new ring = %#v", keys)
+	}
+	next := keys[1]["kid"].(string)
+	if kids := jwksKIDs(t, e); len(kids) != 2 || kids[1] != next {
+		t.Fatalf("jwks %v does not publish the next key %s", kids, next)
+	}
+	key := e.register(t, "orders", nil)
+	old := e.mustLogin(t, "orders", key)
+	rotated := e.mustOK(t, logical.UpdateOperation, "keys/rotate", nil)
+	if rotated.Data["current_kid"] != next {
+		t.Fatalf("rotation promoted %v, not the published next key %s", rotated.Data["current_kid"], next)
+	}
+	header, _ := decodeJWT(t, e.mustLogin(t, "orders", key))
+	if header["kid"] != next {
+		t.Fatal("new tokens are not signed by the promoted key")
+	}
+	if ok, reason := e.verify(t, old, nil); !ok {
+		t.Fatalf("token of the retired key: %s", reason)
+	}
+	keys = e.mustOK(t, logical.ReadOperation, "keys", nil).Data["keys"].([]map[string]any)
+	if len(keys) != 3 || keys[0]["state"] != keyStateRetired || keys[0]["retires_at"] == nil {
+		t.Fatalf("after rotation = %#v", keys)
+	}
+	// After verification_ttl the retired key leaves jwks and stops verifying;
+	// no token outlives it (default ttl 1h < verification_ttl).
+	e.clock.advance(24*time.Hour + 31*time.Second)
+	if ok, reason := e.verify(t, old, nil); ok || reason != reasonUnknownKey && reason != reasonExpired {
+		t.Fatalf("token of a key past verification_ttl: %v %s", ok, reason)
+	}
+	if kids := jwksKIDs(t, e); len(kids) != 2 {
+		t.Fatalf("jwks still holds the expired key: %v", kids)
+	}
+	if res := e.mustOK(t, logical.UpdateOperation, "tidy", nil); res.Data["keys_removed"] != 1 {
+		t.Fatalf("tidy = %#v", res.Data)
+	}
+}
+
+func TestPeriodicRotatesOncePerPeriod(t *testing.T) {
+	e := getTestBackend(t)
+	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"key_rotation_period": "1h"})
+	req := &logical.Request{Storage: e.storage}
+	current := func() any { return e.mustOK(t, logical.ReadOperation, "keys", nil).Data["current_kid"] }
+	first := current()
+	for range 3 {
+		if err := e.b.periodic(t.Context(), req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if current() != first {
+		t.Fatal("periodic rotated before the period ended")
+	}
+	e.clock.advance(time.Hour)
+	for range 3 { // safe to run twice: rotates once
+		if err := e.b.periodic(t.Context(), req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if current() == first || e.b.metrics.keyRotations.Load() != 1 {
+		t.Fatalf("rotations = %d; want exactly 1", e.b.metrics.keyRotations.Load())
+	}
+}
+
+func TestJWKSCacheControlNeverPastNextRotation(t *testing.T) {
+	e := getTestBackend(t)
+	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"key_rotation_period": "10m"})
+	e.mustOK(t, logical.UpdateOperation, "keys/rotate", nil)
+	e.clock.advance(5 * time.Minute)
+	for range 20 {
+		resp := e.mustOK(t, logical.ReadOperation, "jwks", nil)
+		cc := resp.Data[logical.HTTPCacheControlHeader].(string)
+		var age int
+		if _, err := fmtSscanf(cc, "max-age=%d", &age); err != nil {
+			t.Fatal(err)
+		}
+		if age > 300 || age < 270 {
+			t.Fatalf("max-age %d with 300s to the next rotation", age)
+		}
+		if resp.Data[logical.HTTPContentType] != "application/json" {
+			t.Fatal("jwks is not application/json")
+		}
+	}
+}
+
+func TestDiscoveryDocument(t *testing.T) {
+	e := getTestBackend(t)
+	doc := func() map[string]any {
+		var d map[string]any
+		_ = json.Unmarshal(e.mustOK(t, logical.ReadOperation, ".well-known/openid-configuration", nil).Data[logical.HTTPRawBody].([]byte), &d)
+		return d
+	}
+	if d := doc(); d["issuer"] != "meshauth" || d["jwks_uri"] != "/v1/meshauth/jwks" {
+		t.Fatalf("discovery %#v", d)
+	}
+	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"issuer": "https://127.0.0.1:8200/v1/mesh/"})
+	if d := doc(); !strings.HasSuffix(d["jwks_uri"].(string), "/v1/mesh/jwks") || !strings.HasPrefix(d["jwks_uri"].(string), "https://") {
+		t.Fatalf("discovery %#v", d)
+	}
+}
+
+func TestInvalidateDropsOnlyWhatChanged(t *testing.T) {
+	e := getTestBackend(t)
+	key := e.register(t, "orders", nil)
+	e.mustLogin(t, "orders", key)
+	// Another node changes the service in shared storage and Vault tells us.
+	entry, _ := readService(t.Context(), e.storage, "orders")
+	entry.Disabled = true
+	raw, _ := logical.StorageEntryJSON(storageServicePrefix+"orders", entry)
+	_ = e.storage.Storage.Put(t.Context(), raw)
+	e.mustLogin(t, "orders", key) // cache still holds the old entry
+	e.b.invalidate(t.Context(), storageServicePrefix+"orders")
+	if _, err := e.login(t, "orders", key, nil); err != logical.ErrPermissionDenied {
+		t.Fatalf("after invalidate: %v", err)
+	}
+	if _, _, ok := e.b.keyRing.get(""); !ok {
+		t.Fatal("invalidating a service dropped the key ring")
+	}
+}
+
+func TestMetricsPrometheus(t *testing.T) {
+	e := getTestBackend(t)
+	key := e.register(t, "orders", nil)
+	e.mustLogin(t, "orders", key)
+	_, _ = e.login(t, "ghost", key, nil)
+	e.verify(t, "x.y.z", nil)
+	resp := e.mustOK(t, logical.ReadOperation, "metrics", map[string]any{"format": "prometheus"})
+	body := string(resp.Data[logical.HTTPRawBody].([]byte))
+	for _, want := range []string{
+		`meshauth_logins_total{service="orders",result="success"} 1`,
+		`meshauth_logins_total{service="_unknown",result="failure"} 1`,
+		`meshauth_verifications_total{result="malformed"} 1`,
+		"# TYPE meshauth_key_rotations_total counter",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("prometheus output lacks %q:\n%s", want, body)
+		}
+	}
+	e.mustFail(t, logical.ReadOperation, "metrics", map[string]any{"format": "xml"}, "json or prometheus")
+}
