@@ -464,7 +464,9 @@ func (b *backend) rotateKeyRingLocked(ctx context.Context, s logical.Storage, cf
 		return nil, err
 	}
 	b.keyRing.dropAll()
-	b.metrics.keyRotated()
+	if len(old.Keys) > 0 {
+		b.metrics.keyRotated()
+	}
 	return entry, nil
 }
 
