@@ -33,6 +33,12 @@ const (
 	storageRevokedPrefix = "revoked/"
 )
 
+// version is the plugin's semantic version, reported to Vault for versioned
+// registration. Release builds set it with
+// -ldflags "-X github.com/datapunk/vault-plugin-secrets-meshauth.version=v1.2.3";
+// development builds leave it empty, which Vault treats as unversioned.
+var version = ""
+
 // backend is the meshauth secrets engine. The login and verify paths are
 // served from the in-memory caches below; only writes touch storage.
 type backend struct {
@@ -92,7 +98,8 @@ func newBackend() *backend {
 	}
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
-		BackendType: logical.TypeLogical,
+		BackendType:    logical.TypeLogical,
+		RunningVersion: version,
 		PathsSpecial: &logical.Paths{
 			Unauthenticated: []string{"jwks", ".well-known/openid-configuration"},
 			SealWrapStorage: []string{storageKeyRing},

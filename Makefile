@@ -1,0 +1,74 @@
+# meshauth: build, run in a dev Vault, test. `make help` lists the targets.
+SHELL := /bin/bash
+
+PLUGIN      := vault-plugin-secrets-meshauth
+BIN_DIR     := $(CURDIR)/bin
+PLUGIN_BIN  := $(BIN_DIR)/$(PLUGIN)
+# A second build stamped with a version, for the end-to-end upgrade test.
+NEXT_BIN    := $(BIN_DIR)/$(PLUGIN)-next
+NEXT_VERSION := v0.0.2-e2e
+VERSION_VAR := github.com/datapunk/vault-plugin-secrets-meshauth.version
+
+# Pinned tool versions; `make tools` installs them into $(TOOLS_DIR).
+GOLANGCI_LINT_VERSION := v2.15.0
+GOFUMPT_VERSION       := v0.12.0
+BENCHSTAT_VERSION     := v0.0.0-20260908200009-22c9c6c9d4da
+TOOLS_DIR             := $(CURDIR)/.tools
+
+# End-to-end and fuzz budgets.
+E2E_TIMEOUT ?= 30m
+FUZZ_TIME   ?= 30s
+BENCH_COUNT ?= 6
+
+.PHONY: help build dev test test-unit test-race test-e2e vault bench fmt vet lint tools clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+build: ## build the plugin binary into bin/
+	go build -trimpath -o $(PLUGIN_BIN) ./cmd/$(PLUGIN)
+
+dev: ## build everything and run a dev Vault (TLS) with meshauth mounted; Ctrl-C stops it
+	./scripts/dev.sh
+
+test: test-unit test-e2e ## run every test: unit (with -race) and end-to-end against a real Vault
+
+test-unit: ## unit tests of the plugin package, with the race detector
+	go test -race -count=1 ./...
+
+vault: ## build the pinned Vault once per machine (cold: ~17 min on 2 cores)
+	@./scripts/vault-bin.sh >/dev/null
+
+test-e2e: build ## end-to-end tests against real Vault servers (builds Vault if needed)
+	@vault_bin=$$(./scripts/vault-bin.sh) && \
+	go build -trimpath -ldflags "-X $(VERSION_VAR)=$(NEXT_VERSION)" -o $(NEXT_BIN) ./cmd/$(PLUGIN) && \
+	cd e2e && VAULT_BIN=$$vault_bin MESHAUTH_PLUGIN=$(PLUGIN_BIN) MESHAUTH_PLUGIN_NEXT=$(NEXT_BIN) \
+	  go test -count=1 -timeout $(E2E_TIMEOUT) -v ./... 2>&1 | grep -vE '^\s*$$' ; exit $${PIPESTATUS[0]}
+
+bench: tools ## in-process benchmarks, BENCH_COUNT runs each, summarised by benchstat
+	go test -run='^$$' -bench=. -benchmem -count=$(BENCH_COUNT) . | tee bench.txt
+	$(TOOLS_DIR)/benchstat bench.txt
+
+fmt: tools ## format with gofumpt
+	$(TOOLS_DIR)/gofumpt -w .
+
+vet: ## go vet both modules
+	go vet ./...
+	cd e2e && go vet ./...
+
+lint: tools ## golangci-lint and gofumpt, both modules
+	$(TOOLS_DIR)/golangci-lint run ./...
+	cd e2e && $(TOOLS_DIR)/golangci-lint run ./...
+	@test -z "$$($(TOOLS_DIR)/gofumpt -l .)" || { echo "gofumpt would change:"; $(TOOLS_DIR)/gofumpt -l .; exit 1; }
+
+tools: $(TOOLS_DIR)/golangci-lint $(TOOLS_DIR)/gofumpt $(TOOLS_DIR)/benchstat ## install the pinned linters and benchstat
+
+$(TOOLS_DIR)/golangci-lint:
+	GOBIN=$(TOOLS_DIR) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+$(TOOLS_DIR)/gofumpt:
+	GOBIN=$(TOOLS_DIR) go install mvdan.cc/gofumpt@$(GOFUMPT_VERSION)
+$(TOOLS_DIR)/benchstat:
+	GOBIN=$(TOOLS_DIR) go install golang.org/x/perf/cmd/benchstat@$(BENCHSTAT_VERSION)
+
+clean: ## remove build output (not the cached Vault)
+	rm -rf $(BIN_DIR) .dev bench.txt

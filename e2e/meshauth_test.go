@@ -1,0 +1,363 @@
+package e2e
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+)
+
+// mount is deliberately not the default path: nothing may depend on it.
+const mount = "mesh-e2e"
+
+// fixture is a dev Vault with meshauth mounted, an audit log, and a mesh CA
+// with a client certificate for the service "orders".
+type fixture struct {
+	s         *vaultServer
+	root      *api.Client
+	audit     string
+	ca        *testCA
+	orders    *clientCert
+	stranger  *clientCert
+	ordersKey string
+	secrets   []string
+}
+
+func newFixture(t *testing.T) *fixture {
+	s := startDevServer(t)
+	f := &fixture{s: s, root: s.mustClient(), audit: filepath.Join(s.dir, "audit.log")}
+	s.mustCLI(t, "audit", "enable", "file", "file_path="+f.audit)
+	s.registerPlugin(mount)
+	f.ca = newCA(t, s.dir, "mesh")
+	f.orders = f.ca.issue(t, s.dir, "orders", []string{"orders.mesh"}, nil, x509.ExtKeyUsageClientAuth)
+	other := newCA(t, s.dir, "other")
+	f.stranger = other.issue(t, s.dir, "stranger", []string{"orders.mesh"}, nil, x509.ExtKeyUsageClientAuth)
+
+	out := s.mustCLI(t, "write", mount+"/services/orders", "ca_chain=@"+f.ca.file, "hostnames=orders.mesh", "allowed_audiences=payments,ledger", "claims=team=checkout")
+	f.ordersKey = jsonData(t, out)["api_key"].(string)
+	f.secrets = append(f.secrets, f.ordersKey)
+	return f
+}
+
+// login logs in as name through the vault CLI, presenting cert if given.
+func (f *fixture) login(t *testing.T, name, key string, cert *clientCert, extra ...string) (map[string]any, error) {
+	var env []string
+	if cert != nil {
+		env = []string{"VAULT_CLIENT_CERT=" + cert.certFile, "VAULT_CLIENT_KEY=" + cert.keyFile}
+	}
+	args := append([]string{"write", mount + "/login/" + name, "api_key=" + key}, extra...)
+	out, err := f.s.cli(env, args...)
+	if err != nil {
+		return nil, &cliError{out}
+	}
+	data := jsonData(t, out)
+	f.secrets = append(f.secrets, data["token"].(string))
+	return data, nil
+}
+
+type cliError struct{ out string }
+
+func (e *cliError) Error() string { return e.out }
+
+func (f *fixture) mustLogin(t *testing.T, name, key string, cert *clientCert) string {
+	t.Helper()
+	data, err := f.login(t, name, key, cert)
+	if err != nil {
+		t.Fatalf("login %s: %v", name, err)
+	}
+	return data["token"].(string)
+}
+
+// verify calls verify through the API and returns valid and reason.
+func (f *fixture) verify(t *testing.T, token string) (bool, string) {
+	t.Helper()
+	sec := write(t, f.root, mount+"/verify", map[string]any{"token": token})
+	reason, _ := sec.Data["reason"].(string)
+	return sec.Data["valid"].(bool), reason
+}
+
+func TestEndToEnd(t *testing.T) {
+	f := newFixture(t)
+	s := f.s
+
+	t.Run("login with client certificate binds the token", func(t *testing.T) {
+		data, err := f.login(t, "orders", f.ordersKey, f.orders, "audience=ledger")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if data["token_type"] != "Bearer" || data["kid"] == "" || data["jti"] == "" || data["expires_at"] == "" {
+			t.Fatalf("login answer %#v", data)
+		}
+		claims := verifyOffline(t, s, data["token"].(string))
+		cnf, _ := claims["cnf"].(map[string]any)
+		if cnf == nil || cnf["x5t#S256"] != f.orders.x5t() {
+			t.Fatalf("cnf %#v, want x5t#S256 %s", claims["cnf"], f.orders.x5t())
+		}
+		if claims["sub"] != "orders" || claims["aud"] != "ledger" || claims["team"] != "checkout" {
+			t.Fatalf("claims %#v", claims)
+		}
+		if ok, reason := f.verify(t, data["token"].(string)); !ok {
+			t.Fatalf("verify: %s", reason)
+		}
+	})
+
+	t.Run("login without or with a foreign certificate is refused", func(t *testing.T) {
+		for name, cert := range map[string]*clientCert{"none": nil, "other CA": f.stranger} {
+			_, err := f.login(t, "orders", f.ordersKey, cert)
+			if err == nil || !strings.Contains(err.Error(), "permission denied") {
+				t.Fatalf("%s: %v", name, err)
+			}
+		}
+	})
+
+	t.Run("read and list never show a key", func(t *testing.T) {
+		out := s.mustCLI(t, "read", mount+"/services/orders")
+		if strings.Contains(out, f.ordersKey) || !strings.Contains(out, `"api_keys"`) {
+			t.Fatalf("read: %s", out)
+		}
+		if !strings.Contains(s.mustCLI(t, "list", mount+"/services"), "orders") {
+			t.Fatal("list lacks orders")
+		}
+		tls := jsonData(t, s.mustCLI(t, "read", mount+"/services/orders/tls"))
+		if tls["ca_chain"] != f.ca.pem || tls["require_mtls"] != true {
+			t.Fatalf("tls profile %#v", tls)
+		}
+	})
+
+	t.Run("jwks and discovery need no token and are raw JSON", func(t *testing.T) {
+		resp, body := s.rawGet("/v1/" + mount + "/jwks")
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/json" || !strings.HasPrefix(resp.Header.Get("Cache-Control"), "max-age=") {
+			t.Fatalf("jwks: %d %v", resp.StatusCode, resp.Header)
+		}
+		if !strings.HasPrefix(string(body), `{"keys":[`) {
+			t.Fatalf("jwks body is not a bare JWK Set: %s", body)
+		}
+		resp, body = s.rawGet("/v1/" + mount + "/.well-known/openid-configuration")
+		var doc map[string]any
+		if resp.StatusCode != 200 || json.Unmarshal(body, &doc) != nil || doc["jwks_uri"] != "/v1/"+mount+"/jwks" {
+			t.Fatalf("discovery: %d %s", resp.StatusCode, body)
+		}
+	})
+
+	t.Run("rotation keeps old tokens verifying", func(t *testing.T) {
+		old := f.mustLogin(t, "orders", f.ordersKey, f.orders)
+		before := read(t, f.root, mount+"/keys").Data["current_kid"]
+		after := write(t, f.root, mount+"/keys/rotate", nil).Data["current_kid"]
+		if before == after {
+			t.Fatal("keys/rotate kept the current key")
+		}
+		if ok, reason := f.verify(t, old); !ok {
+			t.Fatalf("token of the retired key: %s", reason)
+		}
+		verifyOffline(t, s, old)
+		verifyOffline(t, s, f.mustLogin(t, "orders", f.ordersKey, f.orders))
+	})
+
+	t.Run("revoke one token, then the whole service", func(t *testing.T) {
+		tok := f.mustLogin(t, "orders", f.ordersKey, f.orders)
+		write(t, f.root, mount+"/revoke", map[string]any{"token": tok})
+		if ok, reason := f.verify(t, tok); ok || reason != "token_revoked" {
+			t.Fatalf("revoked token: %v %s", ok, reason)
+		}
+		other := f.mustLogin(t, "orders", f.ordersKey, f.orders)
+		time.Sleep(1100 * time.Millisecond)
+		write(t, f.root, mount+"/services/orders/revoke", nil)
+		if ok, reason := f.verify(t, other); ok || reason != "service_revoked" {
+			t.Fatalf("after service revoke: %v %s", ok, reason)
+		}
+		if ok, reason := f.verify(t, f.mustLogin(t, "orders", f.ordersKey, f.orders)); !ok {
+			t.Fatalf("token after the revoke: %s", reason)
+		}
+		write(t, f.root, mount+"/tidy", nil)
+	})
+
+	t.Run("rotate-key keeps the old key through its grace period", func(t *testing.T) {
+		out := jsonData(t, s.mustCLI(t, "write", mount+"/services/orders/rotate-key", "grace_period=1h"))
+		fresh := out["api_key"].(string)
+		f.secrets = append(f.secrets, fresh)
+		f.mustLogin(t, "orders", fresh, f.orders)
+		f.mustLogin(t, "orders", f.ordersKey, f.orders)
+		s.mustCLI(t, "write", mount+"/services/orders/rotate-key", "grace_period=0")
+		if _, err := f.login(t, "orders", fresh, f.orders); err == nil {
+			t.Fatal("key ended by grace_period=0 still logs in")
+		}
+		out = jsonData(t, s.mustCLI(t, "write", "-f", mount+"/services/orders/rotate-key"))
+		f.ordersKey = out["api_key"].(string)
+		f.secrets = append(f.secrets, f.ordersKey)
+	})
+
+	t.Run("config, metrics and path-help", func(t *testing.T) {
+		s.mustCLI(t, "write", mount+"/config", "default_ttl=10m", "lockout_threshold=3")
+		cfg := jsonData(t, s.mustCLI(t, "read", mount+"/config"))
+		if cfg["default_ttl"] != float64(600) || cfg["signing_algorithm"] != "ES256" {
+			t.Fatalf("config %#v", cfg)
+		}
+		if out, err := s.cli(nil, "write", mount+"/config", "signing_algorithm=HS256"); err == nil || !strings.Contains(out, "not supported") {
+			t.Fatalf("HS256 accepted: %s", out)
+		}
+		c := f.root
+		req := c.NewRequest("GET", "/v1/"+mount+"/metrics")
+		req.Params.Set("format", "prometheus")
+		resp, err := c.RawRequest(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var sb strings.Builder
+		buf := make([]byte, 4096)
+		for {
+			n, err := resp.Body.Read(buf)
+			sb.Write(buf[:n])
+			if err != nil {
+				break
+			}
+		}
+		if !strings.Contains(sb.String(), `meshauth_logins_total{service="orders",result="success"}`) {
+			t.Fatalf("prometheus metrics:\n%s", sb.String())
+		}
+		help, err := s.cli([]string{"VAULT_FORMAT=table"}, "path-help", mount+"/services/orders")
+		if err != nil || !strings.Contains(help, "pinned_spki") || !strings.Contains(help, "ca_chain") {
+			t.Fatalf("path-help: %v\n%s", err, help)
+		}
+	})
+
+	t.Run("ACL policy limits a token to its own login", func(t *testing.T) {
+		s.mustCLI(t, "write", mount+"/services/payments", "require_mtls=false")
+		policy := `path "` + mount + `/login/orders" { capabilities = ["update"] }`
+		policyFile := filepath.Join(s.dir, "orders-login.hcl")
+		if err := os.WriteFile(policyFile, []byte(policy), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s.mustCLI(t, "policy", "write", "orders-login", policyFile)
+		tokOut := jsonData2(t, s.mustCLI(t, "token", "create", "-policy=orders-login", "-ttl=10m"))
+		limited, err := s.clientWith(tokOut, f.orders)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := limited.Logical().Write(mount+"/login/orders", map[string]any{"api_key": f.ordersKey}); err != nil {
+			t.Fatalf("allowed login: %v", err)
+		}
+		for _, p := range []string{"login/payments", "services/orders", "keys/rotate", "services/orders/rotate-key"} {
+			if _, err := limited.Logical().Write(mount+"/"+p, map[string]any{"api_key": "x"}); err == nil || !strings.Contains(err.Error(), "403") {
+				t.Fatalf("%s with a login-only token: %v", p, err)
+			}
+		}
+		if _, err := limited.Logical().Read(mount + "/services/orders"); err == nil {
+			t.Fatal("login-only token read a service")
+		}
+	})
+
+	t.Run("plugin reload and a killed plugin process lose nothing", func(t *testing.T) {
+		tok := f.mustLogin(t, "orders", f.ordersKey, f.orders)
+		s.mustCLI(t, "plugin", "reload", "-plugin="+catalogName)
+		if ok, reason := f.verify(t, tok); !ok {
+			t.Fatalf("after reload: %s", reason)
+		}
+		pids := s.pluginPIDs()
+		if len(pids) == 0 {
+			t.Fatal("found no plugin process of this server")
+		}
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		// Vault restarts the plugin and retries the request once.
+		var err error
+		for range 10 {
+			if _, err = f.login(t, "orders", f.ordersKey, f.orders); err == nil {
+				break
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+		if err != nil {
+			t.Fatalf("login after the plugin was killed: %v", err)
+		}
+		if ok, reason := f.verify(t, tok); !ok {
+			t.Fatalf("token after the plugin was killed: %s", reason)
+		}
+		if read(t, f.root, mount+"/services/orders") == nil {
+			t.Fatal("service lost")
+		}
+	})
+
+	t.Run("the audit log holds no API key and no token in clear", func(t *testing.T) {
+		data, err := os.ReadFile(f.audit)
+		if err != nil || len(data) == 0 {
+			t.Fatalf("audit log: %v", err)
+		}
+		for _, secret := range f.secrets {
+			if strings.Contains(string(data), secret) {
+				t.Fatalf("audit log holds a secret in clear (%d chars)", len(secret))
+			}
+		}
+		if !strings.Contains(string(data), "hmac-sha256:") {
+			t.Fatal("audit log has no HMACed values at all; is it the right file?")
+		}
+	})
+}
+
+// jsonData2 reads the auth.client_token of `vault token create -format=json`.
+func jsonData2(t *testing.T, out string) string {
+	var sec struct {
+		Auth struct {
+			ClientToken string `json:"client_token"`
+		} `json:"auth"`
+	}
+	if err := json.Unmarshal([]byte(out), &sec); err != nil {
+		t.Fatal(err)
+	}
+	return sec.Auth.ClientToken
+}
+
+// verifyOffline checks an ES256 token with the standard library alone, from
+// the jwks endpoint fetched without a Vault token, and returns its claims.
+func verifyOffline(t *testing.T, s *vaultServer, token string) map[string]any {
+	t.Helper()
+	_, body := s.rawGet("/v1/" + mount + "/jwks")
+	var set struct {
+		Keys []map[string]string `json:"keys"`
+	}
+	if err := json.Unmarshal(body, &set); err != nil {
+		t.Fatal(err)
+	}
+	parts := strings.Split(token, ".")
+	var header map[string]string
+	var claims map[string]any
+	h, _ := base64.RawURLEncoding.DecodeString(parts[0])
+	c, _ := base64.RawURLEncoding.DecodeString(parts[1])
+	if json.Unmarshal(h, &header) != nil || json.Unmarshal(c, &claims) != nil {
+		t.Fatal("token does not decode")
+	}
+	for _, k := range set.Keys {
+		if k["kid"] != header["kid"] {
+			continue
+		}
+		x, _ := base64.RawURLEncoding.DecodeString(k["x"])
+		y, _ := base64.RawURLEncoding.DecodeString(k["y"])
+		pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), append(append([]byte{4}, x...), y...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sig, _ := base64.RawURLEncoding.DecodeString(parts[2])
+		digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
+		if !ecdsa.Verify(pub, digest[:], new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])) {
+			t.Fatal("signature does not verify with the published key")
+		}
+		if exp := int64(claims["exp"].(float64)); time.Unix(exp, 0).Before(time.Now()) {
+			t.Fatal("token already expired")
+		}
+		return claims
+	}
+	t.Fatalf("kid %s not in jwks", header["kid"])
+	return nil
+}
