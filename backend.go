@@ -97,7 +97,7 @@ func newBackend() *backend {
 		now:            time.Now,
 	}
 	b.Backend = &framework.Backend{
-		Help:        strings.TrimSpace(backendHelp),
+		Help:           strings.TrimSpace(backendHelp),
 		BackendType:    logical.TypeLogical,
 		RunningVersion: version,
 		PathsSpecial: &logical.Paths{
