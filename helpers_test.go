@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
+	"encoding/base64"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -343,3 +344,5 @@ func tlsConn(st *tls.ConnectionState) *logical.Connection {
 func ellipticP256() elliptic.Curve { return elliptic.P256() }
 
 func fmtSscanf(s, format string, a ...any) (int, error) { return fmt.Sscanf(s, format, a...) }
+
+func decodeSegment(s string) ([]byte, error) { return base64.RawURLEncoding.DecodeString(s) }
