@@ -306,6 +306,21 @@ func TestEndToEnd(t *testing.T) {
 	})
 }
 
+// decodeClaims returns a token's claims without checking anything.
+func decodeClaims(t *testing.T, token string) map[string]any {
+	t.Helper()
+	parts := strings.Split(token, ".")
+	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var claims map[string]any
+	if err := json.Unmarshal(raw, &claims); err != nil {
+		t.Fatal(err)
+	}
+	return claims
+}
+
 // jsonData2 reads the auth.client_token of `vault token create -format=json`.
 func jsonData2(t *testing.T, out string) string {
 	var sec struct {

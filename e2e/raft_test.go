@@ -16,7 +16,7 @@ import (
 func startRaftServer(t testing.TB) *vaultServer {
 	t.Helper()
 	dir := t.TempDir()
-	port, clusterPort := freePort(t), freePort(t)
+	port, clusterPort, proxyPort := freePort(t), freePort(t), freePort(t)
 	ca := newCA(t, dir, "listener")
 	serverCert := ca.issue(t, dir, "server", []string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1")}, x509.ExtKeyUsageServerAuth)
 	s := &vaultServer{
@@ -24,6 +24,7 @@ func startRaftServer(t testing.TB) *vaultServer {
 		name:      "raft",
 		dir:       dir,
 		addr:      fmt.Sprintf("https://127.0.0.1:%d", port),
+		proxyAddr: fmt.Sprintf("https://127.0.0.1:%d", proxyPort),
 		caFile:    ca.file,
 		pluginDir: filepath.Join(dir, "plugins"),
 		logFile:   filepath.Join(dir, "vault.log"),
@@ -43,11 +44,23 @@ listener "tcp" {
   tls_cert_file   = %q
   tls_key_file    = %q
 }
+# A second listener that trusts a TLS-terminating proxy on loopback to
+# forward the client certificate it verified in a header.
+listener "tcp" {
+  address                                     = "127.0.0.1:%d"
+  tls_cert_file                               = %q
+  tls_key_file                                = %q
+  x_forwarded_for_authorized_addrs            = "127.0.0.1/32"
+  x_forwarded_for_reject_not_authorized       = true
+  x_forwarded_for_client_cert_header          = "X-Forwarded-Client-Cert"
+  x_forwarded_for_client_cert_header_decoders = "URL,DER"
+}
 api_addr         = "https://127.0.0.1:%d"
 cluster_addr     = "https://127.0.0.1:%d"
 plugin_directory = %q
 disable_mlock    = true
-`, filepath.Join(dir, "raft"), port, clusterPort, serverCert.certFile, serverCert.keyFile, port, clusterPort, s.pluginDir)
+`, filepath.Join(dir, "raft"), port, clusterPort, serverCert.certFile, serverCert.keyFile,
+		proxyPort, serverCert.certFile, serverCert.keyFile, port, clusterPort, s.pluginDir)
 	configFile := filepath.Join(dir, "vault.hcl")
 	if err := os.WriteFile(configFile, []byte(config), 0o600); err != nil {
 		t.Fatal(err)

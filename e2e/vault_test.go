@@ -51,6 +51,7 @@ type vaultServer struct {
 	name      string
 	dir       string
 	addr      string
+	proxyAddr string
 	caFile    string
 	pluginDir string
 	token     string
