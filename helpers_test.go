@@ -6,9 +6,9 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
-	"encoding/base64"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -315,7 +315,7 @@ func handshake(tb testing.TB, chain []*x509.Certificate, key *ecdsa.PrivateKey) 
 		st := tc.ConnectionState()
 		done <- &st
 	}()
-	clientCfg := &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12} //nolint:gosec // test server with a throwaway certificate
+	clientCfg := &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}
 	if len(chain) > 0 {
 		raw := make([][]byte, len(chain))
 		for i, c := range chain {

@@ -2,6 +2,7 @@ package meshauth
 
 import (
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -143,7 +144,7 @@ func TestInvalidateDropsOnlyWhatChanged(t *testing.T) {
 	_ = e.storage.Storage.Put(t.Context(), raw)
 	e.mustLogin(t, "orders", key) // cache still holds the old entry
 	e.b.invalidate(t.Context(), storageServicePrefix+"orders")
-	if _, err := e.login(t, "orders", key, nil); err != logical.ErrPermissionDenied {
+	if _, err := e.login(t, "orders", key, nil); !errors.Is(err, logical.ErrPermissionDenied) {
 		t.Fatalf("after invalidate: %v", err)
 	}
 	if _, _, ok := e.b.keyRing.get(""); !ok {

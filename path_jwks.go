@@ -108,5 +108,5 @@ func cacheAge(ring *keyRing, cfg *configEntry, now time.Time) time.Duration {
 	if age <= 0 {
 		return 0
 	}
-	return age - time.Duration(rand.Int64N(int64(age/10)+1))
+	return age - time.Duration(rand.Int64N(int64(age/10)+1)) //nolint:gosec // jitter spreads refetches; it guards nothing
 }

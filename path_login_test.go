@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"math/big"
 	"strings"
 	"sync"
@@ -125,7 +126,7 @@ func TestLoginFailuresAreIndistinguishable(t *testing.T) {
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
 			resp, err := e.login(t, c[0], c[1], nil)
-			if err != logical.ErrPermissionDenied || resp != nil {
+			if !errors.Is(err, logical.ErrPermissionDenied) || resp != nil {
 				t.Fatalf("got %#v, %v; want only permission denied", resp, err)
 			}
 		})
@@ -174,7 +175,7 @@ func TestLockoutPerServiceAndCaller(t *testing.T) {
 	bad := map[string]any{"api_key": "mak_guess"}
 	for i := range 5 {
 		_, err := e.requestWith(t, logical.UpdateOperation, "login/orders", bad, stranger)
-		if err != logical.ErrPermissionDenied {
+		if !errors.Is(err, logical.ErrPermissionDenied) {
 			t.Fatalf("failure %d: %v", i, err)
 		}
 	}

@@ -1,6 +1,7 @@
 package meshauth
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -129,7 +130,7 @@ func TestServiceDeleteStopsLoginAndVerify(t *testing.T) {
 	key := e.register(t, "orders", nil)
 	tok := e.mustLogin(t, "orders", key)
 	e.mustOK(t, logical.DeleteOperation, "services/orders", nil)
-	if _, err := e.login(t, "orders", key, nil); err != logical.ErrPermissionDenied {
+	if _, err := e.login(t, "orders", key, nil); !errors.Is(err, logical.ErrPermissionDenied) {
 		t.Fatalf("login after delete: %v", err)
 	}
 	if ok, reason := e.verify(t, tok, nil); ok || reason != reasonUnknownService {
@@ -162,14 +163,14 @@ func TestRotateKeyGracePeriod(t *testing.T) {
 	e.mustLogin(t, "orders", old)
 	e.mustLogin(t, "orders", fresh)
 	e.clock.advance(61 * time.Minute)
-	if _, err := e.login(t, "orders", old, nil); err != logical.ErrPermissionDenied {
+	if _, err := e.login(t, "orders", old, nil); !errors.Is(err, logical.ErrPermissionDenied) {
 		t.Fatalf("old key after grace: %v", err)
 	}
 	e.mustLogin(t, "orders", fresh)
 
 	// grace_period=0 ends the old key at once, and prunes it.
 	resp = e.mustOK(t, logical.UpdateOperation, "services/orders/rotate-key", map[string]any{"grace_period": 0})
-	if _, err := e.login(t, "orders", fresh, nil); err != logical.ErrPermissionDenied {
+	if _, err := e.login(t, "orders", fresh, nil); !errors.Is(err, logical.ErrPermissionDenied) {
 		t.Fatalf("old key with zero grace: %v", err)
 	}
 	e.mustLogin(t, "orders", resp.Data["api_key"].(string))
@@ -197,7 +198,7 @@ func TestAPIKeyMaxAge(t *testing.T) {
 	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"api_key_max_age": "2h"})
 	e.mustLogin(t, "orders", key)
 	e.clock.advance(2*time.Hour + time.Second)
-	if _, err := e.login(t, "orders", key, nil); err != logical.ErrPermissionDenied {
+	if _, err := e.login(t, "orders", key, nil); !errors.Is(err, logical.ErrPermissionDenied) {
 		t.Fatalf("key past max age: %v", err)
 	}
 }
@@ -217,7 +218,7 @@ func TestServiceRevokeStopsEarlierTokensOnly(t *testing.T) {
 		t.Fatalf("token minted right after revoke: %s", reason)
 	}
 	e.mustOK(t, logical.UpdateOperation, "services/orders/revoke", map[string]any{"disable": true})
-	if _, err := e.login(t, "orders", key, nil); err != logical.ErrPermissionDenied {
+	if _, err := e.login(t, "orders", key, nil); !errors.Is(err, logical.ErrPermissionDenied) {
 		t.Fatalf("login after revoke with disable: %v", err)
 	}
 }

@@ -73,7 +73,7 @@ func parseCertificates(field, text string, maxCerts int) ([]*x509.Certificate, e
 		}
 		cert, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("%s: certificate %d does not parse: %v", field, len(certs)+1, err)
+			return nil, fmt.Errorf("%s: certificate %d does not parse: %w", field, len(certs)+1, err)
 		}
 		certs = append(certs, cert)
 	}

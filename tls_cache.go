@@ -93,7 +93,7 @@ func keyOf(chain []*x509.Certificate) chainKey {
 	h := sha256.New()
 	var n [4]byte
 	for _, c := range chain {
-		binary.BigEndian.PutUint32(n[:], uint32(len(c.Raw)))
+		binary.BigEndian.PutUint32(n[:], uint32(len(c.Raw))) //nolint:gosec // a parsed certificate is far below 4 GiB
 		h.Write(n[:])
 		h.Write(c.Raw)
 	}

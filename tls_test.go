@@ -3,6 +3,7 @@ package meshauth
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -101,7 +102,7 @@ func TestMTLSLogin(t *testing.T) {
 	for name, conn := range refused {
 		t.Run(name, func(t *testing.T) {
 			resp, err := mtlsLogin(t, e, "orders", key, conn)
-			if err != logical.ErrPermissionDenied || resp != nil {
+			if !errors.Is(err, logical.ErrPermissionDenied) || resp != nil {
 				t.Fatalf("got %#v, %v; want the generic permission denied", resp, err)
 			}
 			e.b.lockout = newLockoutTracker() // keep the address unlocked between cases
@@ -137,7 +138,7 @@ func TestPinnedCertificateIsComparedByBytesNotSerial(t *testing.T) {
 	if resp, err := mtlsLogin(t, e, "orders", key, tlsConn(handshake(t, []*x509.Certificate{leaf}, leafKey))); err != nil || resp.IsError() {
 		t.Fatalf("pinned certificate refused: %v", err)
 	}
-	if _, err := mtlsLogin(t, e, "orders", key, tlsConn(handshake(t, []*x509.Certificate{impostor}, impostorKey))); err != logical.ErrPermissionDenied {
+	if _, err := mtlsLogin(t, e, "orders", key, tlsConn(handshake(t, []*x509.Certificate{impostor}, impostorKey))); !errors.Is(err, logical.ErrPermissionDenied) {
 		t.Fatalf("impostor with the same serial: %v", err)
 	}
 }
@@ -151,7 +152,7 @@ func TestSPKIPinAtLogin(t *testing.T) {
 	if _, err := mtlsLogin(t, e, "orders", key, tlsConn(handshake(t, []*x509.Certificate{pinned}, pinnedKey))); err != nil {
 		t.Fatalf("pinned key refused: %v", err)
 	}
-	if _, err := mtlsLogin(t, e, "orders", key, tlsConn(handshake(t, []*x509.Certificate{otherLeaf}, otherKey))); err != logical.ErrPermissionDenied {
+	if _, err := mtlsLogin(t, e, "orders", key, tlsConn(handshake(t, []*x509.Certificate{otherLeaf}, otherKey))); !errors.Is(err, logical.ErrPermissionDenied) {
 		t.Fatalf("unpinned key from the right CA: %v", err)
 	}
 }
@@ -198,7 +199,7 @@ func TestTrustChangeDropsVerifiedChains(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.mustOK(t, logical.UpdateOperation, "services/orders", map[string]any{"ca_chain": other.pem})
-	if _, err := mtlsLogin(t, e, "orders", key, conn); err != logical.ErrPermissionDenied {
+	if _, err := mtlsLogin(t, e, "orders", key, conn); !errors.Is(err, logical.ErrPermissionDenied) {
 		t.Fatalf("a cached verification outlived the trust it was made with: %v", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"io"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -206,22 +207,14 @@ func TestEndToEnd(t *testing.T) {
 		if out, err := s.cli(nil, "write", mount+"/config", "signing_algorithm=HS256"); err == nil || !strings.Contains(out, "not supported") {
 			t.Fatalf("HS256 accepted: %s", out)
 		}
-		c := f.root
-		req := c.NewRequest("GET", "/v1/"+mount+"/metrics")
-		req.Params.Set("format", "prometheus")
-		resp, err := c.RawRequest(req)
+		resp, err := f.root.Logical().ReadRawWithData(mount+"/metrics", map[string][]string{"format": {"prometheus"}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
 		var sb strings.Builder
-		buf := make([]byte, 4096)
-		for {
-			n, err := resp.Body.Read(buf)
-			sb.Write(buf[:n])
-			if err != nil {
-				break
-			}
+		if _, err := io.Copy(&sb, resp.Body); err != nil {
+			t.Fatal(err)
 		}
 		if !strings.Contains(sb.String(), `meshauth_logins_total{service="orders",result="success"}`) {
 			t.Fatalf("prometheus metrics:\n%s", sb.String())

@@ -178,12 +178,6 @@ func (s *vaultServer) stop() {
 	}
 }
 
-// kill ends the Vault process at once, as a crash would.
-func (s *vaultServer) kill() {
-	_ = s.cmd.Process.Kill()
-	<-s.exited
-}
-
 // waitReady polls until Vault answers sys/health, or fails with its log.
 func (s *vaultServer) waitReady() {
 	s.t.Helper()
