@@ -68,7 +68,11 @@ func errServiceNotFound(name string) error {
 	return logical.CodedError(http.StatusNotFound, fmt.Sprintf("service %q is not registered; list services/ to see those that are", name))
 }
 
-func (b *backend) pathServiceRotateKey(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+// mutateService runs one action on a registered service: it reads the entry
+// under the service's lock, lets mutate change it, and stores it before the
+// action's answer is returned, so a failed write never hands out a key that
+// was not stored. An error response from mutate stores nothing.
+func (b *backend) mutateService(ctx context.Context, req *logical.Request, d *framework.FieldData, mutate func(e *serviceEntry, now time.Time) (*logical.Response, error)) (*logical.Response, error) {
 	name, errResp := serviceName(d)
 	if errResp != nil {
 		return errResp, nil
@@ -76,6 +80,29 @@ func (b *backend) pathServiceRotateKey(ctx context.Context, req *logical.Request
 	if resp := rejectUnknownFields(req, d); resp != nil {
 		return resp, nil
 	}
+	lock := b.serviceLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+	entry, err := readService(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if entry == nil {
+		return nil, errServiceNotFound(name)
+	}
+	now := b.now().UTC()
+	resp, err := mutate(entry, now)
+	if err != nil || resp.IsError() {
+		return resp, err
+	}
+	entry.UpdatedAt = now
+	if err := b.putService(ctx, req.Storage, entry); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+func (b *backend) pathServiceRotateKey(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	cfg, err := b.getConfig(ctx, req.Storage)
 	if err != nil {
 		return nil, err
@@ -87,79 +114,51 @@ func (b *backend) pathServiceRotateKey(ctx context.Context, req *logical.Request
 		}
 		grace = time.Duration(v.(int)) * time.Second
 	}
-
-	lock := b.serviceLock(name)
-	lock.Lock()
-	defer lock.Unlock()
-	entry, err := readService(ctx, req.Storage, name)
-	if err != nil {
-		return nil, err
-	}
-	if entry == nil {
-		return nil, errServiceNotFound(name)
-	}
-	now := b.now().UTC()
-	ends := now.Add(grace)
-	for i := range entry.APIKeys {
-		if k := &entry.APIKeys[i]; k.ExpiresAt.IsZero() || ends.Before(k.ExpiresAt) {
-			k.ExpiresAt = ends
+	var createdID string
+	resp, err := b.mutateService(ctx, req, d, func(e *serviceEntry, now time.Time) (*logical.Response, error) {
+		ends := now.Add(grace)
+		for i := range e.APIKeys {
+			if k := &e.APIKeys[i]; k.ExpiresAt.IsZero() || ends.Before(k.ExpiresAt) {
+				k.ExpiresAt = ends
+			}
 		}
+		keys := liveKeys(e.APIKeys, now)
+		if len(keys) >= maxLiveAPIKeys {
+			return logical.ErrorResponse(fmt.Sprintf("service %q already has %d keys in their grace period; rotate with a shorter grace_period (0 ends them now)", e.Name, len(keys))), nil
+		}
+		created, err := generateAPIKey(now)
+		if err != nil {
+			return nil, err
+		}
+		e.APIKeys = append(keys, created.entry)
+		createdID = created.entry.ID
+		return &logical.Response{Data: map[string]any{
+			"name":                    e.Name,
+			"api_key":                 created.secret,
+			"api_key_id":              created.entry.ID,
+			"previous_keys_expire_at": ends.Format(time.RFC3339),
+		}}, nil
+	})
+	if err == nil && createdID != "" && !resp.IsError() {
+		b.Logger().Info("api key rotated", "service", resp.Data["name"], "api_key_id", createdID, "grace_period", grace.String())
 	}
-	keys := liveKeys(entry.APIKeys, now)
-	if len(keys) >= maxLiveAPIKeys {
-		return logical.ErrorResponse(fmt.Sprintf("service %q already has %d keys in their grace period; rotate with a shorter grace_period (0 ends them now)", name, len(keys))), nil
-	}
-	created, err := generateAPIKey(now)
-	if err != nil {
-		return nil, err
-	}
-	entry.APIKeys = append(keys, created.entry)
-	entry.UpdatedAt = now
-	// The new key is returned only after the entry holding its hash and the
-	// shortened old keys is stored: a failed write loses nothing.
-	if err := b.putService(ctx, req.Storage, entry); err != nil {
-		return nil, err
-	}
-	b.Logger().Info("api key rotated", "service", name, "api_key_id", created.entry.ID, "grace_period", grace.String())
-	return &logical.Response{Data: map[string]any{
-		"name":                    name,
-		"api_key":                 created.secret,
-		"api_key_id":              created.entry.ID,
-		"previous_keys_expire_at": ends.Format(time.RFC3339),
-	}}, nil
+	return resp, err
 }
 
 func (b *backend) pathServiceRevoke(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	name, errResp := serviceName(d)
-	if errResp != nil {
-		return errResp, nil
+	resp, err := b.mutateService(ctx, req, d, func(e *serviceEntry, now time.Time) (*logical.Response, error) {
+		e.RevokedBefore = now.Unix()
+		if d.Get("disable").(bool) {
+			e.Disabled = true
+		}
+		return &logical.Response{Data: map[string]any{
+			"name":                  e.Name,
+			"tokens_revoked_before": now.Format(time.RFC3339),
+			"disabled":              e.Disabled,
+		}}, nil
+	})
+	if err == nil && !resp.IsError() {
+		b.Logger().Warn("all tokens of service revoked", "service", resp.Data["name"], "disabled", resp.Data["disabled"])
 	}
-	if resp := rejectUnknownFields(req, d); resp != nil {
-		return resp, nil
-	}
-	lock := b.serviceLock(name)
-	lock.Lock()
-	defer lock.Unlock()
-	entry, err := readService(ctx, req.Storage, name)
-	if err != nil {
-		return nil, err
-	}
-	if entry == nil {
-		return nil, errServiceNotFound(name)
-	}
-	now := b.now().UTC()
-	entry.RevokedBefore = now.Unix()
-	if d.Get("disable").(bool) {
-		entry.Disabled = true
-	}
-	entry.UpdatedAt = now
-	if err := b.putService(ctx, req.Storage, entry); err != nil {
-		return nil, err
-	}
-	b.Logger().Warn("all tokens of service revoked", "service", name, "disabled", entry.Disabled)
-	return &logical.Response{Data: map[string]any{
-		"name":                  name,
-		"tokens_revoked_before": now.Format(time.RFC3339),
-		"disabled":              entry.Disabled,
-	}}, nil
+	return resp, err
 }
