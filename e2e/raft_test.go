@@ -7,45 +7,26 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
 
-// startRaftServer starts a single-node Vault with integrated storage (Raft)
-// and a TLS listener, initialises and unseals it, and returns it.
-func startRaftServer(t testing.TB) *vaultServer {
-	t.Helper()
-	dir := t.TempDir()
-	port, clusterPort, proxyPort := freePort(t), freePort(t), freePort(t)
-	ca := newCA(t, dir, "listener")
-	serverCert := ca.issue(t, dir, "server", []string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1")}, x509.ExtKeyUsageServerAuth)
-	s := &vaultServer{
-		t:         t,
-		name:      "raft",
-		dir:       dir,
-		addr:      fmt.Sprintf("https://127.0.0.1:%d", port),
-		proxyAddr: fmt.Sprintf("https://127.0.0.1:%d", proxyPort),
-		caFile:    ca.file,
-		pluginDir: filepath.Join(dir, "plugins"),
-		logFile:   filepath.Join(dir, "vault.log"),
-	}
-	copyPlugin(t, pluginBin, s.pluginDir, pluginName)
-	if err := os.MkdirAll(filepath.Join(dir, "raft"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	config := fmt.Sprintf(`
+// raftNodeConfig is the HCL of one node with integrated storage. Besides its
+// main listener, each node has a second one that trusts a TLS-terminating
+// proxy on loopback to forward the client certificate it verified in a header.
+const raftNodeConfig = `
 storage "raft" {
-  path    = %q
-  node_id = "node1"
-}
+  path                   = %q
+  node_id                = %q
+  performance_multiplier = 1
+%s}
 listener "tcp" {
   address         = "127.0.0.1:%d"
   cluster_address = "127.0.0.1:%d"
   tls_cert_file   = %q
   tls_key_file    = %q
 }
-# A second listener that trusts a TLS-terminating proxy on loopback to
-# forward the client certificate it verified in a header.
 listener "tcp" {
   address                                     = "127.0.0.1:%d"
   tls_cert_file                               = %q
@@ -59,17 +40,71 @@ api_addr         = "https://127.0.0.1:%d"
 cluster_addr     = "https://127.0.0.1:%d"
 plugin_directory = %q
 disable_mlock    = true
-`, filepath.Join(dir, "raft"), port, clusterPort, serverCert.certFile, serverCert.keyFile,
-		proxyPort, serverCert.certFile, serverCert.keyFile, port, clusterPort, s.pluginDir)
-	configFile := filepath.Join(dir, "vault.hcl")
-	if err := os.WriteFile(configFile, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	s.args = []string{"server", "-config=" + configFile}
-	s.start()
-	s.waitListening()
+`
 
-	out, err := s.cli(nil, "operator", "init", "-key-shares=1", "-key-threshold=1", "-format=json")
+// startRaftServer starts a single-node Vault with integrated storage (Raft),
+// initialises and unseals it.
+func startRaftServer(t testing.TB) *vaultServer {
+	t.Helper()
+	return startRaftCluster(t, 1)[0]
+}
+
+// startRaftCluster starts n Vault servers on loopback that form one Raft
+// cluster through retry_join, initialises the first, unseals all, and waits
+// until every node is a voter. The first node is active.
+func startRaftCluster(t testing.TB, n int) []*vaultServer {
+	t.Helper()
+	root := t.TempDir()
+	ca := newCA(t, root, "listener")
+	serverCert := ca.issue(t, root, "server", []string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1")}, x509.ExtKeyUsageServerAuth)
+	type ports struct{ api, cluster, proxy int }
+	all := make([]ports, n)
+	for i := range all {
+		all[i] = ports{freePort(t), freePort(t), freePort(t)}
+	}
+	nodes := make([]*vaultServer, n)
+	for i, p := range all {
+		dir := filepath.Join(root, fmt.Sprintf("node%d", i+1))
+		s := &vaultServer{
+			t:         t,
+			name:      fmt.Sprintf("node%d", i+1),
+			dir:       dir,
+			addr:      fmt.Sprintf("https://127.0.0.1:%d", p.api),
+			proxyAddr: fmt.Sprintf("https://127.0.0.1:%d", p.proxy),
+			caFile:    ca.file,
+			pluginDir: filepath.Join(dir, "plugins"),
+			logFile:   filepath.Join(dir, "vault.log"),
+		}
+		if err := os.MkdirAll(filepath.Join(dir, "raft"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		copyPlugin(t, pluginBin, s.pluginDir, pluginName)
+		var joins strings.Builder
+		for j, q := range all {
+			if j != i && n > 1 {
+				fmt.Fprintf(&joins, "  retry_join {\n    leader_api_addr = \"https://127.0.0.1:%d\"\n    leader_ca_cert_file = %q\n  }\n", q.api, ca.file)
+			}
+		}
+		config := fmt.Sprintf(raftNodeConfig, filepath.Join(dir, "raft"), s.name, joins.String(),
+			p.api, p.cluster, serverCert.certFile, serverCert.keyFile,
+			p.proxy, serverCert.certFile, serverCert.keyFile,
+			p.api, p.cluster, s.pluginDir)
+		configFile := filepath.Join(dir, "vault.hcl")
+		if err := os.WriteFile(configFile, []byte(config), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s.args = []string{"server", "-config=" + configFile}
+		nodes[i] = s
+	}
+	for _, s := range nodes {
+		s.start()
+	}
+	for _, s := range nodes {
+		s.waitListening()
+	}
+
+	first := nodes[0]
+	out, err := first.cli(nil, "operator", "init", "-key-shares=1", "-key-threshold=1", "-format=json")
 	if err != nil {
 		t.Fatalf("operator init: %v\n%s", err, out)
 	}
@@ -80,10 +115,18 @@ disable_mlock    = true
 	if err := json.Unmarshal([]byte(out), &init); err != nil {
 		t.Fatalf("operator init output: %v\n%s", err, out)
 	}
-	s.token = init.Token
-	s.unsealKey = init.Keys[0]
-	s.unseal()
-	return s
+	for _, s := range nodes {
+		s.token, s.unsealKey = init.Token, init.Keys[0]
+	}
+	first.unseal()
+	first.waitActive()
+	for _, s := range nodes[1:] {
+		s.unsealWhenJoined()
+	}
+	if n > 1 {
+		waitVoters(t, first, n)
+	}
+	return nodes
 }
 
 // waitListening waits until the listener answers at all (sealed is fine).
@@ -91,7 +134,7 @@ func (s *vaultServer) waitListening() {
 	s.t.Helper()
 	deadline := time.Now().Add(startTimeout)
 	for time.Now().Before(deadline) {
-		if out, err := s.cli(nil, "status", "-format=json"); err == nil || len(out) > 0 && out[0] == '{' {
+		if out, err := s.cli(nil, "status", "-format=json"); err == nil || strings.HasPrefix(out, "{") {
 			return
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -99,12 +142,32 @@ func (s *vaultServer) waitListening() {
 	s.t.Fatalf("vault %s did not listen within %s:\n%s", s.name, startTimeout, s.logTail())
 }
 
-// unseal unseals the server and waits until it is the active node.
+// unseal gives the node its unseal key.
 func (s *vaultServer) unseal() {
 	s.t.Helper()
 	if out, err := s.cli(nil, "operator", "unseal", s.unsealKey); err != nil {
-		s.t.Fatalf("unseal: %v\n%s", err, out)
+		s.t.Fatalf("unseal %s: %v\n%s", s.name, err, out)
 	}
+}
+
+// unsealWhenJoined retries the unseal until the node has joined the cluster
+// through retry_join (it cannot be unsealed before).
+func (s *vaultServer) unsealWhenJoined() {
+	s.t.Helper()
+	deadline := time.Now().Add(startTimeout)
+	for time.Now().Before(deadline) {
+		out, err := s.cli(nil, "operator", "unseal", s.unsealKey)
+		if err == nil && strings.Contains(out, `"sealed": false`) {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	s.t.Fatalf("vault %s did not join and unseal:\n%s", s.name, s.logTail())
+}
+
+// waitActive waits until this node is the active node.
+func (s *vaultServer) waitActive() {
+	s.t.Helper()
 	deadline := time.Now().Add(startTimeout)
 	for time.Now().Before(deadline) {
 		if c, err := s.client(); err == nil {
@@ -117,12 +180,27 @@ func (s *vaultServer) unseal() {
 	s.t.Fatalf("vault %s did not become active:\n%s", s.name, s.logTail())
 }
 
+// waitVoters waits until the cluster lists n voters.
+func waitVoters(t testing.TB, s *vaultServer, n int) {
+	t.Helper()
+	deadline := time.Now().Add(startTimeout)
+	for time.Now().Before(deadline) {
+		out, err := s.cli(nil, "operator", "raft", "list-peers", "-format=json")
+		if err == nil && strings.Count(out, `"voter": true`) == n {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("the cluster did not reach %d voters", n)
+}
+
 // restart stops the server and starts it again on the same storage, sealed,
-// then unseals it.
+// then unseals it and waits until it is active.
 func (s *vaultServer) restart() {
 	s.t.Helper()
 	s.stop()
 	s.start()
 	s.waitListening()
 	s.unseal()
+	s.waitActive()
 }
