@@ -17,10 +17,11 @@ TOOLS_DIR             := $(CURDIR)/.tools
 
 # End-to-end and fuzz budgets.
 E2E_TIMEOUT ?= 30m
+E2E_RUN     ?= .
 FUZZ_TIME   ?= 30s
 BENCH_COUNT ?= 6
 
-.PHONY: help build dev test test-unit test-race test-e2e vault bench fmt vet lint tools clean
+.PHONY: help build dev test test-unit test-e2e test-e2e-ha vault bench fmt vet lint tools clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -43,7 +44,10 @@ test-e2e: build ## end-to-end tests against real Vault servers (builds Vault if 
 	@vault_bin=$$(./scripts/vault-bin.sh) && \
 	go build -trimpath -ldflags "-X $(VERSION_VAR)=$(NEXT_VERSION)" -o $(NEXT_BIN) ./cmd/$(PLUGIN) && \
 	cd e2e && VAULT_BIN=$$vault_bin MESHAUTH_PLUGIN=$(PLUGIN_BIN) MESHAUTH_PLUGIN_NEXT=$(NEXT_BIN) \
-	  go test -count=1 -timeout $(E2E_TIMEOUT) -v ./... 2>&1 | grep -vE '^\s*$$' ; exit $${PIPESTATUS[0]}
+	  go test -count=1 -timeout $(E2E_TIMEOUT) -run '$(E2E_RUN)' -v ./... 2>&1 | grep -vE '^\s*$$' ; exit $${PIPESTATUS[0]}
+
+test-e2e-ha: ## the 3-node Raft HA scenario alone (failover, snapshot restore, periodic rotation; ~4 min)
+	$(MAKE) test-e2e E2E_RUN=TestHACluster
 
 bench: tools ## in-process benchmarks, BENCH_COUNT runs each, summarised by benchstat
 	go test -run='^$$' -bench=. -benchmem -count=$(BENCH_COUNT) . | tee bench.txt

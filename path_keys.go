@@ -20,7 +20,7 @@ func pathKeys(b *backend) []*framework.Path {
 				},
 			},
 			HelpSynopsis:    "Signing key versions and their public keys.",
-			HelpDescription: "Lists every key in the ring: kid, key_version, state (next, current, retired), algorithm, created_at, retires_at and the public JWK. Private keys never leave the engine.",
+			HelpDescription: "Lists every key in the ring: kid, key_version, state (next, current, retired), algorithm, created_at, promoted_at (when it became current), retires_at (when a retired key leaves jwks) and the public JWK. Private keys never leave the engine.",
 		},
 		{
 			Pattern: "keys/rotate",
@@ -63,8 +63,12 @@ func describeKey(k *signingKey) map[string]any {
 		"state":       k.entry.State,
 		"algorithm":   k.entry.Algorithm,
 		"created_at":  k.entry.CreatedAt.Format(time.RFC3339),
+		"promoted_at": nil,
 		"retires_at":  nil,
 		"public_key":  k.jwk,
+	}
+	if !k.entry.PromotedAt.IsZero() {
+		out["promoted_at"] = k.entry.PromotedAt.Format(time.RFC3339)
 	}
 	if !k.entry.RetiresAt.IsZero() {
 		out["retires_at"] = k.entry.RetiresAt.Format(time.RFC3339)

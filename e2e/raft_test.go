@@ -126,6 +126,9 @@ func startRaftCluster(t testing.TB, n int) []*vaultServer {
 	if n > 1 {
 		waitVoters(t, first, n)
 	}
+	for _, s := range nodes[1:] {
+		s.waitKnowsLeader()
+	}
 	return nodes
 }
 
@@ -178,6 +181,24 @@ func (s *vaultServer) waitActive() {
 		time.Sleep(200 * time.Millisecond)
 	}
 	s.t.Fatalf("vault %s did not become active:\n%s", s.name, s.logTail())
+}
+
+// waitKnowsLeader waits until a standby knows the active node, so that it
+// can forward requests.
+func (s *vaultServer) waitKnowsLeader() {
+	s.t.Helper()
+	deadline := time.Now().Add(startTimeout)
+	for time.Now().Before(deadline) {
+		if c, err := s.client(); err == nil {
+			if l, err := c.Sys().Leader(); err == nil && (l.IsSelf || l.LeaderAddress != "") {
+				if _, err := c.Sys().ListMounts(); err == nil {
+					return
+				}
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	s.t.Fatalf("vault %s never found the active node:\n%s", s.name, s.logTail())
 }
 
 // waitVoters waits until the cluster lists n voters.

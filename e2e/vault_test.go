@@ -282,14 +282,18 @@ func (s *vaultServer) registerPlugin(path string) {
 }
 
 // rawGet fetches a URL of this server with no Vault token, as an offline
-// verifier would.
+// verifier would, following redirects.
 func (s *vaultServer) rawGet(path string) (*http.Response, []byte) {
 	s.t.Helper()
 	c, err := s.clientWith("", nil)
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	resp, err := c.CloneConfig().HttpClient.Get(s.addr + path)
+	// Follow redirects as any HTTP client of a JWKS does: a standby that
+	// cannot forward yet answers 307 to the active node.
+	hc := *c.CloneConfig().HttpClient
+	hc.CheckRedirect = nil
+	resp, err := hc.Get(s.addr + path)
 	if err != nil {
 		s.t.Fatal(err)
 	}
