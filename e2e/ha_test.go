@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/datapunk/vault-plugin-secrets-meshauth/e2e/vaultlab"
+
 	"github.com/hashicorp/vault/api"
 )
 
@@ -25,15 +27,15 @@ const (
 // cluster is a three-node Raft cluster with meshauth mounted at meshauth/.
 type cluster struct {
 	t      *testing.T
-	nodes  []*vaultServer
-	ca     *testCA
-	orders *clientCert
+	nodes  []*vaultlab.Server
+	ca     *vaultlab.CA
+	orders *vaultlab.Cert
 }
 
 // clientFor returns an API client for node i, presenting cert if given.
-func (c *cluster) clientFor(i int, cert *clientCert) *api.Client {
+func (c *cluster) clientFor(i int, cert *vaultlab.Cert) *api.Client {
 	c.t.Helper()
-	cl, err := c.nodes[i].clientWith(c.nodes[i].token, cert)
+	cl, err := c.nodes[i].ClientWith(c.nodes[i].Token, cert)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -46,7 +48,7 @@ func (c *cluster) sameJWKS(t *testing.T, stage string, live ...int) {
 	t.Helper()
 	var first []byte
 	for _, i := range live {
-		resp, body := c.nodes[i].rawGet("/v1/meshauth/jwks")
+		resp, body := c.nodes[i].RawGet("/v1/meshauth/jwks")
 		if resp.StatusCode != 200 {
 			t.Fatalf("%s: node%d answers jwks with %d: %s", stage, i+1, resp.StatusCode, body)
 		}
@@ -63,7 +65,7 @@ func (c *cluster) sameJWKS(t *testing.T, stage string, live ...int) {
 // activeIndex returns the index of the active node among live ones.
 func (c *cluster) activeIndex(live ...int) int {
 	c.t.Helper()
-	deadline := time.Now().Add(startTimeout)
+	deadline := time.Now().Add(vaultlab.StartTimeout)
 	for time.Now().Before(deadline) {
 		for _, i := range live {
 			if l, err := c.clientFor(i, nil).Sys().Leader(); err == nil && l.IsSelf {
@@ -77,19 +79,19 @@ func (c *cluster) activeIndex(live ...int) int {
 }
 
 func TestHACluster(t *testing.T) {
-	nodes := startRaftCluster(t, 3)
+	nodes := vaultlab.StartRaftCluster(t, 3)
 	c := &cluster{t: t, nodes: nodes}
-	c.ca = newCA(t, nodes[0].dir, "mesh")
-	c.orders = c.ca.issue(t, nodes[0].dir, "orders", []string{"orders.mesh"}, nil, x509.ExtKeyUsageClientAuth)
+	c.ca = vaultlab.NewCA(t, nodes[0].Dir, "mesh")
+	c.orders = c.ca.Issue(t, nodes[0].Dir, "orders", []string{"orders.mesh"}, nil, x509.ExtKeyUsageClientAuth)
 	// Every node has the same binary in its plugin_directory; the catalog
 	// entry and the mount are replicated.
-	nodes[0].registerPlugin("meshauth")
+	nodes[0].RegisterPlugin("meshauth")
 	all := []int{0, 1, 2}
 	c.sameJWKS(t, "after mount", all...)
 
 	// Register through a standby, log in through another, verify through the active.
-	key := write(t, c.clientFor(1, nil), "meshauth/services/orders", map[string]any{
-		"ca_chain": c.ca.pem, "hostnames": "orders.mesh",
+	key := vaultlab.Write(t, c.clientFor(1, nil), "meshauth/services/orders", map[string]any{
+		"ca_chain": c.ca.PEM, "hostnames": "orders.mesh",
 	}).Data["api_key"].(string)
 	login := func(i int) (string, error) {
 		sec, err := c.clientFor(i, c.orders).Logical().Write("meshauth/login/orders", map[string]any{"api_key": key})
@@ -99,7 +101,7 @@ func TestHACluster(t *testing.T) {
 		return sec.Data["token"].(string), nil
 	}
 	verify := func(i int, tok string) (bool, string) {
-		sec := write(t, c.clientFor(i, nil), "meshauth/verify", map[string]any{"token": tok})
+		sec := vaultlab.Write(t, c.clientFor(i, nil), "meshauth/verify", map[string]any{"token": tok})
 		reason, _ := sec.Data["reason"].(string)
 		return sec.Data["valid"].(bool), reason
 	}
@@ -109,7 +111,7 @@ func TestHACluster(t *testing.T) {
 		if err != nil {
 			t.Fatalf("login through node%d: %v", i+1, err)
 		}
-		if cnf := decodeClaims(t, tok)["cnf"].(map[string]any); cnf["x5t#S256"] != c.orders.x5t() {
+		if cnf := decodeClaims(t, tok)["cnf"].(map[string]any); cnf["x5t#S256"] != c.orders.X5t() {
 			t.Fatalf("login through node%d lost the client certificate: %v", i+1, cnf)
 		}
 		tokens[i] = tok
@@ -123,16 +125,16 @@ func TestHACluster(t *testing.T) {
 	}
 	c.sameJWKS(t, "after logins", all...)
 
-	write(t, c.clientFor(1, nil), "meshauth/keys/rotate", nil)
+	vaultlab.Write(t, c.clientFor(1, nil), "meshauth/keys/rotate", nil)
 	c.sameJWKS(t, "after rotation through a standby", all...)
-	kid := read(t, c.clientFor(2, nil), "meshauth/keys").Data["current_kid"]
+	kid := vaultlab.Read(t, c.clientFor(2, nil), "meshauth/keys").Data["current_kid"]
 	for _, i := range all {
-		if got := read(t, c.clientFor(i, nil), "meshauth/keys").Data["current_kid"]; got != kid {
+		if got := vaultlab.Read(t, c.clientFor(i, nil), "meshauth/keys").Data["current_kid"]; got != kid {
 			t.Fatalf("node%d reports current key %v, node3 %v", i+1, got, kid)
 		}
 	}
 	revoked := tokens[0]
-	write(t, c.clientFor(2, nil), "meshauth/revoke", map[string]any{"token": revoked})
+	vaultlab.Write(t, c.clientFor(2, nil), "meshauth/revoke", map[string]any{"token": revoked})
 	for _, i := range all {
 		if ok, reason := verify(i, revoked); ok || reason != "token_revoked" {
 			t.Fatalf("node%d after revoke: %v %s", i+1, ok, reason)
@@ -158,21 +160,21 @@ func TestHACluster(t *testing.T) {
 		if ok, reason := verify(survivors[1], revoked); ok || reason != "token_revoked" {
 			t.Fatalf("revocation lost in the failover: %v %s", ok, reason)
 		}
-		if got := read(t, c.clientFor(survivors[0], nil), "meshauth/keys").Data["current_kid"]; got != kid {
+		if got := vaultlab.Read(t, c.clientFor(survivors[0], nil), "meshauth/keys").Data["current_kid"]; got != kid {
 			t.Fatalf("current key after failover %v, before %v", got, kid)
 		}
-		if read(t, c.clientFor(survivors[1], nil), "meshauth/services/orders") == nil {
+		if vaultlab.Read(t, c.clientFor(survivors[1], nil), "meshauth/services/orders") == nil {
 			t.Fatal("service lost in the failover")
 		}
 		c.sameJWKS(t, "after failover", survivors...)
 
 		// The killed node comes back, rejoins, and serves the same data.
 		dead := c.nodes[active]
-		dead.start()
-		dead.waitListening()
-		dead.unsealWhenJoined()
-		waitVoters(t, c.nodes[survivors[0]], 3)
-		dead.waitKnowsLeader()
+		dead.Start()
+		dead.WaitListening()
+		dead.UnsealWhenJoined()
+		vaultlab.WaitVoters(t, c.nodes[survivors[0]], 3)
+		dead.WaitKnowsLeader()
 		c.sameJWKS(t, "after the killed node rejoined", all...)
 		if ok, reason := verify(active, before); !ok {
 			t.Fatalf("rejoined node: %s", reason)
@@ -185,16 +187,16 @@ func TestHACluster(t *testing.T) {
 	t.Run("snapshot and restore", func(t *testing.T) {
 		active := c.activeIndex(all...)
 		s := c.nodes[active]
-		snap := filepath.Join(s.dir, "meshauth.snap")
-		s.mustCLI(t, "operator", "raft", "snapshot", "save", snap)
-		s.mustCLI(t, "delete", "meshauth/services/orders")
+		snap := filepath.Join(s.Dir, "meshauth.snap")
+		s.MustCLI(t, "operator", "raft", "snapshot", "save", snap)
+		s.MustCLI(t, "delete", "meshauth/services/orders")
 		if _, err := login(active); err == nil {
 			t.Fatal("deleted service still logs in")
 		}
-		s.mustCLI(t, "operator", "raft", "snapshot", "restore", snap)
+		s.MustCLI(t, "operator", "raft", "snapshot", "restore", snap)
 		active = c.activeIndex(all...)
 		for _, i := range all {
-			c.nodes[i].waitKnowsLeader()
+			c.nodes[i].WaitKnowsLeader()
 		}
 		deadline := time.Now().Add(30 * time.Second)
 		var err error
@@ -214,7 +216,7 @@ func TestHACluster(t *testing.T) {
 		t.Skip("the periodic-rotation check watches the cluster for 2.5 minutes")
 	}
 	t.Run("periodic rotation happens once per period across the cluster", func(t *testing.T) {
-		write(t, c.clientFor(0, nil), "meshauth/config", map[string]any{"key_rotation_period": "1m", "max_ttl": "2m", "default_ttl": "1m"})
+		vaultlab.Write(t, c.clientFor(0, nil), "meshauth/config", map[string]any{"key_rotation_period": "1m", "max_ttl": "2m", "default_ttl": "1m"})
 		start := time.Now()
 		// Vault runs the periodic function about once a minute on the active
 		// node only; watch for a bit over two periods.
@@ -240,7 +242,7 @@ func TestHACluster(t *testing.T) {
 func rotationTimes(t *testing.T, cl *api.Client, start time.Time) []time.Time {
 	t.Helper()
 	var out []time.Time
-	for _, k := range read(t, cl, "meshauth/keys").Data["keys"].([]any) {
+	for _, k := range vaultlab.Read(t, cl, "meshauth/keys").Data["keys"].([]any) {
 		promoted, _ := k.(map[string]any)["promoted_at"].(string)
 		if promoted == "" {
 			continue
@@ -296,9 +298,8 @@ func (c *cluster) failover(t *testing.T, active int, survivors []int, login func
 	time.Sleep(2 * time.Second)
 	killedAt := time.Now()
 	dead := c.nodes[active]
-	pluginPIDs := dead.pluginPIDs()
-	_ = dead.cmd.Process.Kill()
-	<-dead.exited
+	pluginPIDs := dead.PluginPIDs()
+	dead.Kill()
 	for _, pid := range pluginPIDs {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}

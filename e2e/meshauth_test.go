@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/datapunk/vault-plugin-secrets-meshauth/e2e/vaultlab"
+
 	"github.com/hashicorp/vault/api"
 )
 
@@ -25,44 +27,44 @@ const mount = "mesh-e2e"
 // fixture is a dev Vault with meshauth mounted, an audit log, and a mesh CA
 // with a client certificate for the service "orders".
 type fixture struct {
-	s         *vaultServer
+	s         *vaultlab.Server
 	root      *api.Client
 	audit     string
-	ca        *testCA
-	orders    *clientCert
-	stranger  *clientCert
+	ca        *vaultlab.CA
+	orders    *vaultlab.Cert
+	stranger  *vaultlab.Cert
 	ordersKey string
 	secrets   []string
 }
 
 func newFixture(t *testing.T) *fixture {
-	s := startDevServer(t)
-	f := &fixture{s: s, root: s.mustClient(), audit: filepath.Join(s.dir, "audit.log")}
-	s.mustCLI(t, "audit", "enable", "file", "file_path="+f.audit)
-	s.registerPlugin(mount)
-	f.ca = newCA(t, s.dir, "mesh")
-	f.orders = f.ca.issue(t, s.dir, "orders", []string{"orders.mesh"}, nil, x509.ExtKeyUsageClientAuth)
-	other := newCA(t, s.dir, "other")
-	f.stranger = other.issue(t, s.dir, "stranger", []string{"orders.mesh"}, nil, x509.ExtKeyUsageClientAuth)
+	s := vaultlab.StartDevServer(t)
+	f := &fixture{s: s, root: s.MustClient(), audit: filepath.Join(s.Dir, "audit.log")}
+	s.MustCLI(t, "audit", "enable", "file", "file_path="+f.audit)
+	s.RegisterPlugin(mount)
+	f.ca = vaultlab.NewCA(t, s.Dir, "mesh")
+	f.orders = f.ca.Issue(t, s.Dir, "orders", []string{"orders.mesh"}, nil, x509.ExtKeyUsageClientAuth)
+	other := vaultlab.NewCA(t, s.Dir, "other")
+	f.stranger = other.Issue(t, s.Dir, "stranger", []string{"orders.mesh"}, nil, x509.ExtKeyUsageClientAuth)
 
-	out := s.mustCLI(t, "write", mount+"/services/orders", "ca_chain=@"+f.ca.file, "hostnames=orders.mesh", "allowed_audiences=payments,ledger", "claims=team=checkout")
-	f.ordersKey = jsonData(t, out)["api_key"].(string)
+	out := s.MustCLI(t, "write", mount+"/services/orders", "ca_chain=@"+f.ca.File, "hostnames=orders.mesh", "allowed_audiences=payments,ledger", "claims=team=checkout")
+	f.ordersKey = vaultlab.JSONData(t, out)["api_key"].(string)
 	f.secrets = append(f.secrets, f.ordersKey)
 	return f
 }
 
 // login logs in as name through the vault CLI, presenting cert if given.
-func (f *fixture) login(t *testing.T, name, key string, cert *clientCert, extra ...string) (map[string]any, error) {
+func (f *fixture) login(t *testing.T, name, key string, cert *vaultlab.Cert, extra ...string) (map[string]any, error) {
 	var env []string
 	if cert != nil {
-		env = []string{"VAULT_CLIENT_CERT=" + cert.certFile, "VAULT_CLIENT_KEY=" + cert.keyFile}
+		env = []string{"VAULT_CLIENT_CERT=" + cert.CertFile, "VAULT_CLIENT_KEY=" + cert.KeyFile}
 	}
 	args := append([]string{"write", mount + "/login/" + name, "api_key=" + key}, extra...)
-	out, err := f.s.cli(env, args...)
+	out, err := f.s.CLI(env, args...)
 	if err != nil {
 		return nil, &cliError{out}
 	}
-	data := jsonData(t, out)
+	data := vaultlab.JSONData(t, out)
 	f.secrets = append(f.secrets, data["token"].(string))
 	return data, nil
 }
@@ -71,7 +73,7 @@ type cliError struct{ out string }
 
 func (e *cliError) Error() string { return e.out }
 
-func (f *fixture) mustLogin(t *testing.T, name, key string, cert *clientCert) string {
+func (f *fixture) mustLogin(t *testing.T, name, key string, cert *vaultlab.Cert) string {
 	t.Helper()
 	data, err := f.login(t, name, key, cert)
 	if err != nil {
@@ -83,7 +85,7 @@ func (f *fixture) mustLogin(t *testing.T, name, key string, cert *clientCert) st
 // verify calls verify through the API and returns valid and reason.
 func (f *fixture) verify(t *testing.T, token string) (bool, string) {
 	t.Helper()
-	sec := write(t, f.root, mount+"/verify", map[string]any{"token": token})
+	sec := vaultlab.Write(t, f.root, mount+"/verify", map[string]any{"token": token})
 	reason, _ := sec.Data["reason"].(string)
 	return sec.Data["valid"].(bool), reason
 }
@@ -102,8 +104,8 @@ func TestEndToEnd(t *testing.T) {
 		}
 		claims := verifyOffline(t, s, data["token"].(string))
 		cnf, _ := claims["cnf"].(map[string]any)
-		if cnf == nil || cnf["x5t#S256"] != f.orders.x5t() {
-			t.Fatalf("cnf %#v, want x5t#S256 %s", claims["cnf"], f.orders.x5t())
+		if cnf == nil || cnf["x5t#S256"] != f.orders.X5t() {
+			t.Fatalf("cnf %#v, want x5t#S256 %s", claims["cnf"], f.orders.X5t())
 		}
 		if claims["sub"] != "orders" || claims["aud"] != "ledger" || claims["team"] != "checkout" {
 			t.Fatalf("claims %#v", claims)
@@ -114,7 +116,7 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("login without or with a foreign certificate is refused", func(t *testing.T) {
-		for name, cert := range map[string]*clientCert{"none": nil, "other CA": f.stranger} {
+		for name, cert := range map[string]*vaultlab.Cert{"none": nil, "other CA": f.stranger} {
 			_, err := f.login(t, "orders", f.ordersKey, cert)
 			if err == nil || !strings.Contains(err.Error(), "permission denied") {
 				t.Fatalf("%s: %v", name, err)
@@ -123,28 +125,28 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("read and list never show a key", func(t *testing.T) {
-		out := s.mustCLI(t, "read", mount+"/services/orders")
+		out := s.MustCLI(t, "read", mount+"/services/orders")
 		if strings.Contains(out, f.ordersKey) || !strings.Contains(out, `"api_keys"`) {
 			t.Fatalf("read: %s", out)
 		}
-		if !strings.Contains(s.mustCLI(t, "list", mount+"/services"), "orders") {
+		if !strings.Contains(s.MustCLI(t, "list", mount+"/services"), "orders") {
 			t.Fatal("list lacks orders")
 		}
-		tls := jsonData(t, s.mustCLI(t, "read", mount+"/services/orders/tls"))
-		if tls["ca_chain"] != f.ca.pem || tls["require_mtls"] != true {
+		tls := vaultlab.JSONData(t, s.MustCLI(t, "read", mount+"/services/orders/tls"))
+		if tls["ca_chain"] != f.ca.PEM || tls["require_mtls"] != true {
 			t.Fatalf("tls profile %#v", tls)
 		}
 	})
 
 	t.Run("jwks and discovery need no token and are raw JSON", func(t *testing.T) {
-		resp, body := s.rawGet("/v1/" + mount + "/jwks")
+		resp, body := s.RawGet("/v1/" + mount + "/jwks")
 		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/json" || !strings.HasPrefix(resp.Header.Get("Cache-Control"), "max-age=") {
 			t.Fatalf("jwks: %d %v", resp.StatusCode, resp.Header)
 		}
 		if !strings.HasPrefix(string(body), `{"keys":[`) {
 			t.Fatalf("jwks body is not a bare JWK Set: %s", body)
 		}
-		resp, body = s.rawGet("/v1/" + mount + "/.well-known/openid-configuration")
+		resp, body = s.RawGet("/v1/" + mount + "/.well-known/openid-configuration")
 		var doc map[string]any
 		if resp.StatusCode != 200 || json.Unmarshal(body, &doc) != nil || doc["jwks_uri"] != "/v1/"+mount+"/jwks" {
 			t.Fatalf("discovery: %d %s", resp.StatusCode, body)
@@ -153,8 +155,8 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("rotation keeps old tokens verifying", func(t *testing.T) {
 		old := f.mustLogin(t, "orders", f.ordersKey, f.orders)
-		before := read(t, f.root, mount+"/keys").Data["current_kid"]
-		after := write(t, f.root, mount+"/keys/rotate", nil).Data["current_kid"]
+		before := vaultlab.Read(t, f.root, mount+"/keys").Data["current_kid"]
+		after := vaultlab.Write(t, f.root, mount+"/keys/rotate", nil).Data["current_kid"]
 		if before == after {
 			t.Fatal("keys/rotate kept the current key")
 		}
@@ -167,44 +169,44 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("revoke one token, then the whole service", func(t *testing.T) {
 		tok := f.mustLogin(t, "orders", f.ordersKey, f.orders)
-		write(t, f.root, mount+"/revoke", map[string]any{"token": tok})
+		vaultlab.Write(t, f.root, mount+"/revoke", map[string]any{"token": tok})
 		if ok, reason := f.verify(t, tok); ok || reason != "token_revoked" {
 			t.Fatalf("revoked token: %v %s", ok, reason)
 		}
 		other := f.mustLogin(t, "orders", f.ordersKey, f.orders)
 		time.Sleep(1100 * time.Millisecond)
-		write(t, f.root, mount+"/services/orders/revoke", nil)
+		vaultlab.Write(t, f.root, mount+"/services/orders/revoke", nil)
 		if ok, reason := f.verify(t, other); ok || reason != "service_revoked" {
 			t.Fatalf("after service revoke: %v %s", ok, reason)
 		}
 		if ok, reason := f.verify(t, f.mustLogin(t, "orders", f.ordersKey, f.orders)); !ok {
 			t.Fatalf("token after the revoke: %s", reason)
 		}
-		write(t, f.root, mount+"/tidy", nil)
+		vaultlab.Write(t, f.root, mount+"/tidy", nil)
 	})
 
 	t.Run("rotate-key keeps the old key through its grace period", func(t *testing.T) {
-		out := jsonData(t, s.mustCLI(t, "write", mount+"/services/orders/rotate-key", "grace_period=1h"))
+		out := vaultlab.JSONData(t, s.MustCLI(t, "write", mount+"/services/orders/rotate-key", "grace_period=1h"))
 		fresh := out["api_key"].(string)
 		f.secrets = append(f.secrets, fresh)
 		f.mustLogin(t, "orders", fresh, f.orders)
 		f.mustLogin(t, "orders", f.ordersKey, f.orders)
-		s.mustCLI(t, "write", mount+"/services/orders/rotate-key", "grace_period=0")
+		s.MustCLI(t, "write", mount+"/services/orders/rotate-key", "grace_period=0")
 		if _, err := f.login(t, "orders", fresh, f.orders); err == nil {
 			t.Fatal("key ended by grace_period=0 still logs in")
 		}
-		out = jsonData(t, s.mustCLI(t, "write", "-f", mount+"/services/orders/rotate-key"))
+		out = vaultlab.JSONData(t, s.MustCLI(t, "write", "-f", mount+"/services/orders/rotate-key"))
 		f.ordersKey = out["api_key"].(string)
 		f.secrets = append(f.secrets, f.ordersKey)
 	})
 
 	t.Run("config, metrics and path-help", func(t *testing.T) {
-		s.mustCLI(t, "write", mount+"/config", "default_ttl=10m", "lockout_threshold=3")
-		cfg := jsonData(t, s.mustCLI(t, "read", mount+"/config"))
+		s.MustCLI(t, "write", mount+"/config", "default_ttl=10m", "lockout_threshold=3")
+		cfg := vaultlab.JSONData(t, s.MustCLI(t, "read", mount+"/config"))
 		if cfg["default_ttl"] != float64(600) || cfg["signing_algorithm"] != "ES256" {
 			t.Fatalf("config %#v", cfg)
 		}
-		if out, err := s.cli(nil, "write", mount+"/config", "signing_algorithm=HS256"); err == nil || !strings.Contains(out, "not supported") {
+		if out, err := s.CLI(nil, "write", mount+"/config", "signing_algorithm=HS256"); err == nil || !strings.Contains(out, "not supported") {
 			t.Fatalf("HS256 accepted: %s", out)
 		}
 		resp, err := f.root.Logical().ReadRawWithData(mount+"/metrics", map[string][]string{"format": {"prometheus"}})
@@ -219,22 +221,22 @@ func TestEndToEnd(t *testing.T) {
 		if !strings.Contains(sb.String(), `meshauth_logins_total{service="orders",result="success"}`) {
 			t.Fatalf("prometheus metrics:\n%s", sb.String())
 		}
-		help, err := s.cli([]string{"VAULT_FORMAT=table"}, "path-help", mount+"/services/orders")
+		help, err := s.CLI([]string{"VAULT_FORMAT=table"}, "path-help", mount+"/services/orders")
 		if err != nil || !strings.Contains(help, "pinned_spki") || !strings.Contains(help, "ca_chain") {
 			t.Fatalf("path-help: %v\n%s", err, help)
 		}
 	})
 
 	t.Run("ACL policy limits a token to its own login", func(t *testing.T) {
-		s.mustCLI(t, "write", mount+"/services/payments", "require_mtls=false")
+		s.MustCLI(t, "write", mount+"/services/payments", "require_mtls=false")
 		policy := `path "` + mount + `/login/orders" { capabilities = ["update"] }`
-		policyFile := filepath.Join(s.dir, "orders-login.hcl")
+		policyFile := filepath.Join(s.Dir, "orders-login.hcl")
 		if err := os.WriteFile(policyFile, []byte(policy), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		s.mustCLI(t, "policy", "write", "orders-login", policyFile)
-		tokOut := jsonData2(t, s.mustCLI(t, "token", "create", "-policy=orders-login", "-ttl=10m"))
-		limited, err := s.clientWith(tokOut, f.orders)
+		s.MustCLI(t, "policy", "write", "orders-login", policyFile)
+		tokOut := jsonData2(t, s.MustCLI(t, "token", "create", "-policy=orders-login", "-ttl=10m"))
+		limited, err := s.ClientWith(tokOut, f.orders)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -253,11 +255,11 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("plugin reload and a killed plugin process lose nothing", func(t *testing.T) {
 		tok := f.mustLogin(t, "orders", f.ordersKey, f.orders)
-		s.mustCLI(t, "plugin", "reload", "-plugin="+catalogName)
+		s.MustCLI(t, "plugin", "reload", "-plugin="+vaultlab.CatalogName)
 		if ok, reason := f.verify(t, tok); !ok {
 			t.Fatalf("after reload: %s", reason)
 		}
-		pids := s.pluginPIDs()
+		pids := s.PluginPIDs()
 		if len(pids) == 0 {
 			t.Fatal("found no plugin process of this server")
 		}
@@ -278,7 +280,7 @@ func TestEndToEnd(t *testing.T) {
 		if ok, reason := f.verify(t, tok); !ok {
 			t.Fatalf("token after the plugin was killed: %s", reason)
 		}
-		if read(t, f.root, mount+"/services/orders") == nil {
+		if vaultlab.Read(t, f.root, mount+"/services/orders") == nil {
 			t.Fatal("service lost")
 		}
 	})
@@ -329,9 +331,9 @@ func jsonData2(t *testing.T, out string) string {
 
 // verifyOffline checks an ES256 token with the standard library alone, from
 // the jwks endpoint fetched without a Vault token, and returns its claims.
-func verifyOffline(t *testing.T, s *vaultServer, token string) map[string]any {
+func verifyOffline(t *testing.T, s *vaultlab.Server, token string) map[string]any {
 	t.Helper()
-	_, body := s.rawGet("/v1/" + mount + "/jwks")
+	_, body := s.RawGet("/v1/" + mount + "/jwks")
 	var set struct {
 		Keys []map[string]string `json:"keys"`
 	}

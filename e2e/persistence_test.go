@@ -4,6 +4,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/e2e/vaultlab"
 )
 
 // nextVersion is the version the Makefile stamps into the second plugin
@@ -11,33 +13,33 @@ import (
 const nextVersion = "v0.0.2-e2e"
 
 func TestPersistenceRestartAndUpgrade(t *testing.T) {
-	s := startRaftServer(t)
-	s.registerPlugin("meshauth")
-	root := s.mustClient()
+	s := vaultlab.StartRaftServer(t)
+	s.RegisterPlugin("meshauth")
+	root := s.MustClient()
 
-	key := jsonData(t, s.mustCLI(t, "write", "meshauth/services/payments", "require_mtls=false", "metadata=owner=team-b"))["api_key"].(string)
+	key := vaultlab.JSONData(t, s.MustCLI(t, "write", "meshauth/services/payments", "require_mtls=false", "metadata=owner=team-b"))["api_key"].(string)
 	login := func() string {
-		return write(t, root, "meshauth/login/payments", map[string]any{"api_key": key}).Data["token"].(string)
+		return vaultlab.Write(t, root, "meshauth/login/payments", map[string]any{"api_key": key}).Data["token"].(string)
 	}
 	kept, revoked := login(), login()
-	write(t, root, "meshauth/revoke", map[string]any{"token": revoked})
-	write(t, root, "meshauth/keys/rotate", nil)
-	kid := read(t, root, "meshauth/keys").Data["current_kid"]
+	vaultlab.Write(t, root, "meshauth/revoke", map[string]any{"token": revoked})
+	vaultlab.Write(t, root, "meshauth/keys/rotate", nil)
+	kid := vaultlab.Read(t, root, "meshauth/keys").Data["current_kid"]
 	verify := func(tok string) (bool, string) {
-		sec := write(t, root, "meshauth/verify", map[string]any{"token": tok})
+		sec := vaultlab.Write(t, root, "meshauth/verify", map[string]any{"token": tok})
 		reason, _ := sec.Data["reason"].(string)
 		return sec.Data["valid"].(bool), reason
 	}
 
-	s.restart()
-	root = s.mustClient()
+	s.Restart()
+	root = s.MustClient()
 	if ok, reason := verify(kept); !ok {
 		t.Fatalf("token from before the restart: %s", reason)
 	}
 	if ok, reason := verify(revoked); ok || reason != "token_revoked" {
 		t.Fatalf("revocation lost in the restart: %v %s", ok, reason)
 	}
-	if got := read(t, root, "meshauth/keys").Data["current_kid"]; got != kid {
+	if got := vaultlab.Read(t, root, "meshauth/keys").Data["current_kid"]; got != kid {
 		t.Fatalf("current key changed across the restart: %v -> %v", kid, got)
 	}
 	login()
@@ -47,11 +49,11 @@ func TestPersistenceRestartAndUpgrade(t *testing.T) {
 		if next == "" {
 			t.Fatal("MESHAUTH_PLUGIN_NEXT must name a second plugin build stamped " + nextVersion + "; make test-e2e builds it")
 		}
-		sum := copyPlugin(t, next, s.pluginDir, pluginName+"-next")
-		s.mustCLI(t, "plugin", "register", "-sha256="+sum, "-command="+pluginName+"-next", "-version="+nextVersion, "secret", catalogName)
-		s.mustCLI(t, "secrets", "tune", "-plugin-version="+nextVersion, "meshauth")
-		s.mustCLI(t, "plugin", "reload", "-plugin="+catalogName)
-		mounts := s.mustCLI(t, "secrets", "list", "-detailed")
+		sum := vaultlab.CopyPlugin(t, next, s.PluginDir, vaultlab.PluginName+"-next")
+		s.MustCLI(t, "plugin", "register", "-sha256="+sum, "-command="+vaultlab.PluginName+"-next", "-version="+nextVersion, "secret", vaultlab.CatalogName)
+		s.MustCLI(t, "secrets", "tune", "-plugin-version="+nextVersion, "meshauth")
+		s.MustCLI(t, "plugin", "reload", "-plugin="+vaultlab.CatalogName)
+		mounts := s.MustCLI(t, "secrets", "list", "-detailed")
 		if !strings.Contains(mounts, `"running_plugin_version": "`+nextVersion+`"`) {
 			t.Fatalf("mount does not run %s:\n%s", nextVersion, mounts)
 		}
@@ -61,7 +63,7 @@ func TestPersistenceRestartAndUpgrade(t *testing.T) {
 		if ok, _ := verify(revoked); ok {
 			t.Fatal("revocation lost in the upgrade")
 		}
-		if md := read(t, root, "meshauth/services/payments").Data["metadata"].(map[string]any); md["owner"] != "team-b" {
+		if md := vaultlab.Read(t, root, "meshauth/services/payments").Data["metadata"].(map[string]any); md["owner"] != "team-b" {
 			t.Fatalf("service data changed: %#v", md)
 		}
 		login()

@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"os"
 	"testing"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/e2e/vaultlab"
 )
 
 // TestBehindTLSTerminatingProxy plays the part of a proxy that terminates
@@ -16,24 +18,24 @@ import (
 // Vault in a header (Vault's x_forwarded_for_client_cert_header). The plugin
 // sees the certificate in the same ConnState and applies the same checks.
 func TestBehindTLSTerminatingProxy(t *testing.T) {
-	s := startRaftServer(t)
-	s.registerPlugin("meshauth")
-	ca := newCA(t, s.dir, "mesh")
-	orders := ca.issue(t, s.dir, "orders", []string{"orders.mesh"}, nil, x509.ExtKeyUsageClientAuth)
-	stranger := newCA(t, s.dir, "other").issue(t, s.dir, "stranger", []string{"orders.mesh"}, nil, x509.ExtKeyUsageClientAuth)
-	key := jsonData(t, s.mustCLI(t, "write", "meshauth/services/orders", "ca_chain=@"+ca.file, "hostnames=orders.mesh"))["api_key"].(string)
+	s := vaultlab.StartRaftServer(t)
+	s.RegisterPlugin("meshauth")
+	ca := vaultlab.NewCA(t, s.Dir, "mesh")
+	orders := ca.Issue(t, s.Dir, "orders", []string{"orders.mesh"}, nil, x509.ExtKeyUsageClientAuth)
+	stranger := vaultlab.NewCA(t, s.Dir, "other").Issue(t, s.Dir, "stranger", []string{"orders.mesh"}, nil, x509.ExtKeyUsageClientAuth)
+	key := vaultlab.JSONData(t, s.MustCLI(t, "write", "meshauth/services/orders", "ca_chain=@"+ca.File, "hostnames=orders.mesh"))["api_key"].(string)
 
-	proxyLogin := func(base string, cert *clientCert) (int, map[string]any) {
-		pemBytes, err := os.ReadFile(cert.certFile)
+	proxyLogin := func(base string, cert *vaultlab.Cert) (int, map[string]any) {
+		pemBytes, err := os.ReadFile(cert.CertFile)
 		if err != nil {
 			t.Fatal(err)
 		}
 		body, _ := json.Marshal(map[string]any{"api_key": key})
 		req, _ := http.NewRequest(http.MethodPost, base+"/v1/meshauth/login/orders", bytes.NewReader(body))
-		req.Header.Set("X-Vault-Token", s.token)
+		req.Header.Set("X-Vault-Token", s.Token)
 		req.Header.Set("X-Forwarded-For", "127.0.0.1")
 		req.Header.Set("X-Forwarded-Client-Cert", url.QueryEscape(string(pemBytes)))
-		c, _ := s.clientWith("", nil)
+		c, _ := s.ClientWith("", nil)
 		resp, err := c.CloneConfig().HttpClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -47,19 +49,19 @@ func TestBehindTLSTerminatingProxy(t *testing.T) {
 		return resp.StatusCode, out.Data
 	}
 
-	status, data := proxyLogin(s.proxyAddr, orders)
+	status, data := proxyLogin(s.ProxyAddr, orders)
 	if status != http.StatusOK {
 		t.Fatalf("login through the proxy listener: %d %v", status, data)
 	}
 	claims := decodeClaims(t, data["token"].(string))
-	if cnf, _ := claims["cnf"].(map[string]any); cnf == nil || cnf["x5t#S256"] != orders.x5t() {
+	if cnf, _ := claims["cnf"].(map[string]any); cnf == nil || cnf["x5t#S256"] != orders.X5t() {
 		t.Fatalf("cnf %#v, want the forwarded certificate's x5t#S256", claims["cnf"])
 	}
-	if status, _ := proxyLogin(s.proxyAddr, stranger); status != http.StatusForbidden {
+	if status, _ := proxyLogin(s.ProxyAddr, stranger); status != http.StatusForbidden {
 		t.Fatalf("a forwarded certificate of another CA: %d", status)
 	}
 	// The main listener does not trust the header: the same request fails.
-	if status, _ := proxyLogin(s.addr, orders); status != http.StatusForbidden {
+	if status, _ := proxyLogin(s.Addr, orders); status != http.StatusForbidden {
 		t.Fatalf("the header was trusted on a listener not configured for it: %d", status)
 	}
 }

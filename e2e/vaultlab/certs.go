@@ -1,4 +1,4 @@
-package e2e
+package vaultlab
 
 import (
 	"crypto/ecdsa"
@@ -13,35 +13,34 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"testing"
 	"time"
 )
 
-// testCA issues certificates for one test run; nothing is committed that
+// CA issues certificates for one test run; nothing is committed that
 // could expire.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  string
-	file string
+type CA struct {
+	X509 *x509.Certificate
+	Key  *ecdsa.PrivateKey
+	PEM  string
+	File string
 }
 
-// clientCert is a certificate and key written to files, as the vault CLI
+// Cert is a certificate and key written to files, as the vault CLI
 // (VAULT_CLIENT_CERT, VAULT_CLIENT_KEY) and api.TLSConfig take them.
-type clientCert struct {
-	cert     *x509.Certificate
-	certFile string
-	keyFile  string
+type Cert struct {
+	X509     *x509.Certificate
+	CertFile string
+	KeyFile  string
 }
 
-// x5t is the RFC 8705 thumbprint a token bound to this certificate carries.
-func (c *clientCert) x5t() string {
-	sum := sha256.Sum256(c.cert.Raw)
+// X5t is the RFC 8705 thumbprint a token bound to this certificate carries.
+func (c *Cert) X5t() string {
+	sum := sha256.Sum256(c.X509.Raw)
 	return base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
-// newCA makes a CA and writes its PEM into dir.
-func newCA(t testing.TB, dir, name string) *testCA {
+// NewCA makes a CA and writes its PEM into dir.
+func NewCA(t T, dir, name string) *CA {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{
@@ -58,17 +57,17 @@ func newCA(t testing.TB, dir, name string) *testCA {
 		t.Fatal(err)
 	}
 	cert, _ := x509.ParseCertificate(der)
-	ca := &testCA{cert: cert, key: key, pem: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))}
-	ca.file = filepath.Join(dir, name+"-ca.pem")
-	if err := os.WriteFile(ca.file, []byte(ca.pem), 0o600); err != nil {
+	ca := &CA{X509: cert, Key: key, PEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))}
+	ca.File = filepath.Join(dir, name+"-ca.pem")
+	if err := os.WriteFile(ca.File, []byte(ca.PEM), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return ca
 }
 
-// issue signs a certificate with the given DNS names (client) or IPs
+// Issue signs a certificate with the given DNS names (client) or IPs
 // (server) and writes it and its key into dir.
-func (ca *testCA) issue(t testing.TB, dir, name string, dns []string, ips []net.IP, usage x509.ExtKeyUsage) *clientCert {
+func (ca *CA) Issue(t T, dir, name string, dns []string, ips []net.IP, usage x509.ExtKeyUsage) *Cert {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{
@@ -81,17 +80,17 @@ func (ca *testCA) issue(t testing.TB, dir, name string, dns []string, ips []net.
 		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.X509, &key.PublicKey, ca.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cert, _ := x509.ParseCertificate(der)
 	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
-	c := &clientCert{cert: cert, certFile: filepath.Join(dir, name+".pem"), keyFile: filepath.Join(dir, name+".key")}
-	if err := os.WriteFile(c.certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+	c := &Cert{X509: cert, CertFile: filepath.Join(dir, name+".pem"), KeyFile: filepath.Join(dir, name+".key")}
+	if err := os.WriteFile(c.CertFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(c.keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	if err := os.WriteFile(c.KeyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return c

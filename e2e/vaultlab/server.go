@@ -1,4 +1,4 @@
-package e2e
+package vaultlab
 
 import (
 	"bytes"
@@ -15,46 +15,49 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/hashicorp/vault/api"
 )
 
-// pluginName is the command name of the plugin binary; catalogName is the
+// PluginName is the command name of the plugin binary; CatalogName is the
 // name it is registered under, as the contract says.
 const (
-	pluginName  = "vault-plugin-secrets-meshauth"
-	catalogName = "meshauth"
+	PluginName  = "vault-plugin-secrets-meshauth"
+	CatalogName = "meshauth"
 )
 
-// startTimeout bounds how long a Vault server may take to answer.
-const startTimeout = 60 * time.Second
+// StartTimeout bounds how long a Vault server may take to answer.
+const StartTimeout = 60 * time.Second
 
-// vaultBin and pluginBin come from the Makefile (make test-e2e).
+// VaultBin and PluginBin name the vault binary and the plugin binary; they
+// default to $VAULT_BIN and $MESHAUTH_PLUGIN, which the Makefile sets.
 var (
-	vaultBin  = os.Getenv("VAULT_BIN")
-	pluginBin = os.Getenv("MESHAUTH_PLUGIN")
+	VaultBin  = os.Getenv("VAULT_BIN")
+	PluginBin = os.Getenv("MESHAUTH_PLUGIN")
 )
 
-func TestMain(m *testing.M) {
-	if vaultBin == "" || pluginBin == "" {
-		fmt.Fprintln(os.Stderr, "e2e: VAULT_BIN and MESHAUTH_PLUGIN must name a vault binary and the plugin binary; run `make test-e2e`, which builds both")
-		os.Exit(2)
-	}
-	os.Exit(m.Run())
+// T is what the launcher needs of its caller: *testing.T and *testing.B
+// satisfy it, and so does the load tool's own implementation.
+type T interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Logf(format string, args ...any)
+	Cleanup(func())
+	TempDir() string
 }
 
-// vaultServer is one real Vault process on loopback, started by a test.
-type vaultServer struct {
-	t         testing.TB
-	name      string
-	dir       string
-	addr      string
-	proxyAddr string
-	caFile    string
-	pluginDir string
-	token     string
+// Server is one real Vault process on loopback, started by a test.
+type Server struct {
+	t         T
+	Name      string
+	Dir       string
+	Addr      string
+	ProxyAddr string
+	CAFile    string
+	PluginDir string
+	Token     string
 	cmd       *exec.Cmd
 	logFile   string
 	args      []string
@@ -62,8 +65,8 @@ type vaultServer struct {
 	unsealKey string
 }
 
-// freePort asks the kernel for a free loopback port.
-func freePort(t testing.TB) int {
+// FreePort asks the kernel for a free loopback port.
+func FreePort(t T) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -75,10 +78,10 @@ func freePort(t testing.TB) int {
 
 // freePortPair finds p with p and p+1 free: dev mode puts its cluster
 // listener on the port after the API port.
-func freePortPair(t testing.TB) int {
+func freePortPair(t T) int {
 	t.Helper()
 	for range 50 {
-		p := freePort(t)
+		p := FreePort(t)
 		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+1)); err == nil {
 			l.Close()
 			return p
@@ -88,8 +91,8 @@ func freePortPair(t testing.TB) int {
 	return 0
 }
 
-// copyPlugin puts the plugin binary into dir and returns its SHA-256.
-func copyPlugin(t testing.TB, src, dir, name string) string {
+// CopyPlugin puts the plugin binary into dir and returns its SHA-256.
+func CopyPlugin(t T, src, dir, name string) string {
 	t.Helper()
 	data, err := os.ReadFile(src)
 	if err != nil {
@@ -105,23 +108,23 @@ func copyPlugin(t testing.TB, src, dir, name string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// startDevServer starts `vault server -dev -dev-tls` on loopback with the
+// StartDevServer starts `vault server -dev -dev-tls` on loopback with the
 // plugin in its plugin directory (not yet registered).
-func startDevServer(t testing.TB) *vaultServer {
+func StartDevServer(t T) *Server {
 	t.Helper()
 	dir := t.TempDir()
 	port := freePortPair(t)
-	s := &vaultServer{
+	s := &Server{
 		t:         t,
-		name:      "dev",
-		dir:       dir,
-		addr:      fmt.Sprintf("https://127.0.0.1:%d", port),
-		caFile:    filepath.Join(dir, "tls", "vault-ca.pem"),
-		pluginDir: filepath.Join(dir, "plugins"),
-		token:     "root",
+		Name:      "dev",
+		Dir:       dir,
+		Addr:      fmt.Sprintf("https://127.0.0.1:%d", port),
+		CAFile:    filepath.Join(dir, "tls", "vault-ca.pem"),
+		PluginDir: filepath.Join(dir, "plugins"),
+		Token:     "root",
 		logFile:   filepath.Join(dir, "vault.log"),
 	}
-	copyPlugin(t, pluginBin, s.pluginDir, pluginName)
+	CopyPlugin(t, PluginBin, s.PluginDir, PluginName)
 	if err := os.MkdirAll(filepath.Join(dir, "tls"), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -129,21 +132,21 @@ func startDevServer(t testing.TB) *vaultServer {
 		"server", "-dev", "-dev-tls", "-dev-root-token-id=root",
 		fmt.Sprintf("-dev-listen-address=127.0.0.1:%d", port),
 		"-dev-tls-cert-dir=" + filepath.Join(dir, "tls"),
-		"-dev-plugin-dir=" + s.pluginDir,
+		"-dev-plugin-dir=" + s.PluginDir,
 	}
-	s.start()
-	s.waitReady()
+	s.Start()
+	s.WaitReady()
 	return s
 }
 
-// start runs the Vault process; Cleanup stops it.
-func (s *vaultServer) start() {
+// Start runs the Vault process; Cleanup stops it.
+func (s *Server) Start() {
 	s.t.Helper()
 	log, err := os.OpenFile(s.logFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	cmd := exec.Command(vaultBin, s.args...)
+	cmd := exec.Command(VaultBin, s.args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.Env = append(os.Environ(), "VAULT_LOG_LEVEL=debug")
 	if err := cmd.Start(); err != nil {
@@ -156,11 +159,11 @@ func (s *vaultServer) start() {
 		log.Close()
 		close(s.exited)
 	}()
-	s.t.Cleanup(s.stop)
+	s.t.Cleanup(s.Stop)
 }
 
-// stop ends the Vault process this test started, gently first.
-func (s *vaultServer) stop() {
+// Stop ends the Vault process this test started, gently first.
+func (s *Server) Stop() {
 	if s.cmd == nil || s.cmd.Process == nil {
 		return
 	}
@@ -178,18 +181,24 @@ func (s *vaultServer) stop() {
 	}
 }
 
-// waitReady polls until Vault answers sys/health, or fails with its log.
-func (s *vaultServer) waitReady() {
+// Kill ends the Vault process at once, as a crash would.
+func (s *Server) Kill() {
+	_ = s.cmd.Process.Kill()
+	<-s.exited
+}
+
+// WaitReady polls until Vault answers sys/health, or fails with its log.
+func (s *Server) WaitReady() {
 	s.t.Helper()
-	deadline := time.Now().Add(startTimeout)
+	deadline := time.Now().Add(StartTimeout)
 	for time.Now().Before(deadline) {
 		select {
 		case <-s.exited:
-			s.t.Fatalf("vault %s exited during start-up:\n%s", s.name, s.logTail())
+			s.t.Fatalf("vault %s exited during start-up:\n%s", s.Name, s.LogTail())
 		default:
 		}
-		if _, err := os.Stat(s.caFile); err == nil {
-			if c, err := s.client(); err == nil {
+		if _, err := os.Stat(s.CAFile); err == nil {
+			if c, err := s.Client(); err == nil {
 				if _, err := c.Sys().Health(); err == nil {
 					return
 				}
@@ -197,11 +206,11 @@ func (s *vaultServer) waitReady() {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	s.t.Fatalf("vault %s did not answer within %s:\n%s", s.name, startTimeout, s.logTail())
+	s.t.Fatalf("vault %s did not answer within %s:\n%s", s.Name, StartTimeout, s.LogTail())
 }
 
-// logTail returns the end of the server log, for failure messages.
-func (s *vaultServer) logTail() string {
+// LogTail returns the end of the server log, for failure messages.
+func (s *Server) LogTail() string {
 	data, _ := os.ReadFile(s.logFile)
 	if len(data) > 4000 {
 		data = data[len(data)-4000:]
@@ -209,30 +218,30 @@ func (s *vaultServer) logTail() string {
 	return string(data)
 }
 
-// client returns an API client with the root token and no client certificate.
-func (s *vaultServer) client() (*api.Client, error) {
-	return s.clientWith(s.token, nil)
+// Client returns an API client with the root token and no client certificate.
+func (s *Server) Client() (*api.Client, error) {
+	return s.ClientWith(s.Token, nil)
 }
 
-// mustClient is client for tests.
-func (s *vaultServer) mustClient() *api.Client {
+// MustClient is client for tests.
+func (s *Server) MustClient() *api.Client {
 	s.t.Helper()
-	c, err := s.client()
+	c, err := s.Client()
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	return c
 }
 
-// clientWith returns an API client with a token and, optionally, a client
+// ClientWith returns an API client with a token and, optionally, a client
 // certificate it presents on the TLS connection.
-func (s *vaultServer) clientWith(token string, cert *clientCert) (*api.Client, error) {
+func (s *Server) ClientWith(token string, cert *Cert) (*api.Client, error) {
 	cfg := api.DefaultConfig()
-	cfg.Address = s.addr
+	cfg.Address = s.Addr
 	cfg.MaxRetries = 0
-	tlsCfg := &api.TLSConfig{CACert: s.caFile}
+	tlsCfg := &api.TLSConfig{CACert: s.CAFile}
 	if cert != nil {
-		tlsCfg.ClientCert, tlsCfg.ClientKey = cert.certFile, cert.keyFile
+		tlsCfg.ClientCert, tlsCfg.ClientKey = cert.CertFile, cert.KeyFile
 	}
 	if err := cfg.ConfigureTLS(tlsCfg); err != nil {
 		return nil, err
@@ -245,12 +254,12 @@ func (s *vaultServer) clientWith(token string, cert *clientCert) (*api.Client, e
 	return c, nil
 }
 
-// cli runs the vault CLI against this server, with extra environment.
-func (s *vaultServer) cli(env []string, args ...string) (string, error) {
+// CLI runs the vault CLI against this server, with extra environment.
+func (s *Server) CLI(env []string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, vaultBin, args...)
-	cmd.Env = append(os.Environ(), "VAULT_ADDR="+s.addr, "VAULT_CACERT="+s.caFile, "VAULT_TOKEN="+s.token, "VAULT_FORMAT=json")
+	cmd := exec.CommandContext(ctx, VaultBin, args...)
+	cmd.Env = append(os.Environ(), "VAULT_ADDR="+s.Addr, "VAULT_CACERT="+s.CAFile, "VAULT_TOKEN="+s.Token, "VAULT_FORMAT=json")
 	cmd.Env = append(cmd.Env, env...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -258,34 +267,34 @@ func (s *vaultServer) cli(env []string, args ...string) (string, error) {
 	return out.String(), err
 }
 
-// mustCLI runs the CLI and fails t on error.
-func (s *vaultServer) mustCLI(t testing.TB, args ...string) string {
+// MustCLI runs the CLI and fails t on error.
+func (s *Server) MustCLI(t T, args ...string) string {
 	t.Helper()
-	out, err := s.cli(nil, args...)
+	out, err := s.CLI(nil, args...)
 	if err != nil {
 		t.Fatalf("vault %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return out
 }
 
-// registerPlugin registers the plugin binary in the catalog by SHA-256 and
+// RegisterPlugin registers the plugin binary in the catalog by SHA-256 and
 // mounts it at path.
-func (s *vaultServer) registerPlugin(path string) {
+func (s *Server) RegisterPlugin(path string) {
 	s.t.Helper()
-	data, err := os.ReadFile(filepath.Join(s.pluginDir, pluginName))
+	data, err := os.ReadFile(filepath.Join(s.PluginDir, PluginName))
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	sum := sha256.Sum256(data)
-	s.mustCLI(s.t, "plugin", "register", "-sha256="+hex.EncodeToString(sum[:]), "-command="+pluginName, "secret", catalogName)
-	s.mustCLI(s.t, "secrets", "enable", "-path="+path, catalogName)
+	s.MustCLI(s.t, "plugin", "register", "-sha256="+hex.EncodeToString(sum[:]), "-command="+PluginName, "secret", CatalogName)
+	s.MustCLI(s.t, "secrets", "enable", "-path="+path, CatalogName)
 }
 
-// rawGet fetches a URL of this server with no Vault token, as an offline
+// RawGet fetches a URL of this server with no Vault token, as an offline
 // verifier would, following redirects.
-func (s *vaultServer) rawGet(path string) (*http.Response, []byte) {
+func (s *Server) RawGet(path string) (*http.Response, []byte) {
 	s.t.Helper()
-	c, err := s.clientWith("", nil)
+	c, err := s.ClientWith("", nil)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -293,7 +302,7 @@ func (s *vaultServer) rawGet(path string) (*http.Response, []byte) {
 	// cannot forward yet answers 307 to the active node.
 	hc := *c.CloneConfig().HttpClient
 	hc.CheckRedirect = nil
-	resp, err := hc.Get(s.addr + path)
+	resp, err := hc.Get(s.Addr + path)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -302,10 +311,10 @@ func (s *vaultServer) rawGet(path string) (*http.Response, []byte) {
 	return resp, body
 }
 
-// pluginPIDs lists the plugin processes of this server: processes whose
+// PluginPIDs lists the plugin processes of this server: processes whose
 // command line runs the plugin binary from this server's own plugin
 // directory, so only processes this test started are ever touched.
-func (s *vaultServer) pluginPIDs() []int {
+func (s *Server) PluginPIDs() []int {
 	entries, _ := os.ReadDir("/proc")
 	var pids []int
 	for _, e := range entries {
@@ -317,15 +326,15 @@ func (s *vaultServer) pluginPIDs() []int {
 		if err != nil {
 			continue
 		}
-		if bytes.HasPrefix(cmdline, []byte(filepath.Join(s.pluginDir, pluginName))) {
+		if bytes.HasPrefix(cmdline, []byte(filepath.Join(s.PluginDir, PluginName))) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
 }
 
-// write is a Logical().Write that fails the test on error.
-func write(t testing.TB, c *api.Client, path string, data map[string]any) *api.Secret {
+// Write is a Logical().Write that fails the test on error.
+func Write(t T, c *api.Client, path string, data map[string]any) *api.Secret {
 	t.Helper()
 	sec, err := c.Logical().Write(path, data)
 	if err != nil {
@@ -334,8 +343,8 @@ func write(t testing.TB, c *api.Client, path string, data map[string]any) *api.S
 	return sec
 }
 
-// read is a Logical().Read that fails the test on error.
-func read(t testing.TB, c *api.Client, path string) *api.Secret {
+// Read is a Logical().Read that fails the test on error.
+func Read(t T, c *api.Client, path string) *api.Secret {
 	t.Helper()
 	sec, err := c.Logical().Read(path)
 	if err != nil {
@@ -344,8 +353,8 @@ func read(t testing.TB, c *api.Client, path string) *api.Secret {
 	return sec
 }
 
-// jsonData decodes the data object of a CLI -format=json answer.
-func jsonData(t testing.TB, out string) map[string]any {
+// JSONData decodes the data object of a CLI -format=json answer.
+func JSONData(t T, out string) map[string]any {
 	t.Helper()
 	var sec struct {
 		Data map[string]any `json:"data"`

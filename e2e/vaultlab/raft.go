@@ -1,4 +1,4 @@
-package e2e
+package vaultlab
 
 import (
 	"crypto/x509"
@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"testing"
 	"time"
 )
 
@@ -42,53 +41,53 @@ plugin_directory = %q
 disable_mlock    = true
 `
 
-// startRaftServer starts a single-node Vault with integrated storage (Raft),
+// StartRaftServer starts a single-node Vault with integrated storage (Raft),
 // initialises and unseals it.
-func startRaftServer(t testing.TB) *vaultServer {
+func StartRaftServer(t T) *Server {
 	t.Helper()
-	return startRaftCluster(t, 1)[0]
+	return StartRaftCluster(t, 1)[0]
 }
 
-// startRaftCluster starts n Vault servers on loopback that form one Raft
+// StartRaftCluster starts n Vault servers on loopback that form one Raft
 // cluster through retry_join, initialises the first, unseals all, and waits
 // until every node is a voter. The first node is active.
-func startRaftCluster(t testing.TB, n int) []*vaultServer {
+func StartRaftCluster(t T, n int) []*Server {
 	t.Helper()
 	root := t.TempDir()
-	ca := newCA(t, root, "listener")
-	serverCert := ca.issue(t, root, "server", []string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1")}, x509.ExtKeyUsageServerAuth)
+	ca := NewCA(t, root, "listener")
+	serverCert := ca.Issue(t, root, "server", []string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1")}, x509.ExtKeyUsageServerAuth)
 	type ports struct{ api, cluster, proxy int }
 	all := make([]ports, n)
 	for i := range all {
-		all[i] = ports{freePort(t), freePort(t), freePort(t)}
+		all[i] = ports{FreePort(t), FreePort(t), FreePort(t)}
 	}
-	nodes := make([]*vaultServer, n)
+	nodes := make([]*Server, n)
 	for i, p := range all {
 		dir := filepath.Join(root, fmt.Sprintf("node%d", i+1))
-		s := &vaultServer{
+		s := &Server{
 			t:         t,
-			name:      fmt.Sprintf("node%d", i+1),
-			dir:       dir,
-			addr:      fmt.Sprintf("https://127.0.0.1:%d", p.api),
-			proxyAddr: fmt.Sprintf("https://127.0.0.1:%d", p.proxy),
-			caFile:    ca.file,
-			pluginDir: filepath.Join(dir, "plugins"),
+			Name:      fmt.Sprintf("node%d", i+1),
+			Dir:       dir,
+			Addr:      fmt.Sprintf("https://127.0.0.1:%d", p.api),
+			ProxyAddr: fmt.Sprintf("https://127.0.0.1:%d", p.proxy),
+			CAFile:    ca.File,
+			PluginDir: filepath.Join(dir, "plugins"),
 			logFile:   filepath.Join(dir, "vault.log"),
 		}
 		if err := os.MkdirAll(filepath.Join(dir, "raft"), 0o700); err != nil {
 			t.Fatal(err)
 		}
-		copyPlugin(t, pluginBin, s.pluginDir, pluginName)
+		CopyPlugin(t, PluginBin, s.PluginDir, PluginName)
 		var joins strings.Builder
 		for j, q := range all {
 			if j != i && n > 1 {
-				fmt.Fprintf(&joins, "  retry_join {\n    leader_api_addr = \"https://127.0.0.1:%d\"\n    leader_ca_cert_file = %q\n  }\n", q.api, ca.file)
+				fmt.Fprintf(&joins, "  retry_join {\n    leader_api_addr = \"https://127.0.0.1:%d\"\n    leader_ca_cert_file = %q\n  }\n", q.api, ca.File)
 			}
 		}
-		config := fmt.Sprintf(raftNodeConfig, filepath.Join(dir, "raft"), s.name, joins.String(),
-			p.api, p.cluster, serverCert.certFile, serverCert.keyFile,
-			p.proxy, serverCert.certFile, serverCert.keyFile,
-			p.api, p.cluster, s.pluginDir)
+		config := fmt.Sprintf(raftNodeConfig, filepath.Join(dir, "raft"), s.Name, joins.String(),
+			p.api, p.cluster, serverCert.CertFile, serverCert.KeyFile,
+			p.proxy, serverCert.CertFile, serverCert.KeyFile,
+			p.api, p.cluster, s.PluginDir)
 		configFile := filepath.Join(dir, "vault.hcl")
 		if err := os.WriteFile(configFile, []byte(config), 0o600); err != nil {
 			t.Fatal(err)
@@ -97,14 +96,14 @@ func startRaftCluster(t testing.TB, n int) []*vaultServer {
 		nodes[i] = s
 	}
 	for _, s := range nodes {
-		s.start()
+		s.Start()
 	}
 	for _, s := range nodes {
-		s.waitListening()
+		s.WaitListening()
 	}
 
 	first := nodes[0]
-	out, err := first.cli(nil, "operator", "init", "-key-shares=1", "-key-threshold=1", "-format=json")
+	out, err := first.CLI(nil, "operator", "init", "-key-shares=1", "-key-threshold=1", "-format=json")
 	if err != nil {
 		t.Fatalf("operator init: %v\n%s", err, out)
 	}
@@ -116,80 +115,80 @@ func startRaftCluster(t testing.TB, n int) []*vaultServer {
 		t.Fatalf("operator init output: %v\n%s", err, out)
 	}
 	for _, s := range nodes {
-		s.token, s.unsealKey = init.Token, init.Keys[0]
+		s.Token, s.unsealKey = init.Token, init.Keys[0]
 	}
-	first.unseal()
-	first.waitActive()
+	first.Unseal()
+	first.WaitActive()
 	for _, s := range nodes[1:] {
-		s.unsealWhenJoined()
+		s.UnsealWhenJoined()
 	}
 	if n > 1 {
-		waitVoters(t, first, n)
+		WaitVoters(t, first, n)
 	}
 	for _, s := range nodes[1:] {
-		s.waitKnowsLeader()
+		s.WaitKnowsLeader()
 	}
 	return nodes
 }
 
-// waitListening waits until the listener answers at all (sealed is fine).
-func (s *vaultServer) waitListening() {
+// WaitListening waits until the listener answers at all (sealed is fine).
+func (s *Server) WaitListening() {
 	s.t.Helper()
-	deadline := time.Now().Add(startTimeout)
+	deadline := time.Now().Add(StartTimeout)
 	for time.Now().Before(deadline) {
-		if out, err := s.cli(nil, "status", "-format=json"); err == nil || strings.HasPrefix(out, "{") {
+		if out, err := s.CLI(nil, "status", "-format=json"); err == nil || strings.HasPrefix(out, "{") {
 			return
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	s.t.Fatalf("vault %s did not listen within %s:\n%s", s.name, startTimeout, s.logTail())
+	s.t.Fatalf("vault %s did not listen within %s:\n%s", s.Name, StartTimeout, s.LogTail())
 }
 
-// unseal gives the node its unseal key.
-func (s *vaultServer) unseal() {
+// Unseal gives the node its unseal key.
+func (s *Server) Unseal() {
 	s.t.Helper()
-	if out, err := s.cli(nil, "operator", "unseal", s.unsealKey); err != nil {
-		s.t.Fatalf("unseal %s: %v\n%s", s.name, err, out)
+	if out, err := s.CLI(nil, "operator", "unseal", s.unsealKey); err != nil {
+		s.t.Fatalf("unseal %s: %v\n%s", s.Name, err, out)
 	}
 }
 
-// unsealWhenJoined retries the unseal until the node has joined the cluster
+// UnsealWhenJoined retries the unseal until the node has joined the cluster
 // through retry_join (it cannot be unsealed before).
-func (s *vaultServer) unsealWhenJoined() {
+func (s *Server) UnsealWhenJoined() {
 	s.t.Helper()
-	deadline := time.Now().Add(startTimeout)
+	deadline := time.Now().Add(StartTimeout)
 	for time.Now().Before(deadline) {
-		out, err := s.cli(nil, "operator", "unseal", s.unsealKey)
+		out, err := s.CLI(nil, "operator", "unseal", s.unsealKey)
 		if err == nil && strings.Contains(out, `"sealed": false`) {
 			return
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	s.t.Fatalf("vault %s did not join and unseal:\n%s", s.name, s.logTail())
+	s.t.Fatalf("vault %s did not join and unseal:\n%s", s.Name, s.LogTail())
 }
 
-// waitActive waits until this node is the active node.
-func (s *vaultServer) waitActive() {
+// WaitActive waits until this node is the active node.
+func (s *Server) WaitActive() {
 	s.t.Helper()
-	deadline := time.Now().Add(startTimeout)
+	deadline := time.Now().Add(StartTimeout)
 	for time.Now().Before(deadline) {
-		if c, err := s.client(); err == nil {
+		if c, err := s.Client(); err == nil {
 			if l, err := c.Sys().Leader(); err == nil && l.IsSelf {
 				return
 			}
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	s.t.Fatalf("vault %s did not become active:\n%s", s.name, s.logTail())
+	s.t.Fatalf("vault %s did not become active:\n%s", s.Name, s.LogTail())
 }
 
-// waitKnowsLeader waits until a standby knows the active node, so that it
+// WaitKnowsLeader waits until a standby knows the active node, so that it
 // can forward requests.
-func (s *vaultServer) waitKnowsLeader() {
+func (s *Server) WaitKnowsLeader() {
 	s.t.Helper()
-	deadline := time.Now().Add(startTimeout)
+	deadline := time.Now().Add(StartTimeout)
 	for time.Now().Before(deadline) {
-		if c, err := s.client(); err == nil {
+		if c, err := s.Client(); err == nil {
 			if l, err := c.Sys().Leader(); err == nil && (l.IsSelf || l.LeaderAddress != "") {
 				if _, err := c.Sys().ListMounts(); err == nil {
 					return
@@ -198,15 +197,15 @@ func (s *vaultServer) waitKnowsLeader() {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	s.t.Fatalf("vault %s never found the active node:\n%s", s.name, s.logTail())
+	s.t.Fatalf("vault %s never found the active node:\n%s", s.Name, s.LogTail())
 }
 
-// waitVoters waits until the cluster lists n voters.
-func waitVoters(t testing.TB, s *vaultServer, n int) {
+// WaitVoters waits until the cluster lists n voters.
+func WaitVoters(t T, s *Server, n int) {
 	t.Helper()
-	deadline := time.Now().Add(startTimeout)
+	deadline := time.Now().Add(StartTimeout)
 	for time.Now().Before(deadline) {
-		out, err := s.cli(nil, "operator", "raft", "list-peers", "-format=json")
+		out, err := s.CLI(nil, "operator", "raft", "list-peers", "-format=json")
 		if err == nil && strings.Count(out, `"voter": true`) == n {
 			return
 		}
@@ -215,13 +214,13 @@ func waitVoters(t testing.TB, s *vaultServer, n int) {
 	t.Fatalf("the cluster did not reach %d voters", n)
 }
 
-// restart stops the server and starts it again on the same storage, sealed,
+// Restart stops the server and starts it again on the same storage, sealed,
 // then unseals it and waits until it is active.
-func (s *vaultServer) restart() {
+func (s *Server) Restart() {
 	s.t.Helper()
-	s.stop()
-	s.start()
-	s.waitListening()
-	s.unseal()
-	s.waitActive()
+	s.Stop()
+	s.Start()
+	s.WaitListening()
+	s.Unseal()
+	s.WaitActive()
 }
