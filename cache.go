@@ -1,6 +1,11 @@
 package meshauth
 
-import "sync"
+import (
+	"context"
+	"sync"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
 
 // epochCache is a map of lazily loaded values that writes and Vault's
 // Invalidate callback drop. Loading happens outside the lock (it reads
@@ -67,4 +72,31 @@ func (c *epochCache[K, V]) load(k K, loader func() (V, error)) (V, error) {
 	}
 	c.fill(k, v, epoch)
 	return v, nil
+}
+
+// countingView counts the storage calls made through it. One request uses it
+// from one goroutine, so a plain counter suffices.
+type countingView struct {
+	logical.Storage
+	ops uint64
+}
+
+func (v *countingView) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	v.ops++
+	return v.Storage.Get(ctx, key)
+}
+
+func (v *countingView) List(ctx context.Context, prefix string) ([]string, error) {
+	v.ops++
+	return v.Storage.List(ctx, prefix)
+}
+
+func (v *countingView) Put(ctx context.Context, e *logical.StorageEntry) error {
+	v.ops++
+	return v.Storage.Put(ctx, e)
+}
+
+func (v *countingView) Delete(ctx context.Context, key string) error {
+	v.ops++
+	return v.Storage.Delete(ctx, key)
 }

@@ -19,6 +19,8 @@ type metrics struct {
 	services      map[string]*serviceCounters
 	verifications map[string]*atomic.Uint64
 	keyRotations  atomic.Uint64
+	// loginStorageOps counts storage calls made by logins: 0 in steady state.
+	loginStorageOps atomic.Uint64
 }
 
 // serviceCounters are one service's counters.
@@ -106,10 +108,11 @@ func (m *metrics) snapshot(lockedCallers int) map[string]any {
 		verifications[result] = c.Load()
 	}
 	return map[string]any{
-		"services":       services,
-		"verifications":  verifications,
-		"key_rotations":  m.keyRotations.Load(),
-		"locked_callers": lockedCallers,
+		"services":                 services,
+		"verifications":            verifications,
+		"key_rotations":            m.keyRotations.Load(),
+		"login_storage_operations": m.loginStorageOps.Load(),
+		"locked_callers":           lockedCallers,
 	}
 }
 
@@ -152,6 +155,8 @@ func (m *metrics) prometheus(lockedCallers int) string {
 	}
 	family("meshauth_key_rotations_total", "Signing key rotations performed by this node.", "counter")
 	fmt.Fprintf(&sb, "meshauth_key_rotations_total %d\n", m.keyRotations.Load())
+	family("meshauth_login_storage_operations_total", "Storage calls made by logins; 0 while every cache is warm.", "counter")
+	fmt.Fprintf(&sb, "meshauth_login_storage_operations_total %d\n", m.loginStorageOps.Load())
 	family("meshauth_locked_callers", "Service/caller pairs locked out right now on this node.", "gauge")
 	fmt.Fprintf(&sb, "meshauth_locked_callers %d\n", lockedCallers)
 	return sb.String()

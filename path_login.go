@@ -44,6 +44,10 @@ func pathLogin(b *backend) []*framework.Path {
 				Callback: b.pathLogin,
 				Summary:  "Exchange the service's API key and client certificate for a signed JWT.",
 			},
+			logical.ReadOperation: &framework.PathOperation{
+				Callback: b.pathLoginRead,
+				Summary:  "The same login in one round trip: the API key in the X-Meshauth-Api-Key header (passed through by the mount), audience and ttl as query parameters.",
+			},
 		},
 		HelpSynopsis:    "Log a service in: API key (+ client certificate) for a short-lived JWT.",
 		HelpDescription: loginHelp,
@@ -57,7 +61,44 @@ func errLoginLocked(until time.Time) error {
 	return logical.CodedError(http.StatusForbidden, fmt.Sprintf("login locked for this caller after too many failed attempts; try again after %s", until.UTC().Format(time.RFC3339)))
 }
 
+// apiKeyHeader carries the API key of a one-round-trip login (GET). Vault
+// hands it to the plugin only when the mount lists it in
+// passthrough_request_headers, and audit devices do not record request
+// headers unless told to.
+const apiKeyHeader = "X-Meshauth-Api-Key"
+
+// pathLogin serves the POST login of the vault CLI: the key is a field.
 func (b *backend) pathLogin(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	return b.login(ctx, req, d, d.Get("api_key").(string))
+}
+
+// pathLoginRead serves the GET login of the client library. A POST costs
+// Vault two round trips to the plugin (an existence check, then the write); a
+// GET costs one. The key comes from a header, never from the URL: a query
+// parameter would land in access logs and the audit log's request path.
+func (b *backend) pathLoginRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	if _, inURL := req.Data["api_key"]; inURL {
+		return logical.ErrorResponse("never put the API key in a URL; send it in the " + apiKeyHeader + " header, or use a POST with api_key in the body"), nil
+	}
+	key := headerValue(req.Headers, apiKeyHeader)
+	if key == "" {
+		return logical.ErrorResponse("a GET login needs the API key in the " + apiKeyHeader + " header; an operator enables it with: vault secrets tune -passthrough-request-headers=" + apiKeyHeader + " " + strings.TrimSuffix(req.MountPoint, "/")), nil
+	}
+	return b.login(ctx, req, d, key)
+}
+
+// headerValue reads a request header case-insensitively.
+func headerValue(headers map[string][]string, name string) string {
+	for k, v := range headers {
+		if strings.EqualFold(k, name) && len(v) > 0 {
+			return v[0]
+		}
+	}
+	return ""
+}
+
+// login is every login, whichever way the key arrived.
+func (b *backend) login(ctx context.Context, req *logical.Request, d *framework.FieldData, apiKey string) (*logical.Response, error) {
 	name, errResp := serviceName(d)
 	if errResp != nil {
 		return errResp, nil
@@ -65,6 +106,11 @@ func (b *backend) pathLogin(ctx context.Context, req *logical.Request, d *framew
 	if resp := rejectUnknownFields(req, d); resp != nil {
 		return resp, nil
 	}
+	// Count what the login asks of storage: none in steady state, and the
+	// metrics show it.
+	storage := &countingView{Storage: req.Storage}
+	defer func() { b.metrics.loginStorageOps.Add(storage.ops) }()
+	req.Storage = storage
 	requestedTTL := time.Duration(d.Get("ttl").(int)) * time.Second
 	if requestedTTL < 0 {
 		return logical.ErrorResponse("ttl must not be negative"), nil
@@ -93,7 +139,7 @@ func (b *backend) pathLogin(ctx context.Context, req *logical.Request, d *framew
 		}
 	}
 
-	if failure := authenticate(svc, d.Get("api_key").(string), certErr, cfg, now); failure != "" {
+	if failure := authenticate(svc, apiKey, certErr, cfg, now); failure != "" {
 		return nil, b.loginFailed(svc, name, caller, lockKey, failure, cfg, now)
 	}
 	if cfg.LockoutThreshold > 0 {
@@ -259,6 +305,11 @@ mTLS, the client certificate presented on the TLS connection to Vault must
 verify against the service's certificate or ca_chain, hostnames and
 pinned_spki; the token then carries cnf.x5t#S256 of that certificate
 (RFC 8705).
+
+A GET does the same in one round trip to the plugin instead of two: the key
+travels in the X-Meshauth-Api-Key header, which the mount must pass through
+(vault secrets tune -passthrough-request-headers=X-Meshauth-Api-Key <mount>),
+never in the URL; audience and ttl are query parameters.
 
 Every failure answers the same "permission denied", whichever factor failed,
 and counts toward lockout of this caller (its verified client certificate, or

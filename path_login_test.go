@@ -252,3 +252,41 @@ func TestConcurrentLoginsRotationsAndUpdates(t *testing.T) {
 		t.Fatalf("an update was lost: %#v", read.Data)
 	}
 }
+
+func TestHeaderLoginIsTheSameLoginInOneRoundTrip(t *testing.T) {
+	e := getTestBackend(t)
+	key := e.register(t, "orders", map[string]any{"allowed_audiences": "payments"})
+	get := func(headers map[string][]string, data map[string]any) (*logical.Response, error) {
+		return e.b.HandleRequest(t.Context(), &logical.Request{
+			Operation: logical.ReadOperation, Path: "login/orders", Storage: e.storage, MountPoint: "meshauth/",
+			Headers: headers, Data: data, Connection: &logical.Connection{RemoteAddr: "127.0.0.1"},
+		})
+	}
+	e.mustLogin(t, "orders", key) // warm the caches
+	warm := e.b.metrics.loginStorageOps.Load()
+	resp, err := get(map[string][]string{"X-Meshauth-Api-Key": {key}}, map[string]any{"ttl": "5m"})
+	if err != nil || resp.IsError() || resp.Data["expires_in"].(int64) != 300 {
+		t.Fatalf("header login: %v %#v", err, resp)
+	}
+	if _, claims := decodeJWT(t, resp.Data["token"].(string)); claims["aud"] != "payments" {
+		t.Fatalf("claims %#v", claims)
+	}
+	// Any spelling of the header name works, as HTTP header names are case-insensitive.
+	if _, err := get(map[string][]string{"x-meshauth-api-key": {key}}, nil); err != nil {
+		t.Fatalf("lower-case header: %v", err)
+	}
+	resp, _ = get(nil, map[string]any{"api_key": key})
+	if resp == nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "never put the API key in a URL") {
+		t.Fatalf("key in the URL: %#v", resp)
+	}
+	resp, _ = get(nil, nil)
+	if resp == nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "passthrough-request-headers=X-Meshauth-Api-Key meshauth") {
+		t.Fatalf("no header: %#v", resp)
+	}
+	if _, err := get(map[string][]string{"X-Meshauth-Api-Key": {"mak_wrong"}}, nil); !errors.Is(err, logical.ErrPermissionDenied) {
+		t.Fatalf("wrong key by header: %v", err)
+	}
+	if got := e.b.metrics.loginStorageOps.Load() - warm; got != 0 {
+		t.Fatalf("warm logins made %d storage calls", got)
+	}
+}
