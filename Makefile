@@ -20,6 +20,7 @@ E2E_TIMEOUT ?= 30m
 E2E_RUN     ?= .
 FUZZ_TIME   ?= 30s
 BENCH_COUNT ?= 6
+BENCH_FLAGS ?=
 
 .PHONY: help build dev test test-unit test-e2e test-e2e-ha vault bench fmt vet lint tools clean
 
@@ -49,9 +50,11 @@ test-e2e: build ## end-to-end tests against real Vault servers (builds Vault if 
 test-e2e-ha: ## the 3-node Raft HA scenario alone (failover, snapshot restore, periodic rotation; ~4 min)
 	$(MAKE) test-e2e E2E_RUN=TestHACluster
 
-bench: tools ## in-process benchmarks, BENCH_COUNT runs each, summarised by benchstat
+bench: tools build ## in-process benchmarks (benchstat), then the load tool against a real Vault (writes BENCHMARKS.md)
 	go test -run='^$$' -bench=. -benchmem -count=$(BENCH_COUNT) . | tee bench.txt
 	$(TOOLS_DIR)/benchstat bench.txt
+	@vault_bin=$$(./scripts/vault-bin.sh) && cd e2e && VAULT_BIN=$$vault_bin MESHAUTH_PLUGIN=$(PLUGIN_BIN) \
+	  go run ./cmd/meshauth-bench -out $(CURDIR)/BENCHMARKS.md $(BENCH_FLAGS)
 
 fmt: tools ## format with gofumpt
 	$(TOOLS_DIR)/gofumpt -w .
