@@ -1,0 +1,113 @@
+package client
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+)
+
+// fakeVault answers meshauth logins, counting them; fail makes them 500.
+type fakeVault struct {
+	srv    *httptest.Server
+	logins atomic.Int32
+	fail   atomic.Bool
+	ttl    time.Duration
+	delay  time.Duration
+}
+
+func newFakeVault(t *testing.T, ttl time.Duration) *fakeVault {
+	f := &fakeVault{ttl: ttl}
+	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/meshauth/login/orders" {
+			http.NotFound(w, r)
+			return
+		}
+		if r.Method == http.MethodGet && r.Header.Get(APIKeyHeader) != "mak_key" || r.URL.Query().Get("api_key") != "" {
+			http.Error(w, `{"errors":["permission denied"]}`, http.StatusForbidden)
+			return
+		}
+		time.Sleep(f.delay)
+		n := f.logins.Add(1)
+		if f.fail.Load() {
+			http.Error(w, `{"errors":["unavailable"]}`, http.StatusInternalServerError)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"data": map[string]any{
+			"token":      fmt.Sprintf("token-%d", n),
+			"expires_at": time.Now().Add(f.ttl).UTC().Format(time.RFC3339),
+		}})
+	}))
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+func (f *fakeVault) source(t *testing.T) *TokenSource {
+	cfg := api.DefaultConfig()
+	cfg.Address = f.srv.URL
+	cfg.MaxRetries = 0
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetToken("vault-token")
+	ts, err := NewTokenSource(TokenSourceConfig{Vault: c, Service: "orders", APIKey: "mak_key", MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ts.Stop)
+	return ts
+}
+
+func TestTokenSourceOneLoginForManyCallers(t *testing.T) {
+	f := newFakeVault(t, time.Hour)
+	f.delay = 50 * time.Millisecond
+	ts := f.source(t)
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() {
+			if tok, err := ts.Token(t.Context()); err != nil || tok != "token-1" {
+				t.Errorf("Token = %q, %v", tok, err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := f.logins.Load(); n != 1 {
+		t.Fatalf("%d logins for 50 concurrent callers; want 1", n)
+	}
+}
+
+func TestTokenSourceRefreshesAndRidesOutFailures(t *testing.T) {
+	f := newFakeVault(t, 3*time.Second)
+	ts := f.source(t)
+	first, err := ts.Token(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.fail.Store(true)
+	ts.Start(t.Context())
+	// Past the refresh point (about 2s) the refresh fails and retries; the
+	// current token keeps being served until it expires.
+	time.Sleep(2300 * time.Millisecond)
+	if tok, err := ts.Token(t.Context()); err != nil || tok != first {
+		t.Fatalf("during failing refreshes: %q, %v", tok, err)
+	}
+	if f.logins.Load() < 3 {
+		t.Fatalf("only %d login attempts: the refresh is not retrying", f.logins.Load())
+	}
+	f.fail.Store(false)
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		if tok, _ := ts.Token(t.Context()); tok != first {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("the token was never refreshed after Vault recovered")
+}
