@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -17,7 +19,7 @@ import (
 // benchEnv is a backend with one registered service, caches warm.
 func benchEnv(b *testing.B, alg string, data map[string]any) (*testEnv, string, *keyRing) {
 	e := getTestBackend(b)
-	e.b.Logger().SetLevel(0)
+	e.b.Logger().SetLevel(hclog.Off)
 	if alg != algES256 {
 		e.mustOK(b, logical.UpdateOperation, "config", map[string]any{"signing_algorithm": alg})
 	}

@@ -65,7 +65,7 @@ func errLoginLocked(until time.Time) error {
 // hands it to the plugin only when the mount lists it in
 // passthrough_request_headers, and audit devices do not record request
 // headers unless told to.
-const apiKeyHeader = "X-Meshauth-Api-Key"
+const apiKeyHeader = "X-Meshauth-Api-Key" //nolint:gosec // a header name, not a credential
 
 // pathLogin serves the POST login of the vault CLI: the key is a field.
 func (b *backend) pathLogin(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {

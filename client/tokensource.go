@@ -17,7 +17,7 @@ import (
 
 // APIKeyHeader carries the API key of a one-round-trip login. The mount must
 // list it in passthrough_request_headers.
-const APIKeyHeader = "X-Meshauth-Api-Key"
+const APIKeyHeader = "X-Meshauth-Api-Key" //nolint:gosec // a header name, not a credential
 
 // TokenSourceConfig says how a service logs in.
 type TokenSourceConfig struct {
@@ -114,7 +114,6 @@ func (ts *TokenSource) Token(ctx context.Context) (string, error) {
 		wait := ts.inflight
 		if wait == nil {
 			ts.inflight = make(chan struct{})
-			wait = ts.inflight
 			ts.mu.Unlock()
 			ts.refresh(ctx)
 			continue

@@ -28,15 +28,15 @@ import (
 
 // Defaults of a Verifier.
 const (
-	defaultLeeway            = 30 * time.Second
-	defaultMinRefetch        = 30 * time.Second
-	defaultMaxCacheAge       = time.Hour
-	maxTokenLength           = 16 << 10
-	maxJWKSBytes             = 1 << 20
-	maxDiscoveryBytes        = 64 << 10
-	fallbackCacheAge         = 5 * time.Minute
-	verifierHTTPTimeout      = 10 * time.Second
-	errPrefix                = "meshauth verify: "
+	defaultLeeway       = 30 * time.Second
+	defaultMinRefetch   = 30 * time.Second
+	defaultMaxCacheAge  = time.Hour
+	maxTokenLength      = 16 << 10
+	maxJWKSBytes        = 1 << 20
+	maxDiscoveryBytes   = 64 << 10
+	fallbackCacheAge    = 5 * time.Minute
+	verifierHTTPTimeout = 10 * time.Second
+	errPrefix           = "meshauth verify: "
 )
 
 // supportedAlgorithms are the only algorithms a Verifier accepts.
@@ -102,12 +102,12 @@ type Verifier struct {
 	jwksURL string
 	now     func() time.Time
 
-	mu          sync.RWMutex
-	keys        map[string]verificationKey
-	expires     time.Time
-	lastFetch   time.Time
-	fetchMu     sync.Mutex // one fetch at a time
-	fetchCount  int
+	mu         sync.RWMutex
+	keys       map[string]verificationKey
+	expires    time.Time
+	lastFetch  time.Time
+	fetchMu    sync.Mutex // one fetch at a time
+	fetchCount int
 }
 
 // NewVerifier resolves discovery (if configured) and fetches the keys once.
@@ -414,11 +414,4 @@ func wellFormed(token string) bool {
 		}
 	}
 	return true
-}
-
-// fetches reports how many times the key set was fetched (for tests).
-func (v *Verifier) fetches() int {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	return v.fetchCount
 }
