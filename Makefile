@@ -22,7 +22,7 @@ FUZZ_TIME   ?= 30s
 BENCH_COUNT ?= 6
 BENCH_FLAGS ?=
 
-.PHONY: help build dev test test-unit test-e2e test-e2e-ha vault bench fmt vet lint tools clean
+.PHONY: help build dev test test-unit fuzz fuzz-short test-e2e test-e2e-ha vault bench fmt vet lint tools clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -33,10 +33,18 @@ build: ## build the plugin binary into bin/
 dev: ## build everything and run a dev Vault (TLS) with meshauth mounted; Ctrl-C stops it
 	./scripts/dev.sh
 
-test: test-unit test-e2e ## run every test: unit (with -race) and end-to-end against a real Vault
+FUZZ_TARGETS := FuzzParseToken FuzzParseCertificates FuzzServiceWrite FuzzLoginFields
 
-test-unit: ## unit tests of the plugin package, with the race detector
+test: test-unit fuzz-short test-e2e ## run every test: unit (-race), a short fuzz of each target, end-to-end against real Vault
+
+test-unit: ## unit tests of the plugin and client packages, with the race detector
 	go test -race -count=1 ./...
+
+fuzz: ## fuzz every target for FUZZ_TIME each (default 30s); seeds in testdata/fuzz
+	@for f in $(FUZZ_TARGETS); do echo "==> $$f for $(FUZZ_TIME)"; go test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZ_TIME) . || exit 1; done
+
+fuzz-short: ## fuzz every target briefly, as CI does
+	@$(MAKE) --no-print-directory fuzz FUZZ_TIME=5s
 
 vault: ## build the pinned Vault once per machine (cold: ~17 min on 2 cores)
 	@./scripts/vault-bin.sh >/dev/null

@@ -12,12 +12,15 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
@@ -85,8 +88,18 @@ type testEnv struct {
 // getTestBackend builds an initialised backend with in-memory storage.
 func getTestBackend(tb testing.TB) *testEnv {
 	tb.Helper()
+	return getTestBackendLogging(tb, nil)
+}
+
+// getTestBackendLogging is getTestBackend with the plugin's logs written to
+// logs (nil: the SDK's test logger).
+func getTestBackendLogging(tb testing.TB, logs io.Writer) *testEnv {
+	tb.Helper()
 	conf := logical.TestBackendConfig()
 	conf.StorageView = &logical.InmemStorage{}
+	if logs != nil {
+		conf.Logger = hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Trace})
+	}
 	b := newBackend()
 	if err := b.Setup(context.Background(), conf); err != nil {
 		tb.Fatal(err)

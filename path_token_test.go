@@ -100,6 +100,12 @@ func TestVerifyRefusesAttacks(t *testing.T) {
 		{"two segments", parts[0] + "." + parts[1], reasonMalformed},
 		{"not base64", "a.b!.c", reasonMalformed},
 		{"1 MB token", strings.Repeat("a", 1<<20), reasonTooLarge},
+		{"jwk header with the attacker's key", forge(map[string]any{"alg": "HS256", "kid": "attacker", "jwk": map[string]string{"kty": "oct", "k": "c2VjcmV0"}}, gc, func(in string) []byte {
+			m := hmac.New(sha256.New, []byte("secret"))
+			m.Write([]byte(in))
+			return m.Sum(nil)
+		}), reasonAlgNotAllowed},
+		{"jku and x5u headers", signWithCurrent(t, e, map[string]any{"kid": "elsewhere", "jku": "https://evil.example/jwks", "x5u": "https://evil.example/cert"}, gc), reasonUnknownKey},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -97,6 +97,7 @@ func TestMTLSLogin(t *testing.T) {
 		"server-only EKU":      tlsConn(handshakeWith(t, inter, leafOptions{dns: []string{"orders.mesh"}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, interCert)),
 		"wrong SAN":            tlsConn(handshakeWith(t, inter, leafOptions{dns: []string{"payments.mesh"}}, interCert)),
 		"expired":              tlsConn(handshakeWith(t, inter, leafOptions{dns: []string{"orders.mesh"}, notBefore: time.Now().Add(-3 * time.Hour), notAfter: time.Now().Add(-time.Hour)}, interCert)),
+		"not yet valid":        tlsConn(handshakeWith(t, inter, leafOptions{dns: []string{"orders.mesh"}, notBefore: time.Now().Add(time.Hour), notAfter: time.Now().Add(2 * time.Hour)}, interCert)),
 		"chain over the limit": tlsConn(handshake(t, append([]*x509.Certificate{leaf}, repeatCert(interCert, 9)...), leafKey)),
 	}
 	for name, conn := range refused {

@@ -105,36 +105,35 @@ func NewTokenSource(cfg TokenSourceConfig) (*TokenSource, error) {
 // expired); a token past its refresh point is still returned while the
 // background refresh works on a new one.
 func (ts *TokenSource) Token(ctx context.Context) (string, error) {
-	for {
-		ts.mu.Lock()
-		if t := ts.current; t != nil && ts.now().Before(t.ExpiresAt) {
-			ts.mu.Unlock()
-			return t.Value, nil
-		}
-		wait := ts.inflight
-		if wait == nil {
-			ts.inflight = make(chan struct{})
-			ts.mu.Unlock()
-			ts.refresh(ctx)
-			continue
-		}
+	ts.mu.Lock()
+	if t := ts.current; t != nil && ts.now().Before(t.ExpiresAt) {
+		ts.mu.Unlock()
+		return t.Value, nil
+	}
+	wait := ts.inflight
+	if wait == nil {
+		// No login in progress: this caller runs one, and others wait for it.
+		ts.inflight = make(chan struct{})
+		ts.mu.Unlock()
+		ts.refresh(ctx)
+	} else {
 		ts.mu.Unlock()
 		select {
 		case <-wait:
-			ts.mu.Lock()
-			t, err := ts.current, ts.lastErr
-			ts.mu.Unlock()
-			if t == nil || !ts.now().Before(t.ExpiresAt) {
-				if err == nil {
-					err = errors.New("meshauth client: login produced no token")
-				}
-				return "", err
-			}
-			return t.Value, nil
 		case <-ctx.Done():
 			return "", ctx.Err()
 		}
 	}
+	ts.mu.Lock()
+	t, err := ts.current, ts.lastErr
+	ts.mu.Unlock()
+	if t == nil || !ts.now().Before(t.ExpiresAt) {
+		if err == nil {
+			err = errors.New("meshauth client: login produced no token")
+		}
+		return "", err
+	}
+	return t.Value, nil
 }
 
 // refresh runs one login; the caller owns ts.inflight.

@@ -84,7 +84,7 @@ func TestTokenSourceOneLoginForManyCallers(t *testing.T) {
 }
 
 func TestTokenSourceRefreshesAndRidesOutFailures(t *testing.T) {
-	f := newFakeVault(t, 3*time.Second)
+	f := newFakeVault(t, 6*time.Second)
 	ts := f.source(t)
 	first, err := ts.Token(t.Context())
 	if err != nil {
@@ -92,9 +92,9 @@ func TestTokenSourceRefreshesAndRidesOutFailures(t *testing.T) {
 	}
 	f.fail.Store(true)
 	ts.Start(t.Context())
-	// Past the refresh point (about 2s) the refresh fails and retries; the
-	// current token keeps being served until it expires.
-	time.Sleep(2300 * time.Millisecond)
+	// Past the refresh point (about 3.5s) the refresh fails and retries; the
+	// current token (exp about 5-6s) keeps being served.
+	time.Sleep(4500 * time.Millisecond)
 	if tok, err := ts.Token(t.Context()); err != nil || tok != first {
 		t.Fatalf("during failing refreshes: %q, %v", tok, err)
 	}
@@ -110,4 +110,16 @@ func TestTokenSourceRefreshesAndRidesOutFailures(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatal("the token was never refreshed after Vault recovered")
+}
+
+func TestTokenSourceFailedLoginIsOneAttempt(t *testing.T) {
+	f := newFakeVault(t, time.Hour)
+	f.fail.Store(true)
+	ts := f.source(t)
+	if _, err := ts.Token(t.Context()); err == nil {
+		t.Fatal("Token succeeded against a failing Vault")
+	}
+	if n := f.logins.Load(); n != 1 {
+		t.Fatalf("%d login attempts for one Token call; want 1", n)
+	}
 }

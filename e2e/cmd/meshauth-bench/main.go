@@ -47,11 +47,28 @@ func main() {
 	cold := env.firstLoginAfterReload(5)
 
 	report := render(env.vaultVersion, lat, tput, storageOps, cold, *rounds, *perRound, *conc, *concRequests)
+	report += keptNotes(*out)
 	fmt.Print(report)
 	if err := os.WriteFile(*out, []byte(report), 0o644); err != nil { //nolint:gosec // a report for people to read
 		lab.Fatalf("writing %s: %v", *out, err)
 	}
 	log.Printf("wrote %s", *out)
+}
+
+// notesHeading starts the hand-written part of the report (what the numbers
+// mean, what the profiles showed), which a new run keeps.
+const notesHeading = "\n## Notes"
+
+// keptNotes returns the hand-written notes of an earlier report, if any.
+func keptNotes(path string) string {
+	old, err := os.ReadFile(path) //nolint:gosec // the report we write
+	if err != nil {
+		return ""
+	}
+	if i := strings.Index(string(old), notesHeading); i >= 0 {
+		return string(old[i:])
+	}
+	return ""
 }
 
 // lab lets the launcher run outside `go test`: failures stop the program

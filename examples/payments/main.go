@@ -1,0 +1,82 @@
+// Command payments is the called side of the meshauth example: an HTTPS
+// service that requires mutual TLS and a meshauth JWT bound to the caller's
+// certificate, verified offline from the engine's JWKS.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"flag"
+	"log"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/client"
+)
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:9443", "address to serve on")
+	meshCA := flag.String("mesh-ca", ".dev/certs/ca.pem", "CA that issues the mesh's certificates")
+	cert := flag.String("cert", ".dev/certs/payments.pem", "this service's server certificate")
+	key := flag.String("key", ".dev/certs/payments.key", "its private key")
+	mount := flag.String("mount", "meshauth", "meshauth mount path in Vault")
+	flag.Parse()
+
+	vaultAddr, vaultCA := os.Getenv("VAULT_ADDR"), os.Getenv("VAULT_CACERT")
+	if vaultAddr == "" || vaultCA == "" {
+		log.Fatal("set VAULT_ADDR and VAULT_CACERT (make dev prints them)")
+	}
+	verifier, err := client.NewVerifier(context.Background(), client.VerifierConfig{
+		DiscoveryURL: vaultAddr + "/v1/" + *mount + "/.well-known/openid-configuration",
+		Audience:     "payments",
+		HTTPClient:   httpsClient(mustPool(vaultCA)),
+	})
+	if err != nil {
+		log.Fatalf("payments: %v", err)
+	}
+
+	mux := http.NewServeMux()
+	mux.Handle("/charge", verifier.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		claims, _ := client.ClaimsFromContext(r.Context())
+		log.Printf("charge requested by %q (token %q, bound to certificate %q)", claims.Service, claims.ID, claims.CertificateThumbprint)
+		_ = json.NewEncoder(w).Encode(map[string]string{"status": "charged", "caller": claims.Service})
+	})))
+	pair, err := tls.LoadX509KeyPair(*cert, *key)
+	if err != nil {
+		log.Fatalf("payments: loading its certificate: %v", err)
+	}
+	srv := &http.Server{
+		Addr:              *listen,
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		TLSConfig: &tls.Config{
+			Certificates: []tls.Certificate{pair},
+			ClientAuth:   tls.RequireAndVerifyClientCert,
+			ClientCAs:    mustPool(*meshCA),
+			MinVersion:   tls.VersionTLS13,
+		},
+	}
+	log.Printf("payments listening on https://%s (mutual TLS + meshauth JWT)", *listen)
+	log.Fatal(srv.ListenAndServeTLS("", ""))
+}
+
+// mustPool loads a PEM CA bundle.
+func mustPool(file string) *x509.CertPool {
+	pem, err := os.ReadFile(file) //nolint:gosec // a path the operator passes
+	if err != nil {
+		log.Fatalf("reading %s: %v", file, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		log.Fatalf("%s holds no PEM certificate", file)
+	}
+	return pool
+}
+
+// httpsClient trusts roots only.
+func httpsClient(roots *x509.CertPool) *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}}
+}
