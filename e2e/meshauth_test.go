@@ -317,6 +317,25 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("a rate-limit quota on login is a second layer", func(t *testing.T) {
+		s.MustCLI(t, "write", "sys/quotas/rate-limit/meshauth-login", "path="+mount+"/login/*", "rate=2", "interval=1s")
+		defer s.MustCLI(t, "delete", "sys/quotas/rate-limit/meshauth-login")
+		cl, err := s.ClientWith(s.Token, f.orders)
+		if err != nil {
+			t.Fatal(err)
+		}
+		limited := 0
+		for range 8 {
+			_, err := cl.Logical().Write(mount+"/login/orders", map[string]any{"api_key": f.ordersKey})
+			if err != nil && strings.Contains(err.Error(), "429") {
+				limited++
+			}
+		}
+		if limited == 0 {
+			t.Fatal("8 logins in a burst were never limited by a 2/s quota")
+		}
+	})
+
 	t.Run("the audit log holds no API key and no token in clear", func(t *testing.T) {
 		data, err := os.ReadFile(f.audit)
 		if err != nil || len(data) == 0 {
