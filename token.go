@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/internal/jws"
 )
 
 // maxTokenLength bounds a token before any parsing: ours are well under 4 KiB,
@@ -168,7 +170,7 @@ func parseToken(raw string, ring *keyRing, cfg *configEntry, audience string, no
 	if len(raw) > maxTokenLength {
 		return nil, reasonTooLarge
 	}
-	if !wellFormedCompact(raw) {
+	if !jws.WellFormed(raw) {
 		return nil, reasonMalformed
 	}
 	var key *signingKey
@@ -212,30 +214,6 @@ func parseToken(raw string, ring *keyRing, cfg *configEntry, audience string, no
 		return nil, reasonMissingClaim
 	}
 	return &parsedToken{claims: claims, key: key}, ""
-}
-
-// wellFormedCompact accepts only three non-empty base64url segments. Go's
-// base64 decoder skips CR and LF, so without this check one token would have
-// many spellings.
-func wellFormedCompact(raw string) bool {
-	dots := 0
-	segment := 0
-	for i := 0; i < len(raw); i++ {
-		c := raw[i]
-		switch {
-		case c == '.':
-			if segment == 0 {
-				return false
-			}
-			dots++
-			segment = 0
-		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
-			segment++
-		default:
-			return false
-		}
-	}
-	return dots == 2 && segment > 0
 }
 
 // failureReason maps a golang-jwt error to the reason verify reports.

@@ -105,35 +105,56 @@ func NewTokenSource(cfg TokenSourceConfig) (*TokenSource, error) {
 // expired); a token past its refresh point is still returned while the
 // background refresh works on a new one.
 func (ts *TokenSource) Token(ctx context.Context) (string, error) {
-	ts.mu.Lock()
-	if t := ts.current; t != nil && ts.now().Before(t.ExpiresAt) {
-		ts.mu.Unlock()
+	if t := ts.valid(); t != nil {
 		return t.Value, nil
 	}
+	if err := ts.joinLogin(ctx, func() bool { return ts.current == nil || !ts.now().Before(ts.current.ExpiresAt) }); err != nil {
+		return "", err
+	}
+	if t := ts.valid(); t != nil {
+		return t.Value, nil
+	}
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if ts.lastErr != nil {
+		return "", ts.lastErr
+	}
+	return "", errors.New("meshauth client: login produced no token")
+}
+
+// valid returns the current token if it has not expired.
+func (ts *TokenSource) valid() *Token {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if t := ts.current; t != nil && ts.now().Before(t.ExpiresAt) {
+		return t
+	}
+	return nil
+}
+
+// joinLogin runs a login when needed() still holds (checked under the lock,
+// so a login that just finished is not repeated), or waits for the login in
+// progress. Either way it returns when that login has ended.
+func (ts *TokenSource) joinLogin(ctx context.Context, needed func() bool) error {
+	ts.mu.Lock()
 	wait := ts.inflight
 	if wait == nil {
-		// No login in progress: this caller runs one, and others wait for it.
+		if !needed() {
+			ts.mu.Unlock()
+			return nil
+		}
 		ts.inflight = make(chan struct{})
 		ts.mu.Unlock()
 		ts.refresh(ctx)
-	} else {
-		ts.mu.Unlock()
-		select {
-		case <-wait:
-		case <-ctx.Done():
-			return "", ctx.Err()
-		}
+		return nil
 	}
-	ts.mu.Lock()
-	t, err := ts.current, ts.lastErr
 	ts.mu.Unlock()
-	if t == nil || !ts.now().Before(t.ExpiresAt) {
-		if err == nil {
-			err = errors.New("meshauth client: login produced no token")
-		}
-		return "", err
+	select {
+	case <-wait:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	return t.Value, nil
 }
 
 // refresh runs one login; the caller owns ts.inflight.
@@ -228,19 +249,8 @@ func (ts *TokenSource) Start(ctx context.Context) {
 
 // forceRefresh logs in now, joining a login already in progress.
 func (ts *TokenSource) forceRefresh(ctx context.Context) error {
-	ts.mu.Lock()
-	wait := ts.inflight
-	if wait == nil {
-		ts.inflight = make(chan struct{})
-		ts.mu.Unlock()
-		ts.refresh(ctx)
-	} else {
-		ts.mu.Unlock()
-		select {
-		case <-wait:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	if err := ts.joinLogin(ctx, func() bool { return true }); err != nil {
+		return err
 	}
 	ts.mu.Lock()
 	defer ts.mu.Unlock()

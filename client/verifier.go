@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/internal/jws"
 )
 
 // Defaults of a Verifier.
@@ -350,7 +352,7 @@ func (v *Verifier) key(ctx context.Context, kid string) (verificationKey, error)
 // and the token carries cnf.x5t#S256, the two must match (RFC 8705); a bound
 // token presented without a certificate is refused.
 func (v *Verifier) Verify(ctx context.Context, token string, peer *x509.Certificate) (*Claims, error) {
-	if len(token) > maxTokenLength || !wellFormed(token) {
+	if len(token) > maxTokenLength || !jws.WellFormed(token) {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, errMalformedForm)
 	}
 	keyFunc := func(t *jwt.Token) (any, error) {
@@ -408,25 +410,4 @@ func (v *Verifier) Verify(ctx context.Context, token string, peer *x509.Certific
 	second := first + 1 + strings.IndexByte(token[first+1:], '.')
 	claims.payload, _ = base64.RawURLEncoding.DecodeString(token[first+1 : second])
 	return claims, nil
-}
-
-// wellFormed accepts only three non-empty base64url segments: Go's base64
-// decoder skips CR and LF, so without this one token has many spellings.
-func wellFormed(token string) bool {
-	dots, segment := 0, 0
-	for i := 0; i < len(token); i++ {
-		switch c := token[i]; {
-		case c == '.':
-			if segment == 0 {
-				return false
-			}
-			dots++
-			segment = 0
-		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_':
-			segment++
-		default:
-			return false
-		}
-	}
-	return dots == 2 && segment > 0
 }
