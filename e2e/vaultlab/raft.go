@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/hashicorp/vault/api"
 )
 
 // raftNodeConfig is the HCL of one node with integrated storage. Besides its
@@ -131,17 +133,30 @@ func StartRaftCluster(t T, n int) []*Server {
 	return nodes
 }
 
-// WaitListening waits until the listener answers at all (sealed is fine).
-func (s *Server) WaitListening() {
+// pollEvery is the pause between two checks of a condition on a server.
+const pollEvery = 200 * time.Millisecond
+
+// waitFor checks ok until it holds or StartTimeout passes, then fails the
+// test saying what did not happen, with the end of the server's log.
+func (s *Server) waitFor(what string, ok func() bool) {
 	s.t.Helper()
 	deadline := time.Now().Add(StartTimeout)
 	for time.Now().Before(deadline) {
-		if out, err := s.CLI(nil, "status", "-format=json"); err == nil || strings.HasPrefix(out, "{") {
+		if ok() {
 			return
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(pollEvery)
 	}
-	s.t.Fatalf("vault %s did not listen within %s:\n%s", s.Name, StartTimeout, s.LogTail())
+	s.t.Fatalf("vault %s %s within %s:\n%s", s.Name, what, StartTimeout, s.LogTail())
+}
+
+// WaitListening waits until the listener answers at all (sealed is fine).
+func (s *Server) WaitListening() {
+	s.t.Helper()
+	s.waitFor("did not listen", func() bool {
+		out, err := s.CLI(nil, "status", "-format=json")
+		return err == nil || strings.HasPrefix(out, "{")
+	})
 }
 
 // Unseal gives the node its unseal key.
@@ -156,62 +171,59 @@ func (s *Server) Unseal() {
 // through retry_join (it cannot be unsealed before).
 func (s *Server) UnsealWhenJoined() {
 	s.t.Helper()
-	deadline := time.Now().Add(StartTimeout)
-	for time.Now().Before(deadline) {
+	s.waitFor("did not join and unseal", func() bool {
 		out, err := s.CLI(nil, "operator", "unseal", s.unsealKey)
-		if err == nil && strings.Contains(out, `"sealed": false`) {
-			return
-		}
-		time.Sleep(500 * time.Millisecond)
+		return err == nil && strings.Contains(out, `"sealed": false`)
+	})
+}
+
+// leader asks the server who leads; nil when it cannot answer.
+func (s *Server) leader() *api.LeaderResponse {
+	c, err := s.Client()
+	if err != nil {
+		return nil
 	}
-	s.t.Fatalf("vault %s did not join and unseal:\n%s", s.Name, s.LogTail())
+	l, err := c.Sys().Leader()
+	if err != nil {
+		return nil
+	}
+	return l
 }
 
 // WaitActive waits until this node is the active node.
 func (s *Server) WaitActive() {
 	s.t.Helper()
-	deadline := time.Now().Add(StartTimeout)
-	for time.Now().Before(deadline) {
-		if c, err := s.Client(); err == nil {
-			if l, err := c.Sys().Leader(); err == nil && l.IsSelf {
-				return
-			}
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	s.t.Fatalf("vault %s did not become active:\n%s", s.Name, s.LogTail())
+	s.waitFor("did not become active", func() bool {
+		l := s.leader()
+		return l != nil && l.IsSelf
+	})
 }
 
-// WaitKnowsLeader waits until a standby knows the active node, so that it
-// can forward requests.
+// WaitKnowsLeader waits until a standby knows the active node and forwards
+// requests to it.
 func (s *Server) WaitKnowsLeader() {
 	s.t.Helper()
-	deadline := time.Now().Add(StartTimeout)
-	for time.Now().Before(deadline) {
-		if c, err := s.Client(); err == nil {
-			if l, err := c.Sys().Leader(); err == nil && (l.IsSelf || l.LeaderAddress != "") {
-				if _, err := c.Sys().ListMounts(); err == nil {
-					return
-				}
-			}
+	s.waitFor("never found the active node", func() bool {
+		l := s.leader()
+		if l == nil || (!l.IsSelf && l.LeaderAddress == "") {
+			return false
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	s.t.Fatalf("vault %s never found the active node:\n%s", s.Name, s.LogTail())
+		c, err := s.Client()
+		if err != nil {
+			return false
+		}
+		_, err = c.Sys().ListMounts()
+		return err == nil
+	})
 }
 
 // WaitVoters waits until the cluster lists n voters.
 func WaitVoters(t T, s *Server, n int) {
 	t.Helper()
-	deadline := time.Now().Add(StartTimeout)
-	for time.Now().Before(deadline) {
+	s.waitFor(fmt.Sprintf("did not see %d voters", n), func() bool {
 		out, err := s.CLI(nil, "operator", "raft", "list-peers", "-format=json")
-		if err == nil && strings.Count(out, `"voter": true`) == n {
-			return
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	t.Fatalf("the cluster did not reach %d voters", n)
+		return err == nil && strings.Count(out, `"voter": true`) == n
+	})
 }
 
 // Restart stops the server and starts it again on the same storage, sealed,

@@ -190,23 +190,22 @@ func (s *Server) Kill() {
 // WaitReady polls until Vault answers sys/health, or fails with its log.
 func (s *Server) WaitReady() {
 	s.t.Helper()
-	deadline := time.Now().Add(StartTimeout)
-	for time.Now().Before(deadline) {
+	s.waitFor("did not answer", func() bool {
 		select {
 		case <-s.exited:
 			s.t.Fatalf("vault %s exited during start-up:\n%s", s.Name, s.LogTail())
 		default:
 		}
-		if _, err := os.Stat(s.CAFile); err == nil {
-			if c, err := s.Client(); err == nil {
-				if _, err := c.Sys().Health(); err == nil {
-					return
-				}
-			}
+		if _, err := os.Stat(s.CAFile); err != nil {
+			return false
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	s.t.Fatalf("vault %s did not answer within %s:\n%s", s.Name, StartTimeout, s.LogTail())
+		c, err := s.Client()
+		if err != nil {
+			return false
+		}
+		_, err = c.Sys().Health()
+		return err == nil
+	})
 }
 
 // LogTail returns the end of the server log, for failure messages.
