@@ -310,6 +310,11 @@ func (s *Server) RawGet(path string) (*http.Response, []byte) {
 	return resp, body
 }
 
+// PID is the Vault server's process id.
+func (s *Server) PID() int {
+	return s.cmd.Process.Pid
+}
+
 // PluginPIDs lists the plugin processes of this server: processes whose
 // command line runs the plugin binary from this server's own plugin
 // directory, so only processes this test started are ever touched.

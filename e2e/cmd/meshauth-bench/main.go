@@ -42,7 +42,7 @@ func main() {
 	log.Printf("latency: %d rounds x %d requests per flow, interleaved, concurrency 1", *rounds, *perRound)
 	lat := measureLatency(flows, *rounds, *perRound)
 	log.Printf("throughput: %d rounds x %d requests per flow at concurrency %d", *rounds, *concRequests, *conc)
-	tput := measureThroughput(env.throughputFlows(), *rounds, *concRequests, *conc)
+	tput := measureThroughput(env.throughputFlows(), *rounds, *concRequests, *conc, env.sampleCPU)
 	storageOps := env.storageOpsPerLogin(200)
 	cold := env.firstLoginAfterReload(5)
 

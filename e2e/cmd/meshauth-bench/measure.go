@@ -43,16 +43,19 @@ func measureLatency(flows []flow, rounds, perRound int) *latencies {
 	return l
 }
 
-// throughput holds ops/s per flow per round.
+// throughput holds ops/s per flow per round, and the CPU each process
+// spent on the flow's requests.
 type throughput struct {
 	order []string
 	ops   map[string][]float64
+	cpu   map[string]cpuSample
+	count map[string]int
 }
 
 // measureThroughput runs requests of each flow with conc workers per round,
 // interleaving flows round by round.
-func measureThroughput(flows []flow, rounds, requests, conc int) *throughput {
-	t := &throughput{ops: map[string][]float64{}}
+func measureThroughput(flows []flow, rounds, requests, conc int, sample func() cpuSample) *throughput {
+	t := &throughput{ops: map[string][]float64{}, cpu: map[string]cpuSample{}, count: map[string]int{}}
 	for _, f := range flows {
 		t.order = append(t.order, f.name)
 	}
@@ -63,6 +66,7 @@ func measureThroughput(flows []flow, rounds, requests, conc int) *throughput {
 				jobs <- struct{}{}
 			}
 			close(jobs)
+			before := sample()
 			start := now()
 			var wg sync.WaitGroup
 			for range conc {
@@ -77,6 +81,10 @@ func measureThroughput(flows []flow, rounds, requests, conc int) *throughput {
 			wg.Wait()
 			if r > 0 {
 				t.ops[f.name] = append(t.ops[f.name], float64(requests)/time.Since(start).Seconds())
+				used := sample().minus(before)
+				acc := t.cpu[f.name]
+				t.cpu[f.name] = cpuSample{acc.vault + used.vault, acc.plugin + used.plugin, acc.loader + used.loader}
+				t.count[f.name] += requests
 			}
 		}
 	}
@@ -160,6 +168,11 @@ func render(vaultVersion string, lat *latencies, tput *throughput, storageOps fl
 	fmt.Fprintf(&b, "\n## Throughput, concurrency %d\n\n| flow | ops/s (median of rounds) |\n|---|---|\n", conc)
 	for _, name := range tput.order {
 		fmt.Fprintf(&b, "| %s | %.0f |\n", name, percentile(sortedCopy(tput.ops[name]), 50))
+	}
+	fmt.Fprintf(&b, "\nCPU per request during the throughput phase (from /proc, all rounds but the first), in µs:\n\n| flow | Vault | plugin processes | load generator |\n|---|---|---|---|\n")
+	for _, name := range tput.order {
+		c, n := tput.cpu[name], float64(tput.count[name])
+		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f |\n", name, c.vault/n*1e6, c.plugin/n*1e6, c.loader/n*1e6)
 	}
 	fmt.Fprintf(&b, "\n| ratio (ops/s) | median | p10–p90 | target |\n|---|---|---|---|\n")
 	for _, c := range throughputComparisons {
