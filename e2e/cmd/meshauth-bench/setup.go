@@ -218,7 +218,7 @@ func (e *env) flows() []flow {
 func (e *env) throughputFlows() []flow {
 	keep := map[string]bool{
 		"plugin GET (config)": true, "plugin POST (verify of a malformed token)": true,
-		"meshauth login (POST)": true, "meshauth login (GET, header)": true,
+		"meshauth login (POST)": true, "meshauth login (GET, header)": true, "meshauth verify": true,
 		"AppRole(batch) + identity token ES256": true, "AppRole(svc) + identity token RS256": true,
 	}
 	var out []flow
