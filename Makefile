@@ -13,6 +13,7 @@ VERSION_VAR := github.com/datapunk/vault-plugin-secrets-meshauth.version
 GOLANGCI_LINT_VERSION := v2.15.0
 GOFUMPT_VERSION       := v0.12.0
 BENCHSTAT_VERSION     := v0.0.0-20260908200009-22c9c6c9d4da
+GOVULNCHECK_VERSION   := v1.1.4
 TOOLS_DIR             := $(CURDIR)/.tools
 
 # End-to-end and fuzz budgets.
@@ -22,7 +23,7 @@ FUZZ_TIME   ?= 30s
 BENCH_COUNT ?= 6
 BENCH_FLAGS ?=
 
-.PHONY: help build dev test test-unit fuzz fuzz-short test-e2e test-e2e-ha vault bench fmt vet lint tools clean
+.PHONY: help build dev test test-unit fuzz fuzz-short test-e2e test-e2e-ha vault vuln bench fmt vet lint tools clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -76,12 +77,17 @@ lint: tools ## golangci-lint and gofumpt, both modules
 	cd e2e && $(TOOLS_DIR)/golangci-lint run --config ../.golangci.yml ./...
 	@test -z "$$($(TOOLS_DIR)/gofumpt -l .)" || { echo "gofumpt would change:"; $(TOOLS_DIR)/gofumpt -l .; exit 1; }
 
+vuln: $(TOOLS_DIR)/govulncheck ## govulncheck against a local copy of the Go vulnerability database
+	@db=$$(./scripts/vulndb.sh) && $(TOOLS_DIR)/govulncheck -db file://$$db ./...
+
 tools: $(TOOLS_DIR)/golangci-lint $(TOOLS_DIR)/gofumpt $(TOOLS_DIR)/benchstat ## install the pinned linters and benchstat
 
 $(TOOLS_DIR)/golangci-lint:
 	GOBIN=$(TOOLS_DIR) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 $(TOOLS_DIR)/gofumpt:
 	GOBIN=$(TOOLS_DIR) go install mvdan.cc/gofumpt@$(GOFUMPT_VERSION)
+$(TOOLS_DIR)/govulncheck:
+	GOBIN=$(TOOLS_DIR) go install golang.org/x/vuln/cmd/govulncheck@$(GOVULNCHECK_VERSION)
 $(TOOLS_DIR)/benchstat:
 	GOBIN=$(TOOLS_DIR) go install golang.org/x/perf/cmd/benchstat@$(BENCHSTAT_VERSION)
 
