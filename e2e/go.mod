@@ -1,6 +1,6 @@
 module github.com/datapunk/vault-plugin-secrets-meshauth/e2e
 
-go 1.25.7
+go 1.26.0
 
 require github.com/hashicorp/vault/api v1.23.0
 
@@ -20,9 +20,9 @@ require (
 	github.com/mitchellh/go-homedir v1.1.0 // indirect
 	github.com/mitchellh/mapstructure v1.5.0 // indirect
 	github.com/ryanuber/go-glob v1.0.0 // indirect
-	golang.org/x/net v0.52.0 // indirect
+	golang.org/x/net v0.60.0 // indirect
 	golang.org/x/oauth2 v0.36.0 // indirect
-	golang.org/x/text v0.35.0 // indirect
+	golang.org/x/text v0.42.0 // indirect
 	golang.org/x/time v0.15.0 // indirect
 )
 
