@@ -279,12 +279,18 @@ func publicJWK(pub crypto.PublicKey) (map[string]string, error) {
 	b64 := base64.RawURLEncoding.EncodeToString
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
-		size := (k.Curve.Params().BitSize + 7) / 8
+		// Bytes is the uncompressed point 0x04 || X || Y, each coordinate
+		// already the fixed size RFC 7518 requires.
+		point, err := k.Bytes()
+		if err != nil {
+			return nil, fmt.Errorf("encoding EC public key: %w", err)
+		}
+		size := (len(point) - 1) / 2
 		return map[string]string{
 			"kty": "EC",
 			"crv": k.Curve.Params().Name,
-			"x":   b64(padded(k.X, size)),
-			"y":   b64(padded(k.Y, size)),
+			"x":   b64(point[1 : 1+size]),
+			"y":   b64(point[1+size:]),
 		}, nil
 	case ed25519.PublicKey:
 		return map[string]string{"kty": "OKP", "crv": "Ed25519", "x": b64(k)}, nil
@@ -296,12 +302,6 @@ func publicJWK(pub crypto.PublicKey) (map[string]string, error) {
 		}, nil
 	}
 	return nil, fmt.Errorf("unsupported public key type %T", pub)
-}
-
-// padded renders n big-endian in exactly size bytes, as RFC 7518 requires
-// for EC coordinates.
-func padded(n *big.Int, size int) []byte {
-	return n.FillBytes(make([]byte, size))
 }
 
 // jwkThumbprint computes the RFC 7638 thumbprint of a public key: SHA-256 of

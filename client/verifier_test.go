@@ -62,7 +62,8 @@ func jwk(kid, alg string, pub crypto.PublicKey) map[string]string {
 	b64 := base64.RawURLEncoding.EncodeToString
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
-		return map[string]string{"kid": kid, "alg": alg, "kty": "EC", "crv": "P-256", "x": b64(k.X.FillBytes(make([]byte, 32))), "y": b64(k.Y.FillBytes(make([]byte, 32)))}
+		point, _ := k.Bytes()
+		return map[string]string{"kid": kid, "alg": alg, "kty": "EC", "crv": "P-256", "x": b64(point[1:33]), "y": b64(point[33:])}
 	case ed25519.PublicKey:
 		return map[string]string{"kid": kid, "alg": alg, "kty": "OKP", "crv": "Ed25519", "x": b64(k)}
 	}
