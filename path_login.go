@@ -224,7 +224,7 @@ func (b *backend) checkClientCertificate(svc *cachedService, chain []*x509.Certi
 	case !svc.trust.hasTrust():
 		return "", errNoTrust
 	}
-	err := b.verifiedChains.verify(svc.entry.Name, chain, now, func() error {
+	err := b.verifiedChains.verify(svc.entry.Name, chain, svc.trust.expires, now, func() error {
 		return verifyPresentedChain(svc.trust, chain, now)
 	})
 	if err != nil {

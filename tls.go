@@ -38,6 +38,16 @@ type serviceTrust struct {
 	pins [][]byte
 	// hostnames must each be covered by the presented leaf.
 	hostnames []string
+	// expires is the earliest not_after of the registered certificate and
+	// CAs: a cached verification must not outlive the trust it used.
+	expires time.Time
+}
+
+// noteExpiry keeps the earliest not_after seen.
+func (t *serviceTrust) noteExpiry(c *x509.Certificate) {
+	if t.expires.IsZero() || c.NotAfter.Before(t.expires) {
+		t.expires = c.NotAfter
+	}
 }
 
 // hasTrust reports whether the service names any certificate it would accept.
@@ -165,6 +175,7 @@ func buildTrust(e *serviceEntry) (*serviceTrust, error) {
 			return nil, err
 		}
 		t.pinned = certs[0]
+		t.noteExpiry(t.pinned)
 	}
 	if e.CAChain != "" {
 		cas, err := parseCertificates("ca_chain", e.CAChain, maxCACertificates)
@@ -174,6 +185,7 @@ func buildTrust(e *serviceEntry) (*serviceTrust, error) {
 		t.roots = x509.NewCertPool()
 		for _, ca := range cas {
 			t.roots.AddCert(ca)
+			t.noteExpiry(ca)
 		}
 	}
 	for _, p := range e.PinnedSPKI {

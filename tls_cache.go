@@ -63,8 +63,9 @@ type chainKey [sha256.Size]byte
 type chainResult struct {
 	// err is nil when the chain is accepted.
 	err error
-	// until is when the result must be recomputed: the chain's earliest
-	// not_after on success, a minute after a failure.
+	// until is when the result must be recomputed: on success the earliest
+	// not_after of the presented chain and of the service's registered
+	// certificate and CAs, a minute after a failure.
 	until time.Time
 }
 
@@ -104,7 +105,7 @@ func keyOf(chain []*x509.Certificate) chainKey {
 
 // verify returns the cached result for (service, chain), or runs check once
 // while concurrent callers with the same chain wait for it.
-func (c *chainCache) verify(service string, chain []*x509.Certificate, now time.Time, check func() error) error {
+func (c *chainCache) verify(service string, chain []*x509.Certificate, trustExpires, now time.Time, check func() error) error {
 	key := keyOf(chain)
 	c.mu.Lock()
 	m := c.byService[service]
@@ -143,6 +144,9 @@ func (c *chainCache) verify(service string, chain []*x509.Certificate, now time.
 	call.res.until = now.Add(failedChainTTL)
 	if call.res.err == nil {
 		call.res.until = earliestNotAfter(chain)
+		if !trustExpires.IsZero() && trustExpires.Before(call.res.until) {
+			call.res.until = trustExpires
+		}
 	}
 	close(call.done)
 	return call.res.err
