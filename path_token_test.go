@@ -115,6 +115,12 @@ func TestVerifyRefusesAttacks(t *testing.T) {
 			}
 		})
 	}
+	// Key-location headers are never followed: with our own kid, the token
+	// verifies against the ring as if they were absent.
+	withHeaders := signWithCurrent(t, e, map[string]any{"jku": "https://evil.example/jwks", "x5u": "https://evil.example/c", "x5c": []string{"AAAA"}}, gc)
+	if ok, reason := e.verify(t, withHeaders, nil); !ok {
+		t.Fatalf("jku/x5u/x5c headers changed the outcome: %s", reason)
+	}
 	if ok, reason := e.verify(t, good, map[string]any{"audience": "ledger"}); ok || reason != reasonWrongAudience {
 		t.Fatalf("wrong audience: %v %s", ok, reason)
 	}
