@@ -147,13 +147,19 @@ func BenchmarkLoginMTLSWarm(b *testing.B) {
 	}
 }
 
-// BenchmarkTLSCheckWarm is the certificate check with a warm cache ...
-func BenchmarkTLSCheckWarm(b *testing.B) {
+// mtlsService registers a service with a CA and returns it cached, with a
+// leaf certificate that passes its checks.
+func mtlsService(b *testing.B) (*testEnv, *cachedService, []*x509.Certificate) {
 	ca := newTestCA(b, "mesh-ca")
 	leaf, _, _ := ca.issue(b, "orders", leafOptions{dns: []string{"orders.mesh"}})
 	e, _, _ := benchEnv(b, algES256, map[string]any{"ca_chain": ca.pem, "hostnames": "orders.mesh"})
 	svc, _ := e.b.getService(b.Context(), e.storage, "orders")
-	chain := []*x509.Certificate{leaf}
+	return e, svc, []*x509.Certificate{leaf}
+}
+
+// BenchmarkTLSCheckWarm is the certificate check with a warm cache ...
+func BenchmarkTLSCheckWarm(b *testing.B) {
+	e, svc, chain := mtlsService(b)
 	now := time.Now()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -165,11 +171,7 @@ func BenchmarkTLSCheckWarm(b *testing.B) {
 
 // ... and BenchmarkTLSCheckCold verifies the chain every time (no cache).
 func BenchmarkTLSCheckCold(b *testing.B) {
-	ca := newTestCA(b, "mesh-ca")
-	leaf, _, _ := ca.issue(b, "orders", leafOptions{dns: []string{"orders.mesh"}})
-	e, _, _ := benchEnv(b, algES256, map[string]any{"ca_chain": ca.pem, "hostnames": "orders.mesh"})
-	svc, _ := e.b.getService(b.Context(), e.storage, "orders")
-	chain := []*x509.Certificate{leaf}
+	_, svc, chain := mtlsService(b)
 	now := time.Now()
 	b.ReportAllocs()
 	for b.Loop() {

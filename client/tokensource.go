@@ -222,21 +222,11 @@ func (ts *TokenSource) Start(ctx context.Context) {
 				wait = t.refreshAt.Sub(ts.now())
 			}
 			ts.mu.Unlock()
-			if wait > 0 {
-				select {
-				case <-time.After(wait):
-				case <-ctx.Done():
-					return
-				case <-ts.stop:
-					return
-				}
+			if wait > 0 && !ts.sleep(ctx, wait) {
+				return
 			}
 			if err := ts.forceRefresh(ctx); err != nil {
-				select {
-				case <-time.After(backoff):
-				case <-ctx.Done():
-					return
-				case <-ts.stop:
+				if !ts.sleep(ctx, backoff) {
 					return
 				}
 				backoff = min(backoff*2, ts.cfg.MaxBackoff)
@@ -245,6 +235,21 @@ func (ts *TokenSource) Start(ctx context.Context) {
 			backoff = ts.cfg.MinBackoff
 		}
 	}()
+}
+
+// sleep waits for d and reports false when ctx ended or Stop was called
+// instead.
+func (ts *TokenSource) sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-ts.stop:
+		return false
+	}
 }
 
 // forceRefresh logs in now, joining a login already in progress.
