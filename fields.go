@@ -13,7 +13,9 @@ import (
 // serviceNamePattern is the contract's service-name syntax, for path patterns.
 const serviceNamePattern = `(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})`
 
-// serviceNameRe checks a whole name against the contract's syntax.
+// serviceNameRe checks a whole name against the contract's syntax; the
+// upper-case letters it admits are then refused by serviceName with the
+// lower-case path, so a caller learns the spelling instead of a 404.
 var serviceNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 // Bounds on what a caller may store; the whole service entry stays far below
@@ -28,20 +30,31 @@ const (
 	maxAPIKeyLength = 256
 )
 
-// normaliseName folds a service name to lower case. Names are compared
-// case-insensitively, like approle's role names, so "Orders" and "orders"
-// can never be two services, two lockout counters or two ACL targets.
-func normaliseName(name string) string {
-	return strings.ToLower(name)
-}
-
-// serviceName reads and checks the name path parameter.
-func serviceName(d *framework.FieldData) (string, *logical.Response) {
+// serviceName reads and checks the name path parameter. Names are lower
+// case and have exactly one spelling: Vault checks ACL policies on the path
+// as written, so if "login/PAYMENTS" reached the service "payments", a glob
+// grant could walk around a deny written for "login/payments". A name with
+// an upper-case letter is refused on every path, with the one path that
+// reaches the service, and is never served.
+func serviceName(req *logical.Request, d *framework.FieldData) (string, *logical.Response) {
 	name := d.Get("name").(string)
 	if !serviceNameRe.MatchString(name) {
-		return "", logical.ErrorResponse("service name must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+		return "", logical.ErrorResponse("service name must match [a-z0-9][a-z0-9._-]{0,127} (lower case)")
 	}
-	return normaliseName(name), nil
+	if lower := strings.ToLower(name); lower != name {
+		return "", logical.ErrorResponse(fmt.Sprintf("service names are lower case and have one spelling; use %s", canonicalPath(req, name, lower)))
+	}
+	return name, nil
+}
+
+// canonicalPath is the request's path with the service name in its one
+// spelling, mount included, for error messages.
+func canonicalPath(req *logical.Request, name, lower string) string {
+	path := req.Path
+	if i := strings.Index(path, name); i >= 0 {
+		path = path[:i] + lower + path[i+len(name):]
+	}
+	return req.MountPoint + path
 }
 
 // rejectUnknownFields refuses a request that carries a field the path does

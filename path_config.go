@@ -64,6 +64,10 @@ type configEntry struct {
 	APIKeyGracePeriod time.Duration `json:"api_key_grace_period"`
 	// APIKeyMaxAge is the age at which an API key stops working; 0 is none.
 	APIKeyMaxAge time.Duration `json:"api_key_max_age"`
+	// AllowGetLogin turns on the one-round-trip GET login. Off by default:
+	// a GET is a read, so with it on, read capability on login/<name> mints
+	// tokens, and an operator must grant that knowingly.
+	AllowGetLogin bool `json:"allow_get_login,omitempty"`
 }
 
 // defaultConfig is the configuration of a freshly mounted engine.
@@ -147,6 +151,10 @@ func pathConfig(b *backend) []*framework.Path {
 				Type:        framework.TypeDurationSecond,
 				Description: "API keys older than this stop working, forcing rotation (duration or seconds); 0 means no limit. Default: 0.",
 			},
+			"allow_get_login": {
+				Type:        framework.TypeBool,
+				Description: "Serve the one-round-trip GET login (API key in the X-Meshauth-Api-Key header). With it on, read capability on login/<name> mints tokens for that service, so grant read on login/* knowingly. The mount must also pass the header through (vault secrets tune -passthrough-request-headers=X-Meshauth-Api-Key). Default: false.",
+			},
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.ReadOperation: &framework.PathOperation{
@@ -200,6 +208,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"lockout_counter_reset": seconds(cfg.LockoutCounterReset),
 		"api_key_grace_period":  seconds(cfg.APIKeyGracePeriod),
 		"api_key_max_age":       seconds(cfg.APIKeyMaxAge),
+		"allow_get_login":       cfg.AllowGetLogin,
 	}}, nil
 }
 
@@ -276,6 +285,9 @@ func applyConfigFields(cfg *configEntry, d *framework.FieldData) string {
 	}
 	if v, ok := d.GetOk("lockout_threshold"); ok {
 		cfg.LockoutThreshold = v.(int)
+	}
+	if v, ok := d.GetOk("allow_get_login"); ok {
+		cfg.AllowGetLogin = v.(bool)
 	}
 	return ""
 }

@@ -46,7 +46,7 @@ func pathLogin(b *backend) []*framework.Path {
 			},
 			logical.ReadOperation: &framework.PathOperation{
 				Callback: b.pathLoginRead,
-				Summary:  "The same login in one round trip: the API key in the X-Meshauth-Api-Key header (passed through by the mount), audience and ttl as query parameters.",
+				Summary:  "The same login in one round trip, when config allow_get_login is on: the API key in the X-Meshauth-Api-Key header (passed through by the mount), audience and ttl as query parameters.",
 			},
 		},
 		HelpSynopsis:    "Log a service in: API key (+ client certificate) for a short-lived JWT.",
@@ -59,6 +59,14 @@ func pathLogin(b *backend) []*framework.Path {
 // key, and it names when the lock ends.
 func errLoginLocked(until time.Time) error {
 	return logical.CodedError(http.StatusForbidden, fmt.Sprintf("login locked for this caller after too many failed attempts; try again after %s", until.UTC().Format(time.RFC3339)))
+}
+
+// errGetLoginOff answers a GET login while config allow_get_login is off. A
+// GET is a read, and read capability alone must not mint tokens unless an
+// operator chose that; 405 tells a client to use the POST login.
+func errGetLoginOff(req *logical.Request) error {
+	mount := strings.TrimSuffix(req.MountPoint, "/")
+	return logical.CodedError(http.StatusMethodNotAllowed, "the one-round-trip GET login is off for this mount (config allow_get_login=false): log in with a POST (vault write "+mount+"/"+req.Path+" api_key=...), or have an operator run: vault write "+mount+"/config allow_get_login=true")
 }
 
 // apiKeyHeader carries the API key of a one-round-trip login (GET). Vault
@@ -77,6 +85,13 @@ func (b *backend) pathLogin(ctx context.Context, req *logical.Request, d *framew
 // GET costs one. The key comes from a header, never from the URL: a query
 // parameter would land in access logs and the audit log's request path.
 func (b *backend) pathLoginRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	cfg, err := b.getConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	if !cfg.AllowGetLogin {
+		return nil, errGetLoginOff(req)
+	}
 	if _, inURL := req.Data["api_key"]; inURL {
 		return logical.ErrorResponse("never put the API key in a URL; send it in the " + apiKeyHeader + " header, or use a POST with api_key in the body"), nil
 	}
@@ -99,7 +114,7 @@ func headerValue(headers map[string][]string, name string) string {
 
 // login is every login, whichever way the key arrived.
 func (b *backend) login(ctx context.Context, req *logical.Request, d *framework.FieldData, apiKey string) (*logical.Response, error) {
-	name, errResp := serviceName(d)
+	name, errResp := serviceName(req, d)
 	if errResp != nil {
 		return errResp, nil
 	}
@@ -119,32 +134,11 @@ func (b *backend) login(ctx context.Context, req *logical.Request, d *framework.
 	if err != nil {
 		return nil, err
 	}
-	svc, err := b.getService(ctx, req.Storage, name)
+	svc, x5t, err := b.authenticateCaller(ctx, req, name, apiKey, cfg)
 	if err != nil {
 		return nil, err
 	}
 	now := b.now()
-
-	// The certificate is checked first because a verified one identifies the
-	// caller for lockout: a stranger failing from the same address must not
-	// lock out the service's own, certificate-holding instances.
-	x5t, certErr := b.checkClientCertificate(svc, peerChain(connState(req)), now)
-	caller := callerID(req, x5t)
-	lockKey := lockoutKey(name, caller)
-	if cfg.LockoutThreshold > 0 {
-		if until, locked := b.lockout.lockedUntil(lockKey, now); locked {
-			b.metrics.loginLocked(metricsName(svc))
-			b.Logger().Debug("login refused: caller locked out", "service", name, "caller", caller)
-			return nil, errLoginLocked(until)
-		}
-	}
-
-	if failure := authenticate(svc, apiKey, certErr, cfg, now); failure != "" {
-		return nil, b.loginFailed(svc, name, caller, lockKey, failure, cfg, now)
-	}
-	if cfg.LockoutThreshold > 0 {
-		b.lockout.succeed(lockKey)
-	}
 
 	audience, msg := loginAudience(svc.entry, d.Get("audience").([]string))
 	if msg != "" {
@@ -174,6 +168,70 @@ func (b *backend) login(ctx context.Context, req *logical.Request, d *framework.
 	return resp, nil
 }
 
+// maxLoginAttempts bounds how often a login starts over because the service
+// changed under it.
+const maxLoginAttempts = 3
+
+// authenticateCaller checks every factor of a login against the service and
+// returns the service and the verified certificate's x5t#S256. A login that
+// read the service before an update and would succeed after the update
+// returned starts over with the new entry: no login succeeds on trust that an
+// update has already replaced.
+func (b *backend) authenticateCaller(ctx context.Context, req *logical.Request, name, apiKey string, cfg *configEntry) (*cachedService, string, error) {
+	for attempt := 1; ; attempt++ {
+		svc, err := b.getService(ctx, req.Storage, name)
+		if err != nil {
+			return nil, "", err
+		}
+		now := b.now()
+		// The certificate is checked first because a verified one
+		// identifies the caller for lockout: a stranger failing from the
+		// same address must not lock out the service's own,
+		// certificate-holding instances.
+		x5t, certErr := b.checkClientCertificate(svc, peerChain(connState(req)), now)
+		caller := callerID(req, x5t)
+		lockKey := lockoutKey(name, caller)
+		if cfg.LockoutThreshold > 0 {
+			if until, locked := b.lockout.lockedUntil(lockKey, now); locked {
+				b.metrics.loginLocked(metricsName(svc))
+				b.Logger().Debug("login refused: caller locked out", "service", name, "caller", caller)
+				return nil, "", errLoginLocked(until)
+			}
+		}
+		if failure := authenticate(svc, apiKey, certErr, cfg, now); failure != "" {
+			return nil, "", b.loginFailed(svc, name, caller, lockKey, failure, cfg, now)
+		}
+		current, err := b.serviceIsCurrent(ctx, req.Storage, name, svc)
+		if err != nil {
+			return nil, "", err
+		}
+		if current {
+			if cfg.LockoutThreshold > 0 {
+				b.lockout.succeed(lockKey)
+			}
+			return svc, x5t, nil
+		}
+		if attempt == maxLoginAttempts {
+			b.Logger().Warn("login refused: the service kept changing while it was checked", "service", name)
+			return nil, "", logical.ErrPermissionDenied
+		}
+	}
+}
+
+// serviceIsCurrent reports whether svc is still what storage holds for name:
+// the cache still holds it, or the stored entry is the same write. Only a
+// login that raced a write of its service reads storage here.
+func (b *backend) serviceIsCurrent(ctx context.Context, s logical.Storage, name string, svc *cachedService) (bool, error) {
+	if cached, _, ok := b.services.get(name); ok {
+		return cached == svc, nil
+	}
+	stored, err := readService(ctx, s, name)
+	if err != nil || stored == nil {
+		return false, err
+	}
+	return stored.UpdatedAt.Equal(svc.entry.UpdatedAt) && stored.Registration == svc.entry.Registration, nil
+}
+
 // authenticate checks every factor and returns "" on success or, for the
 // debug log only, which factor failed. Every factor is evaluated whatever the
 // others gave, so the time taken says little about which one failed.
@@ -190,6 +248,8 @@ func authenticate(svc *cachedService, apiKey string, certErr error, cfg *configE
 		return "service disabled"
 	case !keyOK:
 		return "api key did not match a live key"
+	case svc.claimsErr != nil:
+		return "stored claims: " + svc.claimsErr.Error()
 	case svc.entry.RequireMTLS && certErr != nil:
 		return "client certificate: " + certErr.Error()
 	}
@@ -224,7 +284,7 @@ func (b *backend) checkClientCertificate(svc *cachedService, chain []*x509.Certi
 	case !svc.trust.hasTrust():
 		return "", errNoTrust
 	}
-	err := b.verifiedChains.verify(svc.entry.Name, chain, svc.trust.expires, now, func() error {
+	err := b.verifiedChains.verify(svc.entry.Name, svc.trust, chain, now, func() error {
 		return verifyPresentedChain(svc.trust, chain, now)
 	})
 	if err != nil {
@@ -306,10 +366,13 @@ verify against the service's certificate or ca_chain, hostnames and
 pinned_spki; the token then carries cnf.x5t#S256 of that certificate
 (RFC 8705).
 
-A GET does the same in one round trip to the plugin instead of two: the key
-travels in the X-Meshauth-Api-Key header, which the mount must pass through
-(vault secrets tune -passthrough-request-headers=X-Meshauth-Api-Key <mount>),
-never in the URL; audience and ttl are query parameters.
+A GET does the same in one round trip to the plugin instead of two, when an
+operator turned it on (config allow_get_login=true; off, a GET answers 405).
+A GET is a read: with it on, read capability on login/<name> mints tokens of
+that service. The key travels in the X-Meshauth-Api-Key header, which the
+mount must pass through (vault secrets tune
+-passthrough-request-headers=X-Meshauth-Api-Key <mount>), never in the URL;
+audience and ttl are query parameters.
 
 Every failure answers the same "permission denied", whichever factor failed,
 and counts toward lockout of this caller (its verified client certificate, or

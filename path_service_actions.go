@@ -53,7 +53,7 @@ func pathServiceActions(b *backend) []*framework.Path {
 				},
 			},
 			HelpSynopsis:    "Revoke every token a service holds.",
-			HelpDescription: "Every token of the service whose iat is not after this moment fails verify from now on. Tokens issued afterwards verify as usual unless disable=true. Offline verifiers do not see this; they rely on the tokens' short lifetime.",
+			HelpDescription: "Every token of the service issued before this call fails verify from now on: the service's revocation epoch advances, and tokens carry the epoch they were minted in (claim gen), so tokens minted afterwards carry their real iat and verify as usual unless disable=true. Offline verifiers do not see this; they rely on the tokens' short lifetime.",
 		},
 	}
 }
@@ -73,7 +73,7 @@ func errServiceNotFound(name string) error {
 // action's answer is returned, so a failed write never hands out a key that
 // was not stored. An error response from mutate stores nothing.
 func (b *backend) mutateService(ctx context.Context, req *logical.Request, d *framework.FieldData, mutate func(e *serviceEntry, now time.Time) (*logical.Response, error)) (*logical.Response, error) {
-	name, errResp := serviceName(d)
+	name, errResp := serviceName(req, d)
 	if errResp != nil {
 		return errResp, nil
 	}
@@ -147,6 +147,13 @@ func (b *backend) pathServiceRotateKey(ctx context.Context, req *logical.Request
 
 func (b *backend) pathServiceRevoke(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	resp, err := b.mutateService(ctx, req, d, func(e *serviceEntry, now time.Time) (*logical.Response, error) {
+		// A new epoch kills every token minted so far without touching the
+		// iat of the next ones. Entries stored before registrations existed
+		// get one now, which also ends their tokens that carry no gen.
+		if e.Registration == "" {
+			e.Registration = newRegistration()
+		}
+		e.RevocationEpoch++
 		e.RevokedBefore = now.Unix()
 		if d.Get("disable").(bool) {
 			e.Disabled = true

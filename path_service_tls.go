@@ -27,7 +27,7 @@ func pathServiceTLS(b *backend) []*framework.Path {
 }
 
 func (b *backend) pathServiceTLSRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	name, errResp := serviceName(d)
+	name, errResp := serviceName(req, d)
 	if errResp != nil {
 		return errResp, nil
 	}

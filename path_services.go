@@ -2,20 +2,56 @@ package meshauth
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/internal/jws"
 )
 
 // serviceVersion is the current layout of serviceEntry.
 const serviceVersion = 1
 
-// reservedClaims are the claim names meshauth sets itself; a service's extra
-// claims may not shadow them.
-var reservedClaims = []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf", "kid", "alg", "typ", "crit"}
+// generation is what a token's gen claim must equal for the token to verify:
+// this registration of the name and its revocation epoch. Entries stored
+// before registrations existed have none until their first revoke.
+func (e *serviceEntry) generation() string {
+	if e.Registration == "" {
+		return ""
+	}
+	return e.Registration + "." + strconv.Itoa(e.RevocationEpoch)
+}
+
+// newRegistration returns a fresh registration id (128 random bits).
+func newRegistration() string {
+	return rand.Text()
+}
+
+// checkClaimNames refuses extra claims whose name is, or folds to, a
+// registered claim or a JOSE header name in any spelling: Go's encoding/json
+// reads "SUB", "Sub" and "ſub" (U+017F) as sub. Registration and the cache
+// (for entries stored by older releases) both use it.
+func checkClaimNames(claims map[string]string) string {
+	names := make([]string, 0, len(claims))
+	for k := range claims {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	for _, k := range names {
+		if r := jws.FoldsTo(k, jws.ReservedNames); r != "" {
+			if r == k {
+				return fmt.Sprintf("claims may not set the registered claim %q", k)
+			}
+			return fmt.Sprintf("claims may not set %q: JSON readers such as Go's match it to the registered name %q", k, r)
+		}
+	}
+	return ""
+}
 
 // serviceEntry is one registered service, stored at storageServicePrefix+name.
 // Everything about a service, its API keys included, is this one entry, so
@@ -51,8 +87,19 @@ type serviceEntry struct {
 	Metadata map[string]string `json:"metadata,omitempty"`
 	// APIKeys are the service's live API keys, newest last, as hashes only.
 	APIKeys []apiKeyEntry `json:"api_keys"`
-	// RevokedBefore is a Unix time in seconds: tokens whose iat is not after
-	// it fail verify (services/:name/revoke). 0 means never revoked.
+	// Registration identifies this registration of the name: random, made
+	// when the service is created (or on the first write of an entry stored
+	// before it existed), never reused. Tokens carry it in their gen claim,
+	// so deleting and re-registering a name never revives its old tokens.
+	Registration string `json:"registration,omitempty"`
+	// RevocationEpoch counts services/:name/revoke calls on this
+	// registration. Tokens carry the epoch they were minted in; a revoke
+	// advances it, so every token issued before the revoke stops verifying
+	// while tokens minted after it carry their real iat.
+	RevocationEpoch int `json:"revocation_epoch,omitempty"`
+	// RevokedBefore is the Unix time in seconds of the last revoke, for
+	// operators; entries written before Registration existed also refuse
+	// tokens without gen whose iat is not after it.
 	RevokedBefore int64 `json:"revoked_before,omitempty"`
 	// CreatedAt is when the service was registered.
 	CreatedAt time.Time `json:"created_at"`
@@ -107,7 +154,7 @@ func serviceFields() map[string]*framework.FieldSchema {
 	return map[string]*framework.FieldSchema{
 		"name": {
 			Type:        framework.TypeString,
-			Description: "Service name: [A-Za-z0-9][A-Za-z0-9._-]{0,127}, case-insensitive. It is the tokens' sub claim.",
+			Description: "Service name: [a-z0-9][a-z0-9._-]{0,127}. Names are lower case; a path spelling one with an upper-case letter is refused with the lower-case path. It is the tokens' sub claim.",
 		},
 		"certificate": {
 			Type:        framework.TypeString,
@@ -147,7 +194,7 @@ func serviceFields() map[string]*framework.FieldSchema {
 		},
 		"claims": {
 			Type:        framework.TypeKVPairs,
-			Description: "Extra string claims put into every token of the service. Registered claim names (iss, sub, aud, exp, nbf, iat, jti, cnf) are refused.",
+			Description: "Extra string claims put into every token of the service. Names that are, or fold to (any case, Unicode folding), a registered claim (iss, sub, aud, exp, nbf, iat, jti, cnf, gen) or a JOSE header name (alg, kid, typ, crit, ...) are refused, as are claims that could make a token exceed 16 KiB.",
 		},
 		"disabled": {
 			Type:        framework.TypeBool,
@@ -163,7 +210,7 @@ func serviceFields() map[string]*framework.FieldSchema {
 // serviceExists answers Vault's existence check, so ACL policies can tell
 // create (register) from update.
 func (b *backend) serviceExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
-	name, errResp := serviceName(d)
+	name, errResp := serviceName(req, d)
 	if errResp != nil {
 		return false, nil
 	}
@@ -210,7 +257,7 @@ func (b *backend) pathServicesList(ctx context.Context, req *logical.Request, _ 
 }
 
 func (b *backend) pathServiceRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	name, errResp := serviceName(d)
+	name, errResp := serviceName(req, d)
 	if errResp != nil {
 		return errResp, nil
 	}
@@ -266,7 +313,7 @@ func nonNil(s []string) []string {
 }
 
 func (b *backend) pathServiceWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	name, errResp := serviceName(d)
+	name, errResp := serviceName(req, d)
 	if errResp != nil {
 		return errResp, nil
 	}
@@ -288,7 +335,7 @@ func (b *backend) pathServiceWrite(ctx context.Context, req *logical.Request, d 
 		return nil, err
 	}
 	now := b.now().UTC()
-	entry := &serviceEntry{Name: name, CreatedAt: now}
+	entry := &serviceEntry{Name: name, CreatedAt: now, Registration: newRegistration()}
 	if old != nil {
 		copied := *old
 		entry = &copied
@@ -296,6 +343,7 @@ func (b *backend) pathServiceWrite(ctx context.Context, req *logical.Request, d 
 	if msg := applyServiceFields(entry, d, old == nil); msg != "" {
 		return logical.ErrorResponse(msg), nil
 	}
+	warning := mtlsOnUpdate(old, entry, d)
 	if msg := validateService(entry, cfg, now); msg != "" {
 		return logical.ErrorResponse(msg), nil
 	}
@@ -312,7 +360,12 @@ func (b *backend) pathServiceWrite(ctx context.Context, req *logical.Request, d 
 		return nil, err
 	}
 	if created == nil {
-		return nil, nil
+		if warning == "" {
+			return nil, nil
+		}
+		resp := &logical.Response{}
+		resp.AddWarning(warning)
+		return resp, nil
 	}
 	b.Logger().Info("service registered", "service", name, "api_key_id", created.entry.ID)
 	return &logical.Response{Data: map[string]any{
@@ -379,6 +432,32 @@ func applyServiceFields(e *serviceEntry, d *framework.FieldData, creating bool) 
 	return ""
 }
 
+// mtlsOnUpdate applies creation's require_mtls default to an update that
+// gives a service its first certificate or ca_chain without naming
+// require_mtls, and returns a warning saying what happened: registering
+// trust material that logins then ignore would be a silent downgrade. When
+// the service keeps require_mtls=false beside trust material, it says so.
+func mtlsOnUpdate(old, e *serviceEntry, d *framework.FieldData) string {
+	if old == nil {
+		return ""
+	}
+	_, named := d.GetOk("require_mtls")
+	_, certGiven := d.GetOk("certificate")
+	_, caGiven := d.GetOk("ca_chain")
+	hadTrust := old.Certificate != "" || old.CAChain != ""
+	hasTrust := e.Certificate != "" || e.CAChain != ""
+	switch {
+	case named || !(certGiven || caGiven) || !hasTrust:
+		return ""
+	case !hadTrust:
+		e.RequireMTLS = true
+		return "require_mtls is now true: this update gave the service its first certificate or ca_chain, and logins must now present a matching client certificate (as when a service is created with them); write require_mtls=false to allow logins without one"
+	case !e.RequireMTLS:
+		return "require_mtls stays false: logins without a client certificate still succeed; write require_mtls=true to require the certificate"
+	}
+	return ""
+}
+
 // validateService checks a service as it would be stored, and returns a
 // message naming the first check that failed, or "".
 func validateService(e *serviceEntry, cfg *configEntry, now time.Time) string {
@@ -396,16 +475,17 @@ func validateService(e *serviceEntry, cfg *configEntry, now time.Time) string {
 	case e.RequireMTLS && e.Certificate == "" && e.CAChain == "":
 		return "require_mtls is true but neither certificate nor ca_chain is set; give one, or set require_mtls=false"
 	}
-	for k := range e.Claims {
-		if slices.Contains(reservedClaims, k) {
-			return fmt.Sprintf("claims may not set the registered claim %q", k)
-		}
+	if msg := checkClaimNames(e.Claims); msg != "" {
+		return msg
+	}
+	if msg := checkTokenSize(e); msg != "" {
+		return msg
 	}
 	return validateServiceTLS(e, now)
 }
 
 func (b *backend) pathServiceDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	name, errResp := serviceName(d)
+	name, errResp := serviceName(req, d)
 	if errResp != nil {
 		return errResp, nil
 	}

@@ -11,7 +11,7 @@ import (
 
 func TestServiceCreateReadNeverShowsKey(t *testing.T) {
 	e := getTestBackend(t)
-	resp := e.mustOK(t, logical.UpdateOperation, "services/Orders", map[string]any{
+	resp := e.mustOK(t, logical.UpdateOperation, "services/orders", map[string]any{
 		"allowed_audiences": "payments,ledger",
 		"claims":            map[string]any{"team": "checkout"},
 		"metadata":          map[string]any{"owner": "alice"},
@@ -36,8 +36,8 @@ func TestServiceCreateReadNeverShowsKey(t *testing.T) {
 	if read.Data["token_ttl"] != int64(600) || read.Data["require_mtls"] != false {
 		t.Fatalf("read = %#v", read.Data)
 	}
-	// Names are case-insensitive: the same service under another spelling.
-	e.mustOK(t, logical.ReadOperation, "services/ORDERS", nil)
+	// One spelling reaches a service: another is refused with the path to use.
+	e.mustFail(t, logical.ReadOperation, "services/ORDERS", nil, "use meshauth/services/orders")
 	list := e.mustOK(t, logical.ListOperation, "services/", nil)
 	if got := list.Data["keys"].([]string); len(got) != 1 || got[0] != "orders" {
 		t.Fatalf("list = %v", got)

@@ -2,8 +2,12 @@ package meshauth
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -50,6 +54,14 @@ func pathToken(b *backend) []*framework.Path {
 				"audience": {
 					Type:        framework.TypeString,
 					Description: "When given, the token's aud must contain it.",
+				},
+				"certificate": {
+					Type:        framework.TypeString,
+					Description: "The caller's client certificate as the resource server saw it: PEM, or its x5t#S256 (base64url SHA-256 of the DER). A token bound with cnf.x5t#S256 is then valid only when it matches. Optional.",
+				},
+				"require_binding": {
+					Type:        framework.TypeBool,
+					Description: "Refuse tokens that carry no cnf.x5t#S256 binding (reason unbound_token). Default: false.",
 				},
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
@@ -106,8 +118,8 @@ func (b *backend) verifyToken(ctx context.Context, s logical.Storage, raw, audie
 		reason = reasonUnknownService
 	case svc.entry.Disabled:
 		reason = reasonServiceDisabled
-	case parsed.claims.IssuedAt.Unix() <= svc.entry.RevokedBefore:
-		reason = reasonServiceRevoked
+	default:
+		reason = generationReason(svc.entry, parsed.claims)
 	}
 	if reason != "" {
 		return &verification{reason: reason}, nil
@@ -122,6 +134,70 @@ func (b *backend) verifyToken(ctx context.Context, s logical.Storage, raw, audie
 	return &verification{parsed: parsed}, nil
 }
 
+// bindingCheck is what verify's caller knows of the certificate that came
+// with the token.
+type bindingCheck struct {
+	// x5t is the x5t#S256 of the caller's certificate; empty when not given.
+	x5t string
+	// required refuses unbound tokens.
+	required bool
+}
+
+// bindingOf reads verify's certificate field: PEM, or an x5t#S256 already
+// computed by the resource server.
+func bindingOf(cert string, required bool) (bindingCheck, string) {
+	cert = strings.TrimSpace(cert)
+	b := bindingCheck{required: required}
+	switch {
+	case cert == "":
+	case strings.HasPrefix(cert, "-----BEGIN"):
+		certs, err := parseCertificates("certificate", cert, 1)
+		if err != nil {
+			return b, err.Error()
+		}
+		b.x5t = certificateThumbprint(certs[0])
+	default:
+		raw, err := base64.RawURLEncoding.DecodeString(cert)
+		if err != nil || len(raw) != sha256.Size {
+			return b, "certificate must be a PEM certificate or its x5t#S256 (43 base64url characters)"
+		}
+		b.x5t = cert
+	}
+	return b, ""
+}
+
+// check returns the reason a token's cnf fails this binding, or "". A bound
+// token is valid only with the certificate it names when the caller gave
+// one; RFC 8705 leaves the check to whoever sees the connection.
+func (b bindingCheck) check(cnf *cnfClaim) string {
+	bound := cnf != nil && cnf.X5tS256 != ""
+	switch {
+	case !bound && b.required:
+		return reasonUnbound
+	case bound && b.x5t != "" && subtle.ConstantTimeCompare([]byte(cnf.X5tS256), []byte(b.x5t)) != 1:
+		return reasonCertMismatch
+	}
+	return ""
+}
+
+// generationReason checks a token's gen claim against the service's
+// registration and revocation epoch: a token of an earlier registration of
+// the name, or minted before the service's last revoke, never verifies.
+func generationReason(e *serviceEntry, c *verifiedClaims) string {
+	want := e.generation()
+	if c.Generation == want {
+		if want == "" && c.IssuedAt.Unix() <= e.RevokedBefore {
+			return reasonServiceRevoked // an entry stored before gen existed
+		}
+		return ""
+	}
+	registration, _, _ := strings.Cut(c.Generation, ".")
+	if registration != e.Registration {
+		return reasonOtherRegistration
+	}
+	return reasonServiceRevoked
+}
+
 func (b *backend) pathVerify(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	if resp := rejectUnknownFields(req, d); resp != nil {
 		return resp, nil
@@ -130,9 +206,16 @@ func (b *backend) pathVerify(ctx context.Context, req *logical.Request, d *frame
 	if raw == "" {
 		return logical.ErrorResponse("token is required"), nil
 	}
+	binding, msg := bindingOf(d.Get("certificate").(string), d.Get("require_binding").(bool))
+	if msg != "" {
+		return logical.ErrorResponse(msg), nil
+	}
 	v, err := b.verifyToken(ctx, req.Storage, raw, d.Get("audience").(string))
 	if err != nil {
 		return nil, err
+	}
+	if v.reason == "" {
+		v.reason = binding.check(v.parsed.claims.Cnf)
 	}
 	if v.reason != "" {
 		b.metrics.verified(v.reason)
@@ -240,7 +323,9 @@ func readRevocation(ctx context.Context, s logical.Storage, jti string) (*revoca
 
 const verifyHelp = `
 Answers valid=true with service, claims, expires_at and kid, or valid=false
-with a reason. A token is valid only if its alg is the algorithm of the key
+with a reason. Give certificate (the caller's client certificate as the
+resource server saw it, PEM or x5t#S256) to check a bound token's
+cnf.x5t#S256, and require_binding=true to refuse unbound tokens. A token is valid only if its alg is the algorithm of the key
 its kid names, that key is current, next or retired within verification_ttl,
 the signature verifies, exp/nbf/iat hold within leeway, iss matches, audience
 (when given) is in aud, the service exists and is not disabled, the token was
@@ -249,5 +334,6 @@ issued after the service's last revoke, and its jti is not revoked.
 Reasons: malformed, too_large, algorithm_not_allowed, unknown_key,
 algorithm_mismatch, unsupported_critical_header, bad_signature, expired,
 not_yet_valid, issued_in_future, wrong_issuer, wrong_audience, missing_claim,
-unknown_service, service_disabled, service_revoked, token_revoked.
+unknown_service, service_disabled, service_revoked, other_registration,
+token_revoked, ambiguous_claims, certificate_mismatch, unbound_token.
 `

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
+	"errors"
 	"sync"
 	"time"
 
@@ -28,6 +29,10 @@ type cachedService struct {
 	// trustErr records stored trust material that does not parse; mTLS then
 	// fails closed.
 	trustErr error
+	// claimsErr records stored extra claims that registration would refuse
+	// today (an entry written by an older release); logins then fail closed
+	// rather than mint a token that verifiers could read as another service.
+	claimsErr error
 	// claimsOnce guards claimsJSON, the service's extra claims encoded once.
 	claimsOnce sync.Once
 	claimsJSON []byte
@@ -49,6 +54,10 @@ func (b *backend) getService(ctx context.Context, s logical.Storage, name string
 	cs.trust, cs.trustErr = buildTrust(entry)
 	if cs.trustErr != nil {
 		b.Logger().Error("stored trust material of service does not parse; its mTLS logins will fail", "service", name, "error", cs.trustErr)
+	}
+	if msg := checkClaimNames(entry.Claims); msg != "" {
+		cs.claimsErr = errors.New(msg)
+		b.Logger().Error("stored claims of service shadow a registered claim; its logins will fail until the claims are rewritten", "service", name, "error", msg)
 	}
 	b.services.fill(name, cs, epoch)
 	return cs, nil
@@ -74,6 +83,11 @@ type chainResult struct {
 type chainCall struct {
 	done chan struct{}
 	res  chainResult
+	// trust is the service trust the result was computed against. A result
+	// is reused only for the very same trust: a login that read the service
+	// before an update can finish after the update's dropService and store
+	// its result, but the next login holds the new trust and never sees it.
+	trust *serviceTrust
 }
 
 // chainCache remembers verification results per service and chain.
@@ -105,7 +119,7 @@ func keyOf(chain []*x509.Certificate) chainKey {
 
 // verify returns the cached result for (service, chain), or runs check once
 // while concurrent callers with the same chain wait for it.
-func (c *chainCache) verify(service string, chain []*x509.Certificate, trustExpires, now time.Time, check func() error) error {
+func (c *chainCache) verify(service string, trust *serviceTrust, chain []*x509.Certificate, now time.Time, check func() error) error {
 	key := keyOf(chain)
 	c.mu.Lock()
 	m := c.byService[service]
@@ -113,7 +127,11 @@ func (c *chainCache) verify(service string, chain []*x509.Certificate, trustExpi
 		m = make(map[chainKey]*chainCall)
 		c.byService[service] = m
 	}
-	if call, ok := m[key]; ok {
+	if call, ok := m[key]; ok && call.trust != trust {
+		// Computed against trust that has since been replaced.
+		delete(m, key)
+		c.size--
+	} else if ok {
 		select {
 		case <-call.done:
 			if now.Before(call.res.until) {
@@ -135,7 +153,7 @@ func (c *chainCache) verify(service string, chain []*x509.Certificate, trustExpi
 		m = make(map[chainKey]*chainCall)
 		c.byService[service] = m
 	}
-	call := &chainCall{done: make(chan struct{})}
+	call := &chainCall{done: make(chan struct{}), trust: trust}
 	m[key] = call
 	c.size++
 	c.mu.Unlock()
@@ -144,8 +162,8 @@ func (c *chainCache) verify(service string, chain []*x509.Certificate, trustExpi
 	call.res.until = now.Add(failedChainTTL)
 	if call.res.err == nil {
 		call.res.until = earliestNotAfter(chain)
-		if !trustExpires.IsZero() && trustExpires.Before(call.res.until) {
-			call.res.until = trustExpires
+		if !trust.expires.IsZero() && trust.expires.Before(call.res.until) {
+			call.res.until = trust.expires
 		}
 	}
 	close(call.done)

@@ -209,11 +209,12 @@ func TestChainCacheVerifiesOnceUnderConcurrency(t *testing.T) {
 	ca := newTestCA(t, "mesh-ca")
 	leaf, _, _ := ca.issue(t, "orders", leafOptions{})
 	c := newChainCache(16)
+	trust := &serviceTrust{}
 	var calls atomic.Int32
 	var wg sync.WaitGroup
 	for range 32 {
 		wg.Go(func() {
-			_ = c.verify("orders", []*x509.Certificate{leaf}, time.Time{}, time.Now(), func() error {
+			_ = c.verify("orders", trust, []*x509.Certificate{leaf}, time.Now(), func() error {
 				calls.Add(1)
 				time.Sleep(10 * time.Millisecond)
 				return nil
@@ -225,15 +226,22 @@ func TestChainCacheVerifiesOnceUnderConcurrency(t *testing.T) {
 		t.Fatalf("%d verifications for one chain; want 1", calls.Load())
 	}
 	// Results are keyed by the whole chain, not the leaf alone.
-	_ = c.verify("orders", []*x509.Certificate{leaf, ca.cert}, time.Time{}, time.Now(), func() error { calls.Add(1); return nil })
+	_ = c.verify("orders", trust, []*x509.Certificate{leaf, ca.cert}, time.Now(), func() error { calls.Add(1); return nil })
 	if calls.Load() != 2 {
 		t.Fatal("a longer chain with the same leaf reused the cached result")
 	}
 	// A success is cached no longer than the registered trust lives.
 	trustEnds := time.Now().Add(time.Minute)
-	_ = c.verify("payments", []*x509.Certificate{leaf}, trustEnds, time.Now(), func() error { calls.Add(1); return nil })
-	_ = c.verify("payments", []*x509.Certificate{leaf}, trustEnds, trustEnds.Add(time.Second), func() error { calls.Add(1); return nil })
+	short := &serviceTrust{expires: trustEnds}
+	_ = c.verify("payments", short, []*x509.Certificate{leaf}, time.Now(), func() error { calls.Add(1); return nil })
+	_ = c.verify("payments", short, []*x509.Certificate{leaf}, trustEnds.Add(time.Second), func() error { calls.Add(1); return nil })
 	if calls.Load() != 4 {
 		t.Fatal("a cached verification outlived the registered CA")
+	}
+	// A result computed against replaced trust is never reused, even when a
+	// racing login stored it after the update dropped the service's results.
+	_ = c.verify("payments", &serviceTrust{}, []*x509.Certificate{leaf}, time.Now(), func() error { calls.Add(1); return nil })
+	if calls.Load() != 5 {
+		t.Fatal("a result computed against other trust was reused")
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,12 +38,16 @@ type mintedClaims struct {
 	Expiry    int64     `json:"exp"`
 	ID        string    `json:"jti"`
 	Cnf       *cnfClaim `json:"cnf,omitempty"`
+	// Generation is the service's registration and revocation epoch
+	// (serviceEntry.generation); empty for services stored before it existed.
+	Generation string `json:"gen,omitempty"`
 }
 
 // verifiedClaims are the claims verify decodes and golang-jwt validates.
 type verifiedClaims struct {
 	jwt.RegisteredClaims
-	Cnf *cnfClaim `json:"cnf,omitempty"`
+	Cnf        *cnfClaim `json:"cnf,omitempty"`
+	Generation string    `json:"gen,omitempty"`
 }
 
 // mintedToken is a signed token and the facts a login answers with.
@@ -55,21 +61,20 @@ type mintedToken struct {
 // mintToken signs a token for svc with the ring's current key. The header is
 // fixed per key and the service's extra claims are encoded once per cached
 // service, so minting is one small JSON encoding plus the signature.
+//
+// iat and nbf are the real issue time, never later: verifiers such as PyJWT
+// and jose allow no clock skew by default. Revocation of a service's tokens
+// is carried by the gen claim, not by comparing iat with the revoke time.
 func mintToken(key *signingKey, cfg *configEntry, svc *cachedService, audience []string, ttl time.Duration, x5t string, now time.Time) (*mintedToken, error) {
 	iat := now.Unix()
-	// A token minted in the same second as services/:name/revoke would be
-	// revoked at birth (iat is in whole seconds); start it one second later,
-	// well inside the leeway.
-	if iat <= svc.entry.RevokedBefore {
-		iat = svc.entry.RevokedBefore + 1
-	}
 	claims := mintedClaims{
-		Issuer:    cfg.Issuer,
-		Subject:   svc.entry.Name,
-		IssuedAt:  iat,
-		NotBefore: iat,
-		Expiry:    now.Add(ttl).Unix(),
-		ID:        rand.Text(),
+		Issuer:     cfg.Issuer,
+		Subject:    svc.entry.Name,
+		IssuedAt:   iat,
+		NotBefore:  iat,
+		Expiry:     iat + int64(ttl/time.Second),
+		ID:         rand.Text(),
+		Generation: svc.entry.generation(),
 	}
 	switch len(audience) {
 	case 0:
@@ -81,11 +86,11 @@ func mintToken(key *signingKey, cfg *configEntry, svc *cachedService, audience [
 	if x5t != "" {
 		claims.Cnf = &cnfClaim{X5tS256: x5t}
 	}
-	payload, err := json.Marshal(claims)
+	registered, err := json.Marshal(claims)
 	if err != nil {
 		return nil, fmt.Errorf("encoding claims: %w", err)
 	}
-	payload = appendExtraClaims(payload, svc.extraClaims())
+	payload := prependExtraClaims(svc.extraClaims(), registered)
 
 	var sb strings.Builder
 	sb.Grow(len(key.headerB64) + 1 + base64.RawURLEncoding.EncodedLen(len(payload)) + 1 + 700)
@@ -101,17 +106,71 @@ func mintToken(key *signingKey, cfg *configEntry, svc *cachedService, audience [
 	return &mintedToken{token: sb.String(), jti: claims.ID, kid: key.entry.KID, expiresAt: time.Unix(claims.Expiry, 0).UTC()}, nil
 }
 
-// appendExtraClaims splices a pre-encoded object body (`"k":"v",...`, no
-// braces) into the end of a JSON object.
-func appendExtraClaims(obj, extra []byte) []byte {
+// prependExtraClaims splices a pre-encoded object body (`"k":"v",...`, no
+// braces) in front of the members of a JSON object. The service's claims go
+// first and the registered claims last: registration already refuses every
+// name that folds to a registered one, and a reader that keeps the last
+// duplicate (Go's encoding/json) would still read ours.
+func prependExtraClaims(extra, obj []byte) []byte {
 	if len(extra) == 0 {
 		return obj
 	}
 	out := make([]byte, 0, len(obj)+len(extra)+1)
-	out = append(out, obj[:len(obj)-1]...)
-	out = append(out, ',')
+	out = append(out, '{')
 	out = append(out, extra...)
-	return append(out, '}')
+	out = append(out, ',')
+	return append(out, obj[1:]...)
+}
+
+// Worst-case sizes of the parts of a token that a service's registration
+// does not decide, for checkTokenSize.
+const (
+	// worstHeaderB64 is a JOSE header of the longest algorithm name and a
+	// 43-character kid, base64url-encoded, plus its dot.
+	worstHeaderB64 = 100
+	// worstSignatureB64 is an RS256 signature (256 bytes), base64url, plus
+	// its dot.
+	worstSignatureB64 = 345
+	// maxIssuerLen is config's bound on issuer.
+	maxIssuerLen = 512
+)
+
+// checkTokenSize refuses a service whose largest possible token would exceed
+// maxTokenLength, so that every token a login can mint is one every verifier
+// accepts. The worst case takes every allowed audience at once, an issuer of
+// the longest allowed length made of characters JSON escapes six-fold, a
+// certificate binding and the largest numbers.
+func checkTokenSize(e *serviceEntry) string {
+	aud := append([]string(nil), e.AllowedAudiences...)
+	if len(aud) == 0 && e.DefaultAudience != "" {
+		aud = []string{e.DefaultAudience}
+	}
+	claims := mintedClaims{
+		Issuer:     strings.Repeat("<", maxIssuerLen),
+		Subject:    e.Name,
+		Audience:   aud,
+		IssuedAt:   math.MaxInt64,
+		NotBefore:  math.MaxInt64,
+		Expiry:     math.MaxInt64,
+		ID:         rand.Text(),
+		Cnf:        &cnfClaim{X5tS256: strings.Repeat("x", 43)},
+		Generation: newRegistration() + "." + strconv.Itoa(math.MaxInt),
+	}
+	registered, err := json.Marshal(claims)
+	if err != nil {
+		return fmt.Sprintf("encoding claims: %v", err)
+	}
+	var extra []byte
+	if len(e.Claims) > 0 {
+		full, _ := json.Marshal(e.Claims) // map[string]string always marshals
+		extra = full[1 : len(full)-1]
+	}
+	payload := len(prependExtraClaims(extra, registered))
+	size := worstHeaderB64 + base64.RawURLEncoding.EncodedLen(payload) + worstSignatureB64
+	if size > maxTokenLength {
+		return fmt.Sprintf("a token of this service could reach %d bytes, over the %d-byte limit verifiers enforce; shorten claims (%d bytes of JSON) or allowed_audiences", size, maxTokenLength, len(extra))
+	}
+	return ""
 }
 
 // extraClaims returns the service's claims encoded as the inside of a JSON
@@ -129,25 +188,29 @@ func (cs *cachedService) extraClaims() []byte {
 
 // Verification failure reasons, as verify answers them and metrics count them.
 const (
-	reasonMalformed        = "malformed"
-	reasonTooLarge         = "too_large"
-	reasonAlgNotAllowed    = "algorithm_not_allowed"
-	reasonUnknownKey       = "unknown_key"
-	reasonAlgMismatch      = "algorithm_mismatch"
-	reasonCritHeader       = "unsupported_critical_header"
-	reasonBadSignature     = "bad_signature"
-	reasonExpired          = "expired"
-	reasonNotYetValid      = "not_yet_valid"
-	reasonIssuedInFuture   = "issued_in_future"
-	reasonWrongIssuer      = "wrong_issuer"
-	reasonWrongAudience    = "wrong_audience"
-	reasonMissingClaim     = "missing_claim"
-	reasonUnknownService   = "unknown_service"
-	reasonServiceDisabled  = "service_disabled"
-	reasonServiceRevoked   = "service_revoked"
-	reasonTokenRevoked     = "token_revoked"
-	reasonInvalid          = "invalid"
-	verificationResultGood = "valid"
+	reasonMalformed         = "malformed"
+	reasonAmbiguousClaims   = "ambiguous_claims"
+	reasonCertMismatch      = "certificate_mismatch"
+	reasonUnbound           = "unbound_token"
+	reasonOtherRegistration = "other_registration"
+	reasonTooLarge          = "too_large"
+	reasonAlgNotAllowed     = "algorithm_not_allowed"
+	reasonUnknownKey        = "unknown_key"
+	reasonAlgMismatch       = "algorithm_mismatch"
+	reasonCritHeader        = "unsupported_critical_header"
+	reasonBadSignature      = "bad_signature"
+	reasonExpired           = "expired"
+	reasonNotYetValid       = "not_yet_valid"
+	reasonIssuedInFuture    = "issued_in_future"
+	reasonWrongIssuer       = "wrong_issuer"
+	reasonWrongAudience     = "wrong_audience"
+	reasonMissingClaim      = "missing_claim"
+	reasonUnknownService    = "unknown_service"
+	reasonServiceDisabled   = "service_disabled"
+	reasonServiceRevoked    = "service_revoked"
+	reasonTokenRevoked      = "token_revoked"
+	reasonInvalid           = "invalid"
+	verificationResultGood  = "valid"
 )
 
 // Errors the key function returns, mapped to reasons.
@@ -172,6 +235,12 @@ func parseToken(raw string, ring *keyRing, cfg *configEntry, audience string, no
 	}
 	if !jws.WellFormed(raw) {
 		return nil, reasonMalformed
+	}
+	// Refuse payloads that JSON readers could read differently (duplicate
+	// members, "SUB" beside "sub"): the claims golang-jwt decodes below must
+	// be the claims every other verifier of the same bytes sees.
+	if reason := checkPayloadMembers(raw); reason != "" {
+		return nil, reason
 	}
 	var key *signingKey
 	keyFunc := func(t *jwt.Token) (any, error) {
@@ -214,6 +283,21 @@ func parseToken(raw string, ring *keyRing, cfg *configEntry, audience string, no
 		return nil, reasonMissingClaim
 	}
 	return &parsedToken{claims: claims, key: key}, ""
+}
+
+// checkPayloadMembers decodes a well-formed token's payload segment and
+// applies jws.CheckMembers to it.
+func checkPayloadMembers(raw string) string {
+	first := strings.IndexByte(raw, '.')
+	second := first + 1 + strings.IndexByte(raw[first+1:], '.')
+	payload, err := base64.RawURLEncoding.DecodeString(raw[first+1 : second])
+	if err != nil {
+		return reasonMalformed
+	}
+	if jws.CheckMembers(payload) != nil {
+		return reasonAmbiguousClaims
+	}
+	return ""
 }
 
 // failureReason maps a golang-jwt error to the reason verify reports.

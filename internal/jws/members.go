@@ -11,7 +11,9 @@ import (
 // RegisteredClaims are the claim names a meshauth token's payload carries
 // itself. A verifier reads them by name, so no other member may spell them
 // differently (see CheckMembers).
-var RegisteredClaims = []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf"}
+// gen names the registration and revocation epoch of the service a token was
+// minted for (checked by the engine's online verify).
+var RegisteredClaims = []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf", "gen"}
 
 // ReservedNames are the names no service-defined extra claim may take in any
 // spelling: the registered claims, the JOSE header parameters (RFC 7515
