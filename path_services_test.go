@@ -1,7 +1,9 @@
 package meshauth
 
 import (
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -220,5 +222,86 @@ func TestServiceRevokeStopsEarlierTokensOnly(t *testing.T) {
 	e.mustOK(t, logical.UpdateOperation, "services/orders/revoke", map[string]any{"disable": true})
 	if _, err := e.login(t, "orders", key, nil); !errors.Is(err, logical.ErrPermissionDenied) {
 		t.Fatalf("login after revoke with disable: %v", err)
+	}
+}
+
+func TestClaimNamesCannotShadowRegisteredClaims(t *testing.T) {
+	e := getTestBackend(t)
+	for _, name := range []string{"sub", "SUB", "Aud", "EXP", "\u017fub", "\u212aid", "Cnf", "gen", "x5t#s256", "CRIT"} {
+		t.Run(name, func(t *testing.T) {
+			e.mustFail(t, logical.UpdateOperation, "services/orders", map[string]any{"claims": map[string]any{name: "payments"}}, "claims may not set")
+		})
+	}
+	// The issue's example: none of these may reach a token.
+	e.mustFail(t, logical.UpdateOperation, "services/orders", map[string]any{"claims": "SUB=payments,AUD=x,EXP=4102444800"}, "claims may not set")
+	if entry, _ := readService(t.Context(), e.storage, "orders"); entry != nil {
+		t.Fatal("a refused registration stored something")
+	}
+
+	// An entry stored by an older release with such a claim fails closed at
+	// login instead of minting a token other readers see as another service.
+	key := e.register(t, "orders", map[string]any{"claims": map[string]any{"team": "checkout"}})
+	entry, _ := readService(t.Context(), e.storage, "orders")
+	entry.Claims["SUB"] = "payments"
+	raw, _ := logical.StorageEntryJSON(storageServicePrefix+"orders", entry)
+	if err := e.storage.Put(t.Context(), raw); err != nil {
+		t.Fatal(err)
+	}
+	e.b.dropService("orders")
+	if _, err := e.login(t, "orders", key, nil); !errors.Is(err, logical.ErrPermissionDenied) {
+		t.Fatalf("login with a stored shadowing claim: %v", err)
+	}
+}
+
+func TestMintedRegisteredClaimsComeLast(t *testing.T) {
+	e := getTestBackend(t)
+	key := e.register(t, "orders", map[string]any{"claims": map[string]any{"team": "checkout"}})
+	tok := e.mustLogin(t, "orders", key)
+	payload, _ := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[1])
+	if !strings.HasPrefix(string(payload), `{"team":"checkout","iss":`) {
+		t.Fatalf("payload %s: extra claims must come before the registered ones", payload)
+	}
+}
+
+func TestClaimsThatCouldOverflowATokenAreRefused(t *testing.T) {
+	e := getTestBackend(t)
+	big := map[string]any{}
+	for i := range 12 {
+		big[fmt.Sprintf("c%02d", i)] = strings.Repeat("x", 1000)
+	}
+	e.mustFail(t, logical.UpdateOperation, "services/orders", map[string]any{"claims": big}, "over the 16384-byte limit")
+	for i := range 6 {
+		delete(big, fmt.Sprintf("c%02d", i))
+	}
+	e.register(t, "orders", map[string]any{"claims": big})
+	// Audiences count too: every allowed audience may be asked for at once.
+	auds := make([]string, 0, 40)
+	for i := range 40 {
+		auds = append(auds, fmt.Sprintf("%03d-%s", i, strings.Repeat("a", 240)))
+	}
+	e.mustFail(t, logical.UpdateOperation, "services/orders", map[string]any{"allowed_audiences": strings.Join(auds, ",")}, "over the 16384-byte limit")
+}
+
+func TestAddingTrustMaterialTurnsMTLSOn(t *testing.T) {
+	ca := newTestCA(t, "mesh-ca")
+	e := getTestBackend(t)
+	e.register(t, "orders", nil)
+	resp := e.mustOK(t, logical.UpdateOperation, "services/orders", map[string]any{"ca_chain": ca.pem})
+	if resp == nil || len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "require_mtls is now true") {
+		t.Fatalf("update answered %#v; want a warning that mTLS is on", resp)
+	}
+	if read := e.mustOK(t, logical.ReadOperation, "services/orders", nil); read.Data["require_mtls"] != true {
+		t.Fatal("adding ca_chain left require_mtls off")
+	}
+	// Naming require_mtls keeps the operator's choice, and says so when it
+	// leaves trust material unused.
+	e.register(t, "legacy", nil)
+	resp = e.mustOK(t, logical.UpdateOperation, "services/legacy", map[string]any{"ca_chain": ca.pem, "require_mtls": false})
+	if resp != nil && len(resp.Warnings) > 0 {
+		t.Fatalf("explicit require_mtls=false warned: %v", resp.Warnings)
+	}
+	resp = e.mustOK(t, logical.UpdateOperation, "services/legacy", map[string]any{"ca_chain": ca.pem})
+	if resp == nil || len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "require_mtls stays false") {
+		t.Fatalf("update answered %#v; want a warning that mTLS stays off", resp)
 	}
 }

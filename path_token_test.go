@@ -4,7 +4,10 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -220,4 +223,154 @@ func TestParseTokenMatchesGolangJWT(t *testing.T) {
 	if err != nil || !parsed.Valid {
 		t.Fatalf("golang-jwt refuses our token: %v", err)
 	}
+}
+
+// signRawPayload signs payload bytes as they are, with the engine's current
+// key, so a test can send members a map cannot hold (duplicates).
+func signRawPayload(t *testing.T, e *testEnv, payload string) string {
+	ring, err := e.b.getKeyRing(t.Context(), e.storage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := ring.current
+	input := k.headerB64 + "." + base64.RawURLEncoding.EncodeToString([]byte(payload))
+	sig, err := k.method.Sign(input, k.signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return input + "." + base64.RawURLEncoding.EncodeToString(sig)
+}
+
+func TestVerifyRefusesAmbiguousPayloads(t *testing.T) {
+	e := getTestBackend(t)
+	key := e.register(t, "orders", nil)
+	e.register(t, "payments", nil)
+	good := e.mustLogin(t, "orders", key)
+	_, c := decodeJWT(t, good)
+	body := fmt.Sprintf(`"iss":"meshauth","iat":%d,"nbf":%d,"exp":%d,"jti":%q,"gen":%q`, int64(c["iat"].(float64)), int64(c["nbf"].(float64)), int64(c["exp"].(float64)), c["jti"], c["gen"])
+	if ok, reason := e.verify(t, signRawPayload(t, e, `{"sub":"orders",`+body+`}`), nil); !ok {
+		t.Fatalf("the plain payload should verify: %s", reason)
+	}
+	for name, payload := range map[string]string{
+		"duplicate sub":    `{"sub":"orders",` + body + `,"sub":"payments"}`,
+		"upper-case SUB":   `{"sub":"orders",` + body + `,"SUB":"payments"}`,
+		"long s (U+017F)":  "{\"sub\":\"orders\"," + body + ",\"\u017fub\":\"payments\"}",
+		"escaped long s":   `{"sub":"orders",` + body + `,"\u017fub":"payments"}`,
+		"EXP far away":     `{"sub":"orders",` + body + `,"EXP":4102444800}`,
+		"cnf member fold":  `{"sub":"orders",` + body + `,"cnf":{"X5T#s256":"abc"}}`,
+		"duplicate nested": `{"sub":"orders",` + body + `,"team":{"a":1,"a":2}}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			if ok, reason := e.verify(t, signRawPayload(t, e, payload), nil); ok || reason != reasonAmbiguousClaims {
+				t.Fatalf("verify = %v %q; want %s", ok, reason, reasonAmbiguousClaims)
+			}
+		})
+	}
+}
+
+func TestServiceRevokeAndReRegistration(t *testing.T) {
+	e := getTestBackend(t)
+	key := e.register(t, "orders", nil)
+	before := e.mustLogin(t, "orders", key)
+	e.mustOK(t, logical.UpdateOperation, "services/orders/revoke", nil)
+	// A login in the same second as the revoke: its iat is the real time,
+	// never ahead (PyJWT and jose allow no skew), and it verifies.
+	resp, err := e.login(t, "orders", key, map[string]any{"ttl": "10m"})
+	if err != nil || resp.IsError() {
+		t.Fatalf("login after revoke: %v %#v", err, resp)
+	}
+	after := resp.Data["token"].(string)
+	_, c := decodeJWT(t, after)
+	now := e.b.now().Unix()
+	if int64(c["iat"].(float64)) > now || int64(c["nbf"].(float64)) > now {
+		t.Fatalf("iat %v / nbf %v is after the issue time %d", c["iat"], c["nbf"], now)
+	}
+	if got := resp.Data["expires_in"].(int64); got != int64(c["exp"].(float64))-now {
+		t.Fatalf("expires_in %d != exp - now %d", got, int64(c["exp"].(float64))-now)
+	}
+	if ok, reason := e.verify(t, before, nil); ok || reason != reasonServiceRevoked {
+		t.Fatalf("token from before the revoke: %v %q", ok, reason)
+	}
+	if ok, reason := e.verify(t, after, nil); !ok {
+		t.Fatalf("token from after the revoke: %s", reason)
+	}
+	// Deleting and re-registering the name revives none of the old tokens,
+	// the revoked one included.
+	e.mustOK(t, logical.DeleteOperation, "services/orders", nil)
+	key = e.register(t, "orders", nil)
+	fresh := e.mustLogin(t, "orders", key)
+	for name, tok := range map[string]string{"revoked": before, "live": after} {
+		if ok, reason := e.verify(t, tok, nil); ok || reason != reasonOtherRegistration {
+			t.Fatalf("%s token of the earlier registration: %v %q", name, ok, reason)
+		}
+	}
+	if ok, reason := e.verify(t, fresh, nil); !ok {
+		t.Fatalf("token of the new registration: %s", reason)
+	}
+}
+
+func TestServiceStoredBeforeGenerationsKeepsItsTokensUntilRevoked(t *testing.T) {
+	e := getTestBackend(t)
+	key := e.register(t, "orders", nil)
+	// An entry as an earlier release stored it: no registration, no epoch.
+	entry, _ := readService(t.Context(), e.storage, "orders")
+	entry.Registration = ""
+	raw, _ := logical.StorageEntryJSON(storageServicePrefix+"orders", entry)
+	if err := e.storage.Put(t.Context(), raw); err != nil {
+		t.Fatal(err)
+	}
+	e.b.dropService("orders")
+	legacy := e.mustLogin(t, "orders", key)
+	if _, c := decodeJWT(t, legacy); c["gen"] != nil {
+		t.Fatalf("gen %v on a token of a legacy entry", c["gen"])
+	}
+	if ok, reason := e.verify(t, legacy, nil); !ok {
+		t.Fatalf("legacy token: %s", reason)
+	}
+	e.mustOK(t, logical.UpdateOperation, "services/orders/revoke", nil)
+	if ok, _ := e.verify(t, legacy, nil); ok {
+		t.Fatal("a revoke did not end the legacy token")
+	}
+	if ok, reason := e.verify(t, e.mustLogin(t, "orders", key), nil); !ok {
+		t.Fatalf("token after the revoke: %s", reason)
+	}
+}
+
+func TestVerifyChecksBinding(t *testing.T) {
+	e := getTestBackend(t)
+	ca := newTestCA(t, "mesh-ca")
+	leaf, leafKey, _ := ca.issue(t, "orders", leafOptions{})
+	other, _, otherPEM := ca.issue(t, "other", leafOptions{})
+	key := e.register(t, "orders", map[string]any{"ca_chain": ca.pem})
+	resp, err := mtlsLogin(t, e, "orders", key, tlsConn(handshake(t, []*x509.Certificate{leaf}, leafKey)))
+	if err != nil || resp.IsError() {
+		t.Fatalf("mTLS login: %v %#v", err, resp)
+	}
+	bound := resp.Data["token"].(string)
+	leafPEMText := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Raw}))
+	plainKey := e.register(t, "plain", nil)
+	unbound := e.mustLogin(t, "plain", plainKey)
+	cases := []struct {
+		name   string
+		token  string
+		extra  map[string]any
+		reason string
+	}{
+		{"bound, same certificate (PEM)", bound, map[string]any{"certificate": leafPEMText}, ""},
+		{"bound, same certificate (x5t#S256)", bound, map[string]any{"certificate": certificateThumbprint(leaf)}, ""},
+		{"bound, other certificate", bound, map[string]any{"certificate": otherPEM}, reasonCertMismatch},
+		{"bound, other thumbprint", bound, map[string]any{"certificate": certificateThumbprint(other)}, reasonCertMismatch},
+		{"unbound, binding required", unbound, map[string]any{"require_binding": true}, reasonUnbound},
+		{"bound, binding required", bound, map[string]any{"require_binding": true, "certificate": certificateThumbprint(leaf)}, ""},
+		{"unbound, not required", unbound, nil, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ok, reason := e.verify(t, tc.token, tc.extra)
+			if ok != (tc.reason == "") || reason != tc.reason {
+				t.Fatalf("verify = %v %q; want reason %q", ok, reason, tc.reason)
+			}
+		})
+	}
+	e.mustFail(t, logical.UpdateOperation, "verify", map[string]any{"token": bound, "certificate": "not-a-thumbprint"}, "x5t#S256")
 }

@@ -245,3 +245,55 @@ func TestChainCacheVerifiesOnceUnderConcurrency(t *testing.T) {
 		t.Fatal("a result computed against other trust was reused")
 	}
 }
+
+// TestNoLoginSucceedsOnReplacedTrust swaps a service's ca_chain back and forth
+// while logins run, and fails if a login that ran entirely after a swap to
+// the other CA returned still succeeded with a certificate of the old one: a
+// verification in flight during the swap must not leave a result behind.
+func TestNoLoginSucceedsOnReplacedTrust(t *testing.T) {
+	ca1, ca2 := newTestCA(t, "ca-one"), newTestCA(t, "ca-two")
+	leaf, leafKey, _ := ca1.issue(t, "orders", leafOptions{})
+	conn := tlsConn(handshake(t, []*x509.Certificate{leaf}, leafKey))
+	e := getTestBackend(t)
+	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"lockout_threshold": 0})
+	key := e.register(t, "orders", map[string]any{"ca_chain": ca1.pem})
+
+	// gen is odd while an update runs; at an even gen g the registered CA is
+	// ca1 when (g/2) is even, else ca2.
+	var gen atomic.Int64
+	var stale atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				before := gen.Load()
+				resp, err := mtlsLogin(t, e, "orders", key, conn)
+				after := gen.Load()
+				if before == after && before%2 == 0 && (before/2)%2 == 1 && err == nil && !resp.IsError() {
+					stale.Add(1)
+				}
+			}
+		})
+	}
+	for i := range 200 {
+		gen.Add(1)
+		pem := ca2.pem
+		if i%2 == 1 {
+			pem = ca1.pem
+		}
+		e.mustOK(t, logical.UpdateOperation, "services/orders", map[string]any{"ca_chain": pem})
+		gen.Add(1)
+		time.Sleep(200 * time.Microsecond)
+	}
+	close(stop)
+	wg.Wait()
+	if n := stale.Load(); n > 0 {
+		t.Fatalf("%d logins succeeded with a certificate of a CA the service no longer trusted", n)
+	}
+}
