@@ -253,6 +253,37 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("a deny on the lower-case path cannot be walked around by another spelling", func(t *testing.T) {
+		s.MustCLI(t, "write", mount+"/services/payments", "require_mtls=false")
+		policy := `path "` + mount + `/*" { capabilities = ["create", "read", "update", "delete", "list"] }
+path "` + mount + `/login/payments" { capabilities = ["deny"] }
+path "` + mount + `/services/payments" { capabilities = ["deny"] }
+path "` + mount + `/services/payments/*" { capabilities = ["deny"] }`
+		policyFile := filepath.Join(s.Dir, "all-but-payments.hcl")
+		if err := os.WriteFile(policyFile, []byte(policy), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s.MustCLI(t, "policy", "write", "all-but-payments", policyFile)
+		tok := jsonData2(t, s.MustCLI(t, "token", "create", "-policy=all-but-payments", "-ttl=10m"))
+		cl, err := s.ClientWith(tok, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cl.Logical().Write(mount+"/login/payments", map[string]any{"api_key": "x"}); err == nil || !strings.Contains(err.Error(), "403") {
+			t.Fatalf("login/payments under the deny: %v", err)
+		}
+		for _, p := range []string{"login/PAYMENTS", "login/Payments", "services/PAYMENTS", "services/PAYMENTS/rotate-key", "services/Payments/revoke"} {
+			want := mount + "/" + strings.ToLower(p)
+			_, err := cl.Logical().Write(mount+"/"+p, map[string]any{"api_key": "x"})
+			if err == nil || !strings.Contains(err.Error(), "400") || !strings.Contains(err.Error(), want) {
+				t.Fatalf("%s: %v; want a 400 naming %s", p, err, want)
+			}
+		}
+		if _, err := cl.Logical().Read(mount + "/services/PAYMENTS"); err == nil || !strings.Contains(err.Error(), "services/payments") {
+			t.Fatalf("read services/PAYMENTS: %v", err)
+		}
+	})
+
 	t.Run("plugin reload and a killed plugin process lose nothing", func(t *testing.T) {
 		tok := f.mustLogin(t, "orders", f.ordersKey, f.orders)
 		s.MustCLI(t, "plugin", "reload", "-plugin="+vaultlab.CatalogName)
@@ -291,6 +322,11 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		cl.AddHeader("X-Meshauth-Api-Key", f.ordersKey)
+		// Off by default: a read capability alone must not mint tokens.
+		if _, err := cl.Logical().Read(mount + "/login/orders"); err == nil || !strings.Contains(err.Error(), "405") || !strings.Contains(err.Error(), "allow_get_login") {
+			t.Fatalf("GET login before allow_get_login: %v", err)
+		}
+		s.MustCLI(t, "write", mount+"/config", "allow_get_login=true")
 		if _, err := cl.Logical().Read(mount + "/login/orders"); err == nil || !strings.Contains(err.Error(), "passthrough-request-headers") {
 			t.Fatalf("before the mount passes the header through: %v", err.Error())
 		}

@@ -56,6 +56,7 @@ func setup(l *lab) *env {
 	cert := ca.Issue(l, s.Dir, "orders", []string{"orders.mesh"}, nil, x509.ExtKeyUsageClientAuth)
 	e.apiKey = vaultlab.JSONData(l, s.MustCLI(l, "write", "meshauth/services/orders", "ca_chain=@"+ca.File, "hostnames=orders.mesh"))["api_key"].(string)
 	s.MustCLI(l, "secrets", "tune", "-passthrough-request-headers=X-Meshauth-Api-Key", "meshauth")
+	s.MustCLI(l, "write", "meshauth/config", "allow_get_login=true")
 
 	// Vault's native flow: AppRole login, then an identity token.
 	s.MustCLI(l, "auth", "enable", "approle")
