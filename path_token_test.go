@@ -3,8 +3,8 @@ package meshauth
 import (
 	"crypto/hmac"
 	"crypto/sha256"
-	"encoding/base64"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
