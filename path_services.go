@@ -11,7 +11,7 @@ import (
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
-	"github.com/datapunk/vault-plugin-secrets-meshauth/internal/jws"
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 // serviceVersion is the current layout of serviceEntry.
@@ -43,7 +43,7 @@ func checkClaimNames(claims map[string]string) string {
 	}
 	slices.Sort(names)
 	for _, k := range names {
-		if r := jws.FoldsTo(k, jws.ReservedNames); r != "" {
+		if r := meshtoken.FoldsTo(k, meshtoken.ReservedNames); r != "" {
 			if r == k {
 				return fmt.Sprintf("claims may not set the registered claim %q", k)
 			}

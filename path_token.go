@@ -12,6 +12,8 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 // revocationVersion is the current layout of revocationEntry.
@@ -155,7 +157,7 @@ func bindingOf(cert string, required bool) (bindingCheck, string) {
 		if err != nil {
 			return b, err.Error()
 		}
-		b.x5t = certificateThumbprint(certs[0])
+		b.x5t = meshtoken.CertificateThumbprint(certs[0])
 	default:
 		raw, err := base64.RawURLEncoding.DecodeString(cert)
 		if err != nil || len(raw) != sha256.Size {
@@ -169,7 +171,7 @@ func bindingOf(cert string, required bool) (bindingCheck, string) {
 // check returns the reason a token's cnf fails this binding, or "". A bound
 // token is valid only with the certificate it names when the caller gave
 // one; RFC 8705 leaves the check to whoever sees the connection.
-func (b bindingCheck) check(cnf *cnfClaim) string {
+func (b bindingCheck) check(cnf *meshtoken.Confirmation) string {
 	bound := cnf != nil && cnf.X5tS256 != ""
 	switch {
 	case !bound && b.required:
@@ -183,7 +185,7 @@ func (b bindingCheck) check(cnf *cnfClaim) string {
 // generationReason checks a token's gen claim against the service's
 // registration and revocation epoch: a token of an earlier registration of
 // the name, or minted before the service's last revoke, never verifies.
-func generationReason(e *serviceEntry, c *verifiedClaims) string {
+func generationReason(e *serviceEntry, c *meshtoken.Claims) string {
 	want := e.generation()
 	if c.Generation == want {
 		if want == "" && c.IssuedAt.Unix() <= e.RevokedBefore {
@@ -215,7 +217,7 @@ func (b *backend) pathVerify(ctx context.Context, req *logical.Request, d *frame
 		return nil, err
 	}
 	if v.reason == "" {
-		v.reason = binding.check(v.parsed.claims.Cnf)
+		v.reason = binding.check(v.parsed.claims.Confirmation)
 	}
 	if v.reason != "" {
 		b.metrics.verified(v.reason)
@@ -226,7 +228,7 @@ func (b *backend) pathVerify(ctx context.Context, req *logical.Request, d *frame
 	return &logical.Response{Data: map[string]any{
 		"valid":      true,
 		"service":    c.Subject,
-		"claims":     payloadClaims(raw),
+		"claims":     payloadClaims(c),
 		"expires_at": c.ExpiresAt.UTC().Format(time.RFC3339),
 		"kid":        v.parsed.key.entry.KID,
 	}}, nil

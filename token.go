@@ -4,50 +4,32 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
-
-	"github.com/datapunk/vault-plugin-secrets-meshauth/internal/jws"
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
-// maxTokenLength bounds a token before any parsing: ours are well under 4 KiB,
-// and a megabyte of base64 must cost a length check, not a decode.
-const maxTokenLength = 16 << 10
-
-// cnfClaim is the RFC 8705 confirmation claim binding a token to the client
-// certificate that was verified at login.
-type cnfClaim struct {
-	// X5tS256 is the base64url SHA-256 of the certificate's DER.
-	X5tS256 string `json:"x5t#S256"`
-}
+// maxTokenLength is the contract's bound on a token.
+const maxTokenLength = meshtoken.MaxTokenLength
 
 // mintedClaims are the registered claims meshauth writes, in a struct so
 // that encoding them costs little next to the signature.
 type mintedClaims struct {
-	Issuer    string    `json:"iss"`
-	Subject   string    `json:"sub"`
-	Audience  any       `json:"aud,omitempty"`
-	IssuedAt  int64     `json:"iat"`
-	NotBefore int64     `json:"nbf"`
-	Expiry    int64     `json:"exp"`
-	ID        string    `json:"jti"`
-	Cnf       *cnfClaim `json:"cnf,omitempty"`
+	Issuer    string                  `json:"iss"`
+	Subject   string                  `json:"sub"`
+	Audience  any                     `json:"aud,omitempty"`
+	IssuedAt  int64                   `json:"iat"`
+	NotBefore int64                   `json:"nbf"`
+	Expiry    int64                   `json:"exp"`
+	ID        string                  `json:"jti"`
+	Cnf       *meshtoken.Confirmation `json:"cnf,omitempty"`
 	// Generation is the service's registration and revocation epoch
 	// (serviceEntry.generation); empty for services stored before it existed.
 	Generation string `json:"gen,omitempty"`
-}
-
-// verifiedClaims are the claims verify decodes and golang-jwt validates.
-type verifiedClaims struct {
-	jwt.RegisteredClaims
-	Cnf        *cnfClaim `json:"cnf,omitempty"`
-	Generation string    `json:"gen,omitempty"`
 }
 
 // mintedToken is a signed token and the facts a login answers with.
@@ -84,7 +66,7 @@ func mintToken(key *signingKey, cfg *configEntry, svc *cachedService, audience [
 		claims.Audience = audience
 	}
 	if x5t != "" {
-		claims.Cnf = &cnfClaim{X5tS256: x5t}
+		claims.Cnf = &meshtoken.Confirmation{X5tS256: x5t}
 	}
 	registered, err := json.Marshal(claims)
 	if err != nil {
@@ -153,7 +135,7 @@ func checkTokenSize(e *serviceEntry) string {
 		NotBefore:  math.MaxInt64,
 		Expiry:     math.MaxInt64,
 		ID:         rand.Text(),
-		Cnf:        &cnfClaim{X5tS256: strings.Repeat("x", 43)},
+		Cnf:        &meshtoken.Confirmation{X5tS256: strings.Repeat("x", 43)},
 		Generation: newRegistration() + "." + strconv.Itoa(math.MaxInt),
 	}
 	registered, err := json.Marshal(claims)
@@ -186,161 +168,75 @@ func (cs *cachedService) extraClaims() []byte {
 	return cs.claimsJSON
 }
 
-// Verification failure reasons, as verify answers them and metrics count them.
+// Verification failure reasons, as verify answers them and metrics count
+// them: those of the shared parser, and those only the engine knows.
 const (
-	reasonMalformed         = "malformed"
-	reasonAmbiguousClaims   = "ambiguous_claims"
+	reasonMalformed         = meshtoken.ReasonMalformed
+	reasonTooLarge          = meshtoken.ReasonTooLarge
+	reasonAmbiguousClaims   = meshtoken.ReasonAmbiguousClaims
+	reasonUnknownKey        = meshtoken.ReasonUnknownKey
+	reasonAlgMismatch       = meshtoken.ReasonAlgMismatch
+	reasonAlgNotAllowed     = meshtoken.ReasonAlgNotAllowed
+	reasonCritHeader        = meshtoken.ReasonCritHeader
+	reasonBadSignature      = meshtoken.ReasonBadSignature
+	reasonExpired           = meshtoken.ReasonExpired
+	reasonNotYetValid       = meshtoken.ReasonNotYetValid
+	reasonIssuedInFuture    = meshtoken.ReasonIssuedInFuture
+	reasonWrongIssuer       = meshtoken.ReasonWrongIssuer
+	reasonWrongAudience     = meshtoken.ReasonWrongAudience
+	reasonMissingClaim      = meshtoken.ReasonMissingClaim
 	reasonCertMismatch      = "certificate_mismatch"
 	reasonUnbound           = "unbound_token"
 	reasonOtherRegistration = "other_registration"
-	reasonTooLarge          = "too_large"
-	reasonAlgNotAllowed     = "algorithm_not_allowed"
-	reasonUnknownKey        = "unknown_key"
-	reasonAlgMismatch       = "algorithm_mismatch"
-	reasonCritHeader        = "unsupported_critical_header"
-	reasonBadSignature      = "bad_signature"
-	reasonExpired           = "expired"
-	reasonNotYetValid       = "not_yet_valid"
-	reasonIssuedInFuture    = "issued_in_future"
-	reasonWrongIssuer       = "wrong_issuer"
-	reasonWrongAudience     = "wrong_audience"
-	reasonMissingClaim      = "missing_claim"
 	reasonUnknownService    = "unknown_service"
 	reasonServiceDisabled   = "service_disabled"
 	reasonServiceRevoked    = "service_revoked"
 	reasonTokenRevoked      = "token_revoked"
-	reasonInvalid           = "invalid"
 	verificationResultGood  = "valid"
-)
-
-// Errors the key function returns, mapped to reasons.
-var (
-	errUnknownKey  = errors.New("unknown or expired kid")
-	errAlgMismatch = errors.New("alg does not match the key named by kid")
-	errCritHeader  = errors.New("crit header names extensions meshauth does not understand")
 )
 
 // parsedToken is a token whose signature and time claims verified.
 type parsedToken struct {
-	claims *verifiedClaims
+	claims *meshtoken.Claims
 	key    *signingKey
 }
 
-// parseToken checks a token's form, header, signature and registered claims
-// against the ring and config. It returns a reason on failure. Service state
-// and revocation are the caller's next step.
+// parseToken checks a token with the parser the services use too
+// (meshtoken.Parse): form, member names, header, the key its kid names,
+// signature and registered claims. It returns a reason on failure; with
+// requireUnexpired false, an expired token of ours comes back with
+// reasonExpired. Service state and revocation are the caller's next step.
 func parseToken(raw string, ring *keyRing, cfg *configEntry, audience string, now time.Time, requireUnexpired bool) (*parsedToken, string) {
-	if len(raw) > maxTokenLength {
-		return nil, reasonTooLarge
-	}
-	if !jws.WellFormed(raw) {
-		return nil, reasonMalformed
-	}
-	// Refuse payloads that JSON readers could read differently (duplicate
-	// members, "SUB" beside "sub"): the claims golang-jwt decodes below must
-	// be the claims every other verifier of the same bytes sees.
-	if reason := checkPayloadMembers(raw); reason != "" {
-		return nil, reason
-	}
 	var key *signingKey
-	keyFunc := func(t *jwt.Token) (any, error) {
-		if _, ok := t.Header["crit"]; ok {
-			return nil, errCritHeader
-		}
-		kid, _ := t.Header["kid"].(string)
+	keys := func(kid string) (meshtoken.Key, error) {
 		key = ring.verifyingKey(kid, now)
 		if key == nil {
-			return nil, errUnknownKey
+			return meshtoken.Key{}, meshtoken.ErrUnknownKey
 		}
-		// Each kid is bound to exactly one algorithm: a token may not choose
-		// how its key is used (HS256 with a public key as the secret).
-		if t.Method.Alg() != key.entry.Algorithm {
-			return nil, errAlgMismatch
-		}
-		return key.signer.Public(), nil
+		return meshtoken.Key{Algorithm: key.entry.Algorithm, Public: key.signer.Public()}, nil
 	}
-	opts := []jwt.ParserOption{
-		jwt.WithValidMethods(supportedAlgorithms),
-		jwt.WithIssuer(cfg.Issuer),
-		jwt.WithIssuedAt(),
-		jwt.WithLeeway(cfg.Leeway),
-		jwt.WithTimeFunc(func() time.Time { return now }),
-		jwt.WithExpirationRequired(),
-	}
-	if audience != "" {
-		opts = append(opts, jwt.WithAudience(audience))
-	}
-	claims := &verifiedClaims{}
-	tok, err := jwt.NewParser(opts...).ParseWithClaims(raw, claims, keyFunc)
+	claims, err := meshtoken.Parse(raw, keys, meshtoken.Options{
+		Issuer:       cfg.Issuer,
+		Audience:     audience,
+		Leeway:       cfg.Leeway,
+		Now:          now,
+		AllowExpired: !requireUnexpired,
+	})
 	if err != nil {
-		reason := failureReason(tok, err)
-		if !requireUnexpired && reason == reasonExpired && key != nil {
-			return &parsedToken{claims: claims, key: key}, reasonExpired
+		reason := meshtoken.ReasonOf(err)
+		if claims != nil && key != nil {
+			return &parsedToken{claims: claims, key: key}, reason
 		}
 		return nil, reason
-	}
-	if claims.Subject == "" || claims.ID == "" || claims.IssuedAt == nil || claims.NotBefore == nil {
-		return nil, reasonMissingClaim
 	}
 	return &parsedToken{claims: claims, key: key}, ""
 }
 
-// checkPayloadMembers decodes a well-formed token's payload segment and
-// applies jws.CheckMembers to it.
-func checkPayloadMembers(raw string) string {
-	first := strings.IndexByte(raw, '.')
-	second := first + 1 + strings.IndexByte(raw[first+1:], '.')
-	payload, err := base64.RawURLEncoding.DecodeString(raw[first+1 : second])
-	if err != nil {
-		return reasonMalformed
-	}
-	if jws.CheckMembers(payload) != nil {
-		return reasonAmbiguousClaims
-	}
-	return ""
-}
-
-// failureReason maps a golang-jwt error to the reason verify reports.
-func failureReason(tok *jwt.Token, err error) string {
-	switch {
-	case errors.Is(err, errCritHeader):
-		return reasonCritHeader
-	case errors.Is(err, errUnknownKey):
-		return reasonUnknownKey
-	case errors.Is(err, errAlgMismatch):
-		return reasonAlgMismatch
-	case tok != nil && tok.Method != nil && !isSupportedAlgorithm(tok.Method.Alg()):
-		return reasonAlgNotAllowed
-	case errors.Is(err, jwt.ErrTokenMalformed), errors.Is(err, jwt.ErrTokenUnverifiable):
-		return reasonMalformed
-	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
-		return reasonBadSignature
-	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
-		return reasonMissingClaim
-	case errors.Is(err, jwt.ErrTokenExpired):
-		return reasonExpired
-	case errors.Is(err, jwt.ErrTokenNotValidYet):
-		return reasonNotYetValid
-	case errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
-		return reasonIssuedInFuture
-	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
-		return reasonWrongIssuer
-	case errors.Is(err, jwt.ErrTokenInvalidAudience):
-		return reasonWrongAudience
-	}
-	return reasonInvalid
-}
-
-// payloadClaims decodes every claim of an already verified token for the
-// verify response.
-func payloadClaims(raw string) map[string]any {
-	parts := strings.SplitN(raw, ".", 3)
-	body, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return nil
-	}
+// payloadClaims decodes every claim of a verified token for the verify
+// response; the parser already refused payloads that readers disagree on.
+func payloadClaims(c *meshtoken.Claims) map[string]any {
 	out := map[string]any{}
-	if err := json.Unmarshal(body, &out); err != nil {
+	if err := json.Unmarshal(c.Payload, &out); err != nil {
 		return nil
 	}
 	return out

@@ -33,3 +33,5 @@ require (
 
 // The client library under test is this repository's own.
 replace github.com/datapunk/vault-plugin-secrets-meshauth => ../
+
+replace github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken => ../meshtoken
