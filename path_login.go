@@ -134,7 +134,7 @@ func (b *backend) login(ctx context.Context, req *logical.Request, d *framework.
 	if err != nil {
 		return nil, err
 	}
-	svc, x5t, err := b.authenticateCaller(ctx, req, name, apiKey, cfg)
+	svc, x5t, cfg, err := b.authenticateCaller(ctx, req, name, apiKey, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -173,15 +173,16 @@ func (b *backend) login(ctx context.Context, req *logical.Request, d *framework.
 const maxLoginAttempts = 3
 
 // authenticateCaller checks every factor of a login against the service and
-// returns the service and the verified certificate's x5t#S256. A login that
+// returns the service, the verified certificate's x5t#S256 and the config
+// the login was checked against. A login that
 // read the service before an update and would succeed after the update
 // returned starts over with the new entry: no login succeeds on trust that an
 // update has already replaced.
-func (b *backend) authenticateCaller(ctx context.Context, req *logical.Request, name, apiKey string, cfg *configEntry) (*cachedService, string, error) {
+func (b *backend) authenticateCaller(ctx context.Context, req *logical.Request, name, apiKey string, cfg *configEntry) (*cachedService, string, *configEntry, error) {
 	for attempt := 1; ; attempt++ {
 		svc, err := b.getService(ctx, req.Storage, name)
 		if err != nil {
-			return nil, "", err
+			return nil, "", nil, err
 		}
 		now := b.now()
 		// The certificate is checked first because a verified one
@@ -195,25 +196,32 @@ func (b *backend) authenticateCaller(ctx context.Context, req *logical.Request, 
 			if until, locked := b.lockout.lockedUntil(lockKey, now); locked {
 				b.metrics.loginLocked(metricsName(svc))
 				b.Logger().Debug("login refused: caller locked out", "service", name, "caller", caller)
-				return nil, "", errLoginLocked(until)
+				return nil, "", nil, errLoginLocked(until)
 			}
 		}
-		if failure := authenticate(svc, apiKey, certErr, cfg, now); failure != "" {
-			return nil, "", b.loginFailed(svc, name, caller, lockKey, failure, cfg, now)
+		if failure, stored := authenticate(svc, apiKey, certErr, cfg, now); failure != "" {
+			return nil, "", nil, b.loginFailed(svc, name, caller, lockKey, failure, !stored, cfg, now)
 		}
 		current, err := b.serviceIsCurrent(ctx, req.Storage, name, svc)
 		if err != nil {
-			return nil, "", err
+			return nil, "", nil, err
+		}
+		if latest, err := b.getConfig(ctx, req.Storage); err != nil {
+			return nil, "", nil, err
+		} else if latest != cfg {
+			// The config changed under the login (api_key_max_age, lockout):
+			// start over with the new one.
+			cfg, current = latest, false
 		}
 		if current {
 			if cfg.LockoutThreshold > 0 {
 				b.lockout.succeed(lockKey)
 			}
-			return svc, x5t, nil
+			return svc, x5t, cfg, nil
 		}
 		if attempt == maxLoginAttempts {
 			b.Logger().Warn("login refused: the service kept changing while it was checked", "service", name)
-			return nil, "", logical.ErrPermissionDenied
+			return nil, "", nil, logical.ErrPermissionDenied
 		}
 	}
 }
@@ -233,9 +241,11 @@ func (b *backend) serviceIsCurrent(ctx context.Context, s logical.Storage, name 
 }
 
 // authenticate checks every factor and returns "" on success or, for the
-// debug log only, which factor failed. Every factor is evaluated whatever the
+// debug log only, which factor failed; stored reports a failure of the
+// service's stored entry (claims or trust material that no longer pass the
+// checks) rather than of the caller, which must not lock the caller out. Every factor is evaluated whatever the
 // others gave, so the time taken says little about which one failed.
-func authenticate(svc *cachedService, apiKey string, certErr error, cfg *configEntry, now time.Time) string {
+func authenticate(svc *cachedService, apiKey string, certErr error, cfg *configEntry, now time.Time) (failure string, stored bool) {
 	var keys []apiKeyEntry
 	if svc != nil {
 		keys = svc.entry.APIKeys
@@ -243,25 +253,28 @@ func authenticate(svc *cachedService, apiKey string, certErr error, cfg *configE
 	keyOK := matchAPIKey(keys, apiKey, now, cfg.APIKeyMaxAge)
 	switch {
 	case svc == nil:
-		return "unknown service"
+		return "unknown service", false
 	case svc.entry.Disabled:
-		return "service disabled"
+		return "service disabled", false
 	case !keyOK:
-		return "api key did not match a live key"
+		return "api key did not match a live key", false
 	case svc.claimsErr != nil:
-		return "stored claims: " + svc.claimsErr.Error()
+		return "stored claims: " + svc.claimsErr.Error(), true
+	case svc.entry.RequireMTLS && svc.trustErr != nil:
+		return "stored trust material: " + svc.trustErr.Error(), true
 	case svc.entry.RequireMTLS && certErr != nil:
-		return "client certificate: " + certErr.Error()
+		return "client certificate: " + certErr.Error(), false
 	}
-	return ""
+	return "", false
 }
 
-// loginFailed counts a failure toward lockout, logs it without any secret,
-// and returns the one error every failed login gets.
-func (b *backend) loginFailed(svc *cachedService, name, caller, lockKey, failure string, cfg *configEntry, now time.Time) error {
+// loginFailed counts a failure toward lockout (when it is the caller's),
+// logs it without any secret, and returns the one error every failed login
+// gets.
+func (b *backend) loginFailed(svc *cachedService, name, caller, lockKey, failure string, callersFault bool, cfg *configEntry, now time.Time) error {
 	b.metrics.loginFailed(metricsName(svc))
 	b.Logger().Debug("login refused", "service", name, "caller", caller, "reason", failure)
-	if cfg.LockoutThreshold > 0 {
+	if callersFault && cfg.LockoutThreshold > 0 {
 		if until, locked := b.lockout.fail(lockKey, now, cfg); locked {
 			b.metrics.loginLockedOut(metricsName(svc))
 			b.Logger().Warn("login locked out after repeated failures", "service", name, "caller", caller, "until", until.UTC().Format(time.RFC3339))

@@ -148,12 +148,8 @@ func (b *backend) pathServiceRotateKey(ctx context.Context, req *logical.Request
 func (b *backend) pathServiceRevoke(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	resp, err := b.mutateService(ctx, req, d, func(e *serviceEntry, now time.Time) (*logical.Response, error) {
 		// A new epoch kills every token minted so far without touching the
-		// iat of the next ones. Entries stored before registrations existed
-		// get one now, which also ends their tokens that carry no gen.
-		if e.Registration == "" {
-			e.Registration = newRegistration()
-		}
-		e.RevocationEpoch++
+		// iat of the next ones.
+		e.advanceEpoch()
 		e.RevokedBefore = now.Unix()
 		if d.Get("disable").(bool) {
 			e.Disabled = true

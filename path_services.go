@@ -27,6 +27,16 @@ func (e *serviceEntry) generation() string {
 	return e.Registration + "." + strconv.Itoa(e.RevocationEpoch)
 }
 
+// advanceEpoch ends every token minted so far for this registration.
+// Entries stored before registrations existed get one now, which also ends
+// their tokens that carry no gen.
+func (e *serviceEntry) advanceEpoch() {
+	if e.Registration == "" {
+		e.Registration = newRegistration()
+	}
+	e.RevocationEpoch++
+}
+
 // newRegistration returns a fresh registration id (128 random bits).
 func newRegistration() string {
 	return rand.Text()
@@ -88,8 +98,8 @@ type serviceEntry struct {
 	// APIKeys are the service's live API keys, newest last, as hashes only.
 	APIKeys []apiKeyEntry `json:"api_keys"`
 	// Registration identifies this registration of the name: random, made
-	// when the service is created (or on the first write of an entry stored
-	// before it existed), never reused. Tokens carry it in their gen claim,
+	// when the service is created (or, for an entry stored before it
+	// existed, at its first revoke or disable), never reused. Tokens carry it in their gen claim,
 	// so deleting and re-registering a name never revives its old tokens.
 	Registration string `json:"registration,omitempty"`
 	// RevocationEpoch counts services/:name/revoke calls on this
@@ -198,7 +208,7 @@ func serviceFields() map[string]*framework.FieldSchema {
 		},
 		"disabled": {
 			Type:        framework.TypeBool,
-			Description: "Refuse logins and fail verification of the service's tokens. Default: false.",
+			Description: "Refuse logins and fail verification of the service's tokens. Disabling ends every token issued so far for good: enabling the service again does not revive them. Default: false.",
 		},
 		"metadata": {
 			Type:        framework.TypeKVPairs,
@@ -422,6 +432,11 @@ func applyServiceFields(e *serviceEntry, d *framework.FieldData, creating bool) 
 		}
 	}
 	if v, ok := d.GetOk("disabled"); ok {
+		if v.(bool) && !e.Disabled && !creating {
+			// Disabling ends the tokens issued so far for good: enabling
+			// the service again must not revive them.
+			e.advanceEpoch()
+		}
 		e.Disabled = v.(bool)
 	}
 	if v, ok := d.GetOk("require_mtls"); ok {

@@ -305,3 +305,37 @@ func TestAddingTrustMaterialTurnsMTLSOn(t *testing.T) {
 		t.Fatalf("update answered %#v; want a warning that mTLS stays off", resp)
 	}
 }
+
+func TestDisablingEndsTokensForGood(t *testing.T) {
+	e := getTestBackend(t)
+	key := e.register(t, "orders", nil)
+	tok := e.mustLogin(t, "orders", key)
+	e.mustOK(t, logical.UpdateOperation, "services/orders", map[string]any{"disabled": true})
+	e.mustOK(t, logical.UpdateOperation, "services/orders", map[string]any{"disabled": false})
+	if ok, reason := e.verify(t, tok, nil); ok || reason != reasonServiceRevoked {
+		t.Fatalf("token from before the disable: %v %q", ok, reason)
+	}
+	if ok, reason := e.verify(t, e.mustLogin(t, "orders", key), nil); !ok {
+		t.Fatalf("token after re-enabling: %s", reason)
+	}
+}
+
+func TestBrokenStoredEntryDoesNotLockItsInstancesOut(t *testing.T) {
+	e := getTestBackend(t)
+	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"lockout_threshold": 2})
+	key := e.register(t, "orders", map[string]any{"claims": map[string]any{"team": "checkout"}})
+	entry, _ := readService(t.Context(), e.storage, "orders")
+	entry.Claims["SUB"] = "payments"
+	raw, _ := logical.StorageEntryJSON(storageServicePrefix+"orders", entry)
+	if err := e.storage.Put(t.Context(), raw); err != nil {
+		t.Fatal(err)
+	}
+	e.b.dropService("orders")
+	for range 3 {
+		if _, err := e.login(t, "orders", key, nil); !errors.Is(err, logical.ErrPermissionDenied) {
+			t.Fatalf("login with a broken stored entry: %v", err)
+		}
+	}
+	e.mustOK(t, logical.UpdateOperation, "services/orders", map[string]any{"claims": map[string]any{"team": "checkout"}})
+	e.mustLogin(t, "orders", key) // not locked out by the server's own fault
+}

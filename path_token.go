@@ -139,8 +139,8 @@ func (b *backend) verifyToken(ctx context.Context, s logical.Storage, raw, audie
 // bindingCheck is what verify's caller knows of the certificate that came
 // with the token.
 type bindingCheck struct {
-	// x5t is the x5t#S256 of the caller's certificate; empty when not given.
-	x5t string
+	// x5t is the SHA-256 of the caller's certificate; nil when not given.
+	x5t []byte
 	// required refuses unbound tokens.
 	required bool
 }
@@ -157,27 +157,32 @@ func bindingOf(cert string, required bool) (bindingCheck, string) {
 		if err != nil {
 			return b, err.Error()
 		}
-		b.x5t = meshtoken.CertificateThumbprint(certs[0])
+		sum := sha256.Sum256(certs[0].Raw)
+		b.x5t = sum[:]
 	default:
 		raw, err := base64.RawURLEncoding.DecodeString(cert)
-		if err != nil || len(raw) != sha256.Size {
+		if err != nil || len(raw) != sha256.Size || !meshtoken.WellFormed("a."+cert+".a") {
 			return b, "certificate must be a PEM certificate or its x5t#S256 (43 base64url characters)"
 		}
-		b.x5t = cert
+		b.x5t = raw
 	}
 	return b, ""
 }
 
 // check returns the reason a token's cnf fails this binding, or "". A bound
 // token is valid only with the certificate it names when the caller gave
-// one; RFC 8705 leaves the check to whoever sees the connection.
+// one; RFC 8705 leaves the check to whoever sees the connection. The
+// thumbprints are compared as bytes, so no spelling of either can mismatch.
 func (b bindingCheck) check(cnf *meshtoken.Confirmation) string {
 	bound := cnf != nil && cnf.X5tS256 != ""
 	switch {
 	case !bound && b.required:
 		return reasonUnbound
-	case bound && b.x5t != "" && subtle.ConstantTimeCompare([]byte(cnf.X5tS256), []byte(b.x5t)) != 1:
-		return reasonCertMismatch
+	case bound && b.x5t != nil:
+		got, err := base64.RawURLEncoding.DecodeString(cnf.X5tS256)
+		if err != nil || subtle.ConstantTimeCompare(got, b.x5t) != 1 {
+			return reasonCertMismatch
+		}
 	}
 	return ""
 }

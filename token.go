@@ -107,9 +107,6 @@ func prependExtraClaims(extra, obj []byte) []byte {
 // Worst-case sizes of the parts of a token that a service's registration
 // does not decide, for checkTokenSize.
 const (
-	// worstHeaderB64 is a JOSE header of the longest algorithm name and a
-	// 43-character kid, base64url-encoded, plus its dot.
-	worstHeaderB64 = 100
 	// worstSignatureB64 is an RS256 signature (256 bytes), base64url, plus
 	// its dot.
 	worstSignatureB64 = 345
@@ -148,6 +145,7 @@ func checkTokenSize(e *serviceEntry) string {
 		extra = full[1 : len(full)-1]
 	}
 	payload := len(prependExtraClaims(extra, registered))
+	worstHeaderB64 := base64.RawURLEncoding.EncodedLen(len(`{"alg":"EdDSA","kid":"`+strings.Repeat("k", 43)+`","typ":"JWT-SVID"}`)) + 1
 	size := worstHeaderB64 + base64.RawURLEncoding.EncodedLen(payload) + worstSignatureB64
 	if size > maxTokenLength {
 		return fmt.Sprintf("a token of this service could reach %d bytes, over the %d-byte limit verifiers enforce; shorten claims (%d bytes of JSON) or allowed_audiences", size, maxTokenLength, len(extra))
