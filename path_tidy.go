@@ -2,7 +2,6 @@ package meshauth
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -49,21 +48,11 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage) (tidyResult, erro
 		return res, err
 	}
 	now := b.now()
-	revoked, err := b.getRevoked(ctx, s)
+	b.revokeLock.Lock()
+	res.revocations, _, err = b.tidyRevocations(ctx, s, now, cfg.Leeway)
+	b.revokeLock.Unlock()
 	if err != nil {
 		return res, err
-	}
-	for jti, exp := range revoked.expires {
-		if now.Before(exp.Add(cfg.Leeway)) {
-			continue
-		}
-		if err := s.Delete(ctx, storageRevokedPrefix+jti); err != nil {
-			return res, fmt.Errorf("deleting revocation: %w", err)
-		}
-		res.revocations++
-	}
-	if res.revocations > 0 {
-		b.revoked.dropAll()
 	}
 
 	b.keyRingLock.Lock()
