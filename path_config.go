@@ -224,6 +224,9 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		return logical.ErrorResponse(msg), nil
 	}
 	cfg.Version = configVersion
+	if err := b.raiseCurrentKeyTTLLocked(ctx, req.Storage, old, &cfg); err != nil {
+		return nil, err
+	}
 	entry, err := logical.StorageEntryJSON(storageConfig, &cfg)
 	if err != nil {
 		return nil, err
@@ -312,7 +315,7 @@ func (c *configEntry) validate() string {
 	if u, err := url.Parse(c.Issuer); err == nil && u.Scheme != "" && u.Scheme != "https" && u.Scheme != "http" {
 		return "issuer must be a plain name or an http(s) URL"
 	}
-	return ""
+	return keyRingSizeMessage(c)
 }
 
 // issuerIsURL reports whether the issuer names a URL, in which case discovery
