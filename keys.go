@@ -364,6 +364,13 @@ func readKeyRingEntry(ctx context.Context, s logical.Storage) (*keyRingEntry, er
 }
 
 // getKeyRing returns the parsed ring from the cache, or storage on a miss.
+//
+// The cache holds one parsed ring. Every write of the ring on this node
+// (rotation, tidy, a config write raising MaxVerificationTTL) drops it after
+// the Put, and Vault's Invalidate of storageKeyRing drops it on other nodes.
+// A load that began before a drop is not stored (epochCache's epoch), so no
+// ring read before a write outlives the write. The jwks body cached inside a
+// ring dies with the ring and is rendered again at the first RetiresAt.
 func (b *backend) getKeyRing(ctx context.Context, s logical.Storage) (*keyRing, error) {
 	return b.keyRing.load("", func() (*keyRing, error) {
 		entry, err := readKeyRingEntry(ctx, s)

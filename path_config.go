@@ -117,7 +117,7 @@ func pathConfig(b *backend) []*framework.Path {
 			},
 			"key_rotation_period": {
 				Type:        framework.TypeDurationSecond,
-				Description: "How often the signing key rotates automatically (duration or seconds, at least 1m); 0 turns automatic rotation off. Default: 24h.",
+				Description: "How often the signing key rotates automatically (duration or seconds, at least 1m); 0 turns automatic rotation off. The ring keeps verification_ttl / key_rotation_period (rounded up) + 2 keys and holds at most 20, so this must be at least verification_ttl / 18. Default: 24h.",
 			},
 			"verification_ttl": {
 				Type:        framework.TypeDurationSecond,
