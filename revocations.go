@@ -53,7 +53,8 @@ type revocationEntry struct {
 //     with the key revoked/<jti>, and no value. invalidate marks that jti
 //     pending with a fresh sequence number; the next lookup of that jti reads
 //     that one entry (one storage Get) and applies it. Lookups of other jtis
-//     still answer from memory.
+//     still answer from memory. Marks of tokens nobody presents again are
+//     settled in batches of maxPending, so they cannot pile up.
 //   - A pending read happens outside the lock, so it can race a later write
 //     of the same jti. The read result is stored only if the jti's pending
 //     mark is still the one the read began under; any set, forget or
@@ -89,9 +90,18 @@ func newRevocationSet() *revocationSet {
 	return &revocationSet{expires: map[string]time.Time{}, pending: map[string]uint64{}}
 }
 
+// maxPending is how many jtis may await a re-read before a verify re-reads
+// them all. A jti another node changed is re-read when it is next verified,
+// but most revoked tokens are never presented again: without this bound the
+// marks of a long-running standby would grow with every revoke it hears of.
+// Settling them in batches keeps the cost at one read per revoke, however
+// it is spread.
+const maxPending = 64
+
 // isRevoked reports whether jti is revoked. It reads storage only for the
-// first lookup on a node (the whole set once) and for a jti that Invalidate
-// marked since it was last read (that entry only).
+// first lookup on a node (the whole set once), for a jti that Invalidate
+// marked since it was last read (that entry only), and when maxPending marks
+// have piled up (each of those entries once).
 func (r *revocationSet) isRevoked(ctx context.Context, s logical.Storage, jti string) (bool, error) {
 	if err := r.ensureLoaded(ctx, s); err != nil {
 		return false, err
@@ -99,15 +109,33 @@ func (r *revocationSet) isRevoked(ctx context.Context, s logical.Storage, jti st
 	r.mu.RLock()
 	_, revoked := r.expires[jti]
 	mark, isPending := r.pending[jti]
+	backlog := len(r.pending)
 	r.mu.RUnlock()
-	if !isPending {
-		return revoked, nil
+	if isPending {
+		var err error
+		if revoked, err = r.refresh(ctx, s, jti, mark); err != nil {
+			return false, err
+		}
 	}
+	if backlog >= maxPending {
+		if err := r.settlePending(ctx, s); err != nil {
+			return false, err
+		}
+	}
+	return revoked, nil
+}
+
+// refresh reads one pending jti and applies what it read, unless the jti
+// was marked again or written here since mark: then the read may predate
+// that write, and the jti stays pending (or keeps the newer value). It
+// returns what it read, which is as new as storage after the call began.
+func (r *revocationSet) refresh(ctx context.Context, s logical.Storage, jti string, mark uint64) (bool, error) {
 	entry, err := readRevocation(ctx, s, jti)
 	if err != nil {
 		return false, err
 	}
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	if cur, ok := r.pending[jti]; ok && cur == mark {
 		delete(r.pending, jti)
 		if entry != nil {
@@ -116,8 +144,23 @@ func (r *revocationSet) isRevoked(ctx context.Context, s logical.Storage, jti st
 			delete(r.expires, jti)
 		}
 	}
-	r.mu.Unlock()
 	return entry != nil, nil
+}
+
+// settlePending re-reads every pending jti.
+func (r *revocationSet) settlePending(ctx context.Context, s logical.Storage) error {
+	r.mu.RLock()
+	marks := make(map[string]uint64, len(r.pending))
+	for jti, mark := range r.pending {
+		marks[jti] = mark
+	}
+	r.mu.RUnlock()
+	for jti, mark := range marks {
+		if _, err := r.refresh(ctx, s, jti, mark); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ensureLoaded reads every stored revocation once.

@@ -253,3 +253,27 @@ func TestRevokeRefusedWhenFullUntilTidyFreesRoom(t *testing.T) {
 	e.b.revoked.reset()
 	e.mustOK(t, logical.UpdateOperation, "revoke", map[string]any{"token": tok})
 }
+
+func TestRevocationMarksOfUnseenTokensDoNotPileUp(t *testing.T) {
+	a := getTestBackend(t)
+	key := a.register(t, "orders", nil)
+	good := a.mustLogin(t, "orders", key)
+	b, _ := secondNode(t, a)
+	if ok, _ := b.verify(t, good, nil); !ok {
+		t.Fatal("good token invalid")
+	}
+	// A standby hears of 1,000 revokes of tokens nobody presents to it.
+	before := storageReads(b)
+	for i := range 1000 {
+		b.b.invalidate(t.Context(), storageRevokedPrefix+fmt.Sprintf("%026d", i))
+		if ok, _ := b.verify(t, good, nil); !ok {
+			t.Fatal("good token invalid")
+		}
+	}
+	if n := len(b.b.revoked.pending); n >= maxPending {
+		t.Fatalf("%d marks pending; the bound is %d", n, maxPending)
+	}
+	if n := storageReads(b) - before; n > 1000 {
+		t.Fatalf("1000 invalidations cost %d reads; want at most one each", n)
+	}
+}
