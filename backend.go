@@ -49,7 +49,8 @@ type backend struct {
 	serviceLocks []*locksutil.LockEntry
 	// keyRingLock serialises key-ring rotations and tidies.
 	keyRingLock sync.Mutex
-	// revokeLock serialises writes of the revocation list.
+	// revokeLock serialises writes of the revocation set (revoke, tidy), so
+	// the limit check and the write are one step.
 	revokeLock sync.Mutex
 
 	// services caches parsed service entries (with their trust material) by name.
@@ -58,8 +59,8 @@ type backend struct {
 	config *epochCache[string, *configEntry]
 	// keyRing caches the parsed key ring (signers, JWKS body) under the empty key.
 	keyRing *epochCache[string, *keyRing]
-	// revoked caches the set of revoked jtis under the empty key.
-	revoked *epochCache[string, *revocationSet]
+	// revoked is the set of revoked jtis, applied one entry at a time.
+	revoked *revocationSet
 
 	// lockout tracks failed logins per service and caller, in memory only: a
 	// login must never write to storage.
@@ -90,7 +91,7 @@ func newBackend() *backend {
 		services:       newEpochCache[string, *cachedService](),
 		config:         newEpochCache[string, *configEntry](),
 		keyRing:        newEpochCache[string, *keyRing](),
-		revoked:        newEpochCache[string, *revocationSet](),
+		revoked:        newRevocationSet(),
 		lockout:        newLockoutTracker(),
 		metrics:        newMetrics(),
 		verifiedChains: newChainCache(chainCacheSize),
@@ -179,7 +180,9 @@ func (b *backend) invalidate(_ context.Context, key string) {
 	case strings.HasPrefix(key, storageServicePrefix):
 		b.dropService(strings.TrimPrefix(key, storageServicePrefix))
 	case strings.HasPrefix(key, storageRevokedPrefix):
-		b.revoked.dropAll()
+		// One token's revocation changed: re-read that entry alone, on
+		// its next lookup.
+		b.revoked.invalidate(strings.TrimPrefix(key, storageRevokedPrefix))
 	}
 }
 
@@ -195,7 +198,7 @@ func (b *backend) cleanup(_ context.Context) {
 	b.services.dropAll()
 	b.config.dropAll()
 	b.keyRing.dropAll()
-	b.revoked.dropAll()
+	b.revoked.reset()
 	b.verifiedChains.dropAll()
 }
 

@@ -48,6 +48,21 @@ const keyRingVersion = 1
 // rsaKeyBits is the modulus size of RS256 keys.
 const rsaKeyBits = 2048
 
+// maxRingKeys bounds the keys in the ring (next, current and retired), and
+// so in jwks. Config writes refuse a schedule that would keep more
+// (keysRetained), and a rotation that would exceed it is refused.
+const maxRingKeys = 20
+
+// keyRingBudget is the most the stored key ring may take. The ring is one
+// seal-wrapped storage entry so that rotation is atomic, and a Raft entry
+// holds about 1 MiB; the budget leaves room for seal wrapping's envelope and
+// for growth of the entry's other fields.
+const keyRingBudget = 256 << 10
+
+// keyEntryBytes is the most one stored key takes, by algorithm: its JSON
+// with the PKCS #8 private key in base64 (TestKeyEntrySizes measures it).
+var keyEntryBytes = map[string]int{algES256: 512, algES384: 576, algEdDSA: 384, algRS256: 2048}
+
 // errNoKeyRing means the engine has no signing key yet (Initialize did not run
 // on a node that could write).
 var errNoKeyRing = errors.New("the engine has no signing key yet; write to keys/rotate on the active node to create one")
@@ -87,6 +102,13 @@ type signingKeyEntry struct {
 	PromotedAt time.Time `json:"promoted_at,omitzero"`
 	// RetiresAt is when a retired key leaves jwks and stops verifying.
 	RetiresAt time.Time `json:"retires_at,omitzero"`
+	// MaxVerificationTTL is the longest verification_ttl (by default
+	// max_ttl + leeway) in force while the key was current, raised by every
+	// config write before the new config takes effect. On retirement the
+	// key stays at least this long, so a token it signed under a max_ttl
+	// that was lowered later still verifies until its exp; the login path
+	// never writes. Zero in rings written before it existed.
+	MaxVerificationTTL time.Duration `json:"max_verification_ttl,omitzero"`
 }
 
 // keyRing is the parsed, ready-to-use form of keyRingEntry.
@@ -342,6 +364,13 @@ func readKeyRingEntry(ctx context.Context, s logical.Storage) (*keyRingEntry, er
 }
 
 // getKeyRing returns the parsed ring from the cache, or storage on a miss.
+//
+// The cache holds one parsed ring. Every write of the ring on this node
+// (rotation, tidy, a config write raising MaxVerificationTTL) drops it after
+// the Put, and Vault's Invalidate of storageKeyRing drops it on other nodes.
+// A load that began before a drop is not stored (epochCache's epoch), so no
+// ring read before a write outlives the write. The jwks body cached inside a
+// ring dies with the ring and is rendered again at the first RetiresAt.
 func (b *backend) getKeyRing(ctx context.Context, s logical.Storage) (*keyRing, error) {
 	return b.keyRing.load("", func() (*keyRing, error) {
 		entry, err := readKeyRingEntry(ctx, s)
@@ -374,12 +403,14 @@ func (b *backend) ensureKeyRing(ctx context.Context, s logical.Storage) (*keyRin
 // whole key_rotation_period, or signs with an algorithm the config no longer
 // names. Running it twice rotates once: the second run sees the new key.
 func (b *backend) rotateKeyRingIfDue(ctx context.Context, s logical.Storage) (bool, error) {
+	// The config is read under the lock: config writes hold it too, so the
+	// rotation sees the config in force, not one from before a write.
+	b.keyRingLock.Lock()
+	defer b.keyRingLock.Unlock()
 	cfg, err := b.getConfig(ctx, s)
 	if err != nil {
 		return false, err
 	}
-	b.keyRingLock.Lock()
-	defer b.keyRingLock.Unlock()
 	entry, err := readKeyRingEntry(ctx, s)
 	if err != nil {
 		return false, err
@@ -388,6 +419,12 @@ func (b *backend) rotateKeyRingIfDue(ctx context.Context, s logical.Storage) (bo
 		return false, nil
 	}
 	if _, err := b.rotateKeyRingLocked(ctx, s, cfg); err != nil {
+		var full *keyRingFullError
+		if errors.As(err, &full) {
+			// Signing goes on with the current key; the next run retries.
+			b.Logger().Warn("scheduled key rotation skipped", "error", err.Error())
+			return false, nil
+		}
 		return false, err
 	}
 	b.Logger().Info("rotated signing key", "reason", "schedule", "algorithm", cfg.SigningAlgorithm)
@@ -425,6 +462,15 @@ func (b *backend) rotateKeyRingLocked(ctx context.Context, s logical.Storage, cf
 	if old == nil {
 		old = &keyRingEntry{}
 	}
+	// cfg may have been read before the caller took the lock; the cached
+	// config now is the one in force (config writes hold the lock and drop
+	// the cache before releasing it). The new current key records the
+	// longer verification_ttl of the two.
+	inForce, err := b.getConfig(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	ttl := max(cfg.verificationTTL(), inForce.verificationTTL())
 	now := b.now().UTC()
 	entry := &keyRingEntry{Version: keyRingVersion, LastKeyVersion: old.LastKeyVersion}
 	var next *signingKeyEntry
@@ -435,8 +481,10 @@ func (b *backend) rotateKeyRingLocked(ctx context.Context, s logical.Storage, cf
 			next = &k
 			continue
 		case keyStateCurrent:
+			// Every token it signed expires within the longest
+			// verification_ttl in force while it signed.
 			k.State = keyStateRetired
-			k.RetiresAt = now.Add(cfg.verificationTTL())
+			k.RetiresAt = now.Add(max(ttl, k.MaxVerificationTTL))
 		}
 		if k.State == keyStateRetired && !now.Before(k.RetiresAt) {
 			continue
@@ -451,7 +499,13 @@ func (b *backend) rotateKeyRingLocked(ctx context.Context, s logical.Storage, cf
 	}
 	next.State = keyStateCurrent
 	next.PromotedAt = now
+	next.MaxVerificationTTL = ttl
 	entry.Keys = append(entry.Keys, next)
+	// The new next key is appended below: with it the ring must stay
+	// within maxRingKeys.
+	if len(entry.Keys)+1 > maxRingKeys {
+		return nil, newKeyRingFullError(entry.Keys)
+	}
 
 	entry.LastKeyVersion++
 	upcoming, err := generateSigningKey(cfg.SigningAlgorithm, entry.LastKeyVersion, now)
@@ -480,5 +534,102 @@ func putKeyRing(ctx context.Context, s logical.Storage, entry *keyRingEntry) err
 	if err := s.Put(ctx, raw); err != nil {
 		return fmt.Errorf("writing key ring: %w", err)
 	}
+	return nil
+}
+
+// keyRingFullError refuses a rotation that would put more than maxRingKeys
+// keys in the ring.
+type keyRingFullError struct {
+	// frees is when the first retired key leaves the ring.
+	frees time.Time
+}
+
+func newKeyRingFullError(keys []*signingKeyEntry) *keyRingFullError {
+	e := &keyRingFullError{}
+	for _, k := range keys {
+		if k.State == keyStateRetired && (e.frees.IsZero() || k.RetiresAt.Before(e.frees)) {
+			e.frees = k.RetiresAt
+		}
+	}
+	return e
+}
+
+func (e *keyRingFullError) Error() string {
+	msg := fmt.Sprintf("cannot rotate: the key ring would hold more than %d keys, the most meshauth keeps in jwks "+
+		"(each retired key stays until the tokens it signed have expired); nothing was changed", maxRingKeys)
+	if !e.frees.IsZero() {
+		msg += fmt.Sprintf("; room frees up at %s, when the oldest retired key leaves", e.frees.UTC().Format(time.RFC3339))
+	}
+	return msg
+}
+
+// keysRetained is the most keys the ring holds under c's schedule: a key
+// retires every key_rotation_period and stays verification_ttl, so up to
+// ceil(verification_ttl / key_rotation_period) retired keys, plus current
+// and next. Without automatic rotation it is 2 plus manual rotations, which
+// rotation bounds by maxRingKeys.
+func keysRetained(c *configEntry) int {
+	if c.KeyRotationPeriod <= 0 {
+		return 2
+	}
+	v, p := c.verificationTTL(), c.KeyRotationPeriod
+	return int((v+p-1)/p) + 2
+}
+
+// keyRingSizeMessage refuses a config whose key ring would outgrow
+// maxRingKeys or keyRingBudget, with the arithmetic, or returns "".
+func keyRingSizeMessage(c *configEntry) string {
+	n := keysRetained(c)
+	per := keyEntryBytes[c.SigningAlgorithm]
+	if n <= maxRingKeys && n*per <= keyRingBudget {
+		return ""
+	}
+	v := c.verificationTTL()
+	// The shortest period that keeps maxRingKeys: ceil(v / (maxRingKeys-2)),
+	// rounded up to a whole minute as periods are written.
+	minPeriod := ((v+maxRingKeys-3)/(maxRingKeys-2) + time.Minute - 1).Truncate(time.Minute)
+	return fmt.Sprintf("key_rotation_period=%s with verification_ttl=%s would keep up to %d signing keys "+
+		"(%s / %s rounded up = %d retired, plus current and next), about %s of %s keys at up to %d bytes each; "+
+		"the ring is one storage entry that must fit one Raft entry (1 MiB), so meshauth keeps at most %d keys "+
+		"(%s for %s, within its %s budget). Set key_rotation_period to at least %s, or keep verification_ttl "+
+		"(max_ttl + leeway unless set) at most %d × key_rotation_period = %s",
+		c.KeyRotationPeriod, v, n, v, c.KeyRotationPeriod, n-2, humanBytes(n*per), c.SigningAlgorithm, per,
+		maxRingKeys, humanBytes(maxRingKeys*per), c.SigningAlgorithm, humanBytes(keyRingBudget),
+		minPeriod, maxRingKeys-2, time.Duration(maxRingKeys-2)*c.KeyRotationPeriod)
+}
+
+// humanBytes renders a size in KiB or MiB.
+func humanBytes(n int) string {
+	if n >= 1<<20 {
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%.0f KiB", float64(n)/(1<<10))
+}
+
+// raiseCurrentKeyTTLLocked records on the current key the longer of the
+// verification_ttl in force and the one about to be written, before the new
+// config is stored: a token minted under the new max_ttl is then always
+// signed by a key that knows how long to stay. If the config write fails
+// afterwards the key merely stays longer. The caller holds keyRingLock.
+func (b *backend) raiseCurrentKeyTTLLocked(ctx context.Context, s logical.Storage, old, cfg *configEntry) error {
+	entry, err := readKeyRingEntry(ctx, s)
+	if err != nil || entry == nil {
+		return err
+	}
+	ttl := max(old.verificationTTL(), cfg.verificationTTL())
+	changed := false
+	for _, k := range entry.Keys {
+		if k.State == keyStateCurrent && k.MaxVerificationTTL < ttl {
+			k.MaxVerificationTTL = ttl
+			changed = true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	if err := putKeyRing(ctx, s, entry); err != nil {
+		return err
+	}
+	b.keyRing.dropAll()
 	return nil
 }

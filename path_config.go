@@ -121,7 +121,7 @@ func pathConfig(b *backend) []*framework.Path {
 			},
 			"key_rotation_period": {
 				Type:        framework.TypeDurationSecond,
-				Description: "How often the signing key rotates automatically (duration or seconds, at least 1m); 0 turns automatic rotation off. Default: 24h.",
+				Description: "How often the signing key rotates automatically (duration or seconds, at least 1m); 0 turns automatic rotation off. The ring keeps verification_ttl / key_rotation_period (rounded up) + 2 keys and holds at most 20, so this must be at least verification_ttl / 18. Default: 24h.",
 			},
 			"verification_ttl": {
 				Type:        framework.TypeDurationSecond,
@@ -233,6 +233,9 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		return logical.ErrorResponse(msg), nil
 	}
 	cfg.Version = configVersion
+	if err := b.raiseCurrentKeyTTLLocked(ctx, req.Storage, old, &cfg); err != nil {
+		return nil, err
+	}
 	entry, err := logical.StorageEntryJSON(storageConfig, &cfg)
 	if err != nil {
 		return nil, err
@@ -324,7 +327,7 @@ func (c *configEntry) validate() string {
 	if u, err := url.Parse(c.Issuer); err == nil && u.Scheme != "" && u.Scheme != "https" && u.Scheme != "http" {
 		return "issuer must be a plain name or an http(s) URL"
 	}
-	return ""
+	return keyRingSizeMessage(c)
 }
 
 // issuerIsURL reports whether the issuer names a URL, in which case discovery

@@ -2,6 +2,7 @@ package meshauth
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -84,6 +85,10 @@ func (b *backend) pathKeysRotate(ctx context.Context, req *logical.Request, _ *f
 	b.keyRingLock.Lock()
 	entry, err := b.rotateKeyRingLocked(ctx, req.Storage, cfg)
 	b.keyRingLock.Unlock()
+	var full *keyRingFullError
+	if errors.As(err, &full) {
+		return logical.ErrorResponse(full.Error()), nil
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -191,7 +191,7 @@ func (b *backend) authenticateCaller(ctx context.Context, req *logical.Request, 
 		// certificate-holding instances.
 		x5t, certErr := b.checkClientCertificate(svc, peerChain(connState(req)), now)
 		caller := callerID(req, x5t)
-		lockKey := lockoutKey(name, caller)
+		lockKey := lockoutKey(name, caller, svc != nil)
 		if cfg.LockoutThreshold > 0 {
 			if until, locked := b.lockout.lockedUntil(lockKey, now); locked {
 				b.metrics.loginLocked(metricsName(svc))

@@ -2,7 +2,6 @@ package meshauth
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -40,8 +39,11 @@ func (b *backend) pathTidy(ctx context.Context, req *logical.Request, _ *framewo
 	}}, nil
 }
 
-// tidy removes expired revocations and retired keys. Each removal re-reads
-// what it removes, so two tidies at once, or a tidy and a rotation, are safe.
+// tidy removes expired revocations and retired keys. Revocations are taken
+// from this node's set under revokeLock (the active node applies every
+// revoke to it, so it is complete), and each deletion is applied to the set
+// after the Delete; the key ring is re-read under keyRingLock, so two tidies
+// at once, or a tidy and a rotation, are safe.
 func (b *backend) tidy(ctx context.Context, s logical.Storage) (tidyResult, error) {
 	var res tidyResult
 	cfg, err := b.getConfig(ctx, s)
@@ -49,21 +51,11 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage) (tidyResult, erro
 		return res, err
 	}
 	now := b.now()
-	revoked, err := b.getRevoked(ctx, s)
+	b.revokeLock.Lock()
+	res.revocations, _, err = b.tidyRevocations(ctx, s, now, cfg.Leeway)
+	b.revokeLock.Unlock()
 	if err != nil {
 		return res, err
-	}
-	for jti, exp := range revoked.expires {
-		if now.Before(exp.Add(cfg.Leeway)) {
-			continue
-		}
-		if err := s.Delete(ctx, storageRevokedPrefix+jti); err != nil {
-			return res, fmt.Errorf("deleting revocation: %w", err)
-		}
-		res.revocations++
-	}
-	if res.revocations > 0 {
-		b.revoked.dropAll()
 	}
 
 	b.keyRingLock.Lock()
@@ -80,14 +72,13 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage) (tidyResult, erro
 		}
 		kept = append(kept, k)
 	}
-	if res.keys == 0 {
-		return res, nil
+	if res.keys > 0 {
+		entry.Keys = kept
+		if err := putKeyRing(ctx, s, entry); err != nil {
+			return res, err
+		}
+		b.keyRing.dropAll()
 	}
-	entry.Keys = kept
-	if err := putKeyRing(ctx, s, entry); err != nil {
-		return res, err
-	}
-	b.keyRing.dropAll()
 	if res.keys+res.revocations > 0 {
 		b.Logger().Debug("tidy removed expired state", "revocations", res.revocations, "keys", res.keys)
 	}

@@ -6,7 +6,6 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"fmt"
-	"regexp"
 	"strings"
 	"time"
 
@@ -15,31 +14,6 @@ import (
 
 	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
-
-// revocationVersion is the current layout of revocationEntry.
-const revocationVersion = 1
-
-// jtiRe is the form of the jtis meshauth issues (crypto/rand Text); a jti is
-// used as a storage key only after its token's signature verified, and only
-// if it has this form.
-var jtiRe = regexp.MustCompile(`^[A-Z2-7]{26}$`)
-
-// revocationEntry records one revoked token, stored at storageRevokedPrefix+jti.
-type revocationEntry struct {
-	// Version is the layout version of this entry.
-	Version int `json:"version"`
-	// Service is the revoked token's sub, for operators.
-	Service string `json:"service"`
-	// ExpiresAt is the token's exp; tidy drops the entry after it.
-	ExpiresAt time.Time `json:"expires_at"`
-	// RevokedAt is when the token was revoked.
-	RevokedAt time.Time `json:"revoked_at"`
-}
-
-// revocationSet is every revoked jti and its token's expiry, in memory.
-type revocationSet struct {
-	expires map[string]time.Time
-}
 
 // pathToken declares verify and revoke.
 func pathToken(b *backend) []*framework.Path {
@@ -85,7 +59,7 @@ func pathToken(b *backend) []*framework.Path {
 				},
 			},
 			HelpSynopsis:    "Revoke one token by its jti.",
-			HelpDescription: "The token must carry a valid meshauth signature. Its jti fails verify until the token's exp, after which tidy drops the record. An expired token needs no revocation and is acknowledged as such.",
+			HelpDescription: revokeHelp,
 		},
 	}
 }
@@ -126,11 +100,11 @@ func (b *backend) verifyToken(ctx context.Context, s logical.Storage, raw, audie
 	if reason != "" {
 		return &verification{reason: reason}, nil
 	}
-	revoked, err := b.getRevoked(ctx, s)
+	revoked, err := b.revoked.isRevoked(ctx, s, parsed.claims.ID)
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := revoked.expires[parsed.claims.ID]; ok {
+	if revoked {
 		return &verification{reason: reasonTokenRevoked}, nil
 	}
 	return &verification{parsed: parsed}, nil
@@ -277,10 +251,17 @@ func (b *backend) pathRevoke(ctx context.Context, req *logical.Request, d *frame
 	}
 	b.revokeLock.Lock()
 	defer b.revokeLock.Unlock()
+	if msg, err := b.roomForRevocation(ctx, req.Storage, parsed.claims.ID, cfg, now); msg != "" || err != nil {
+		if msg != "" {
+			return logical.ErrorResponse(msg), nil
+		}
+		return nil, err
+	}
 	if err := req.Storage.Put(ctx, raw2); err != nil {
 		return nil, fmt.Errorf("writing revocation: %w", err)
 	}
-	b.revoked.dropAll()
+	// Only this jti changes: the set takes it in place, no reload.
+	b.revoked.set(parsed.claims.ID, entry.ExpiresAt)
 	b.Logger().Info("token revoked", "service", entry.Service, "jti", parsed.claims.ID)
 	return &logical.Response{Data: map[string]any{
 		"revoked":    true,
@@ -288,44 +269,6 @@ func (b *backend) pathRevoke(ctx context.Context, req *logical.Request, d *frame
 		"service":    entry.Service,
 		"expires_at": entry.ExpiresAt.Format(time.RFC3339),
 	}}, nil
-}
-
-// getRevoked returns the revoked jtis, loading them from storage once after
-// every change (here or, through Invalidate, on another node).
-func (b *backend) getRevoked(ctx context.Context, s logical.Storage) (*revocationSet, error) {
-	return b.revoked.load("", func() (*revocationSet, error) {
-		set := &revocationSet{expires: map[string]time.Time{}}
-		jtis, err := s.List(ctx, storageRevokedPrefix)
-		if err != nil {
-			return nil, fmt.Errorf("listing revocations: %w", err)
-		}
-		for _, jti := range jtis {
-			entry, err := readRevocation(ctx, s, jti)
-			if err != nil {
-				return nil, err
-			}
-			if entry != nil {
-				set.expires[jti] = entry.ExpiresAt
-			}
-		}
-		return set, nil
-	})
-}
-
-// readRevocation reads one revocation, or (nil, nil) when absent.
-func readRevocation(ctx context.Context, s logical.Storage, jti string) (*revocationEntry, error) {
-	raw, err := s.Get(ctx, storageRevokedPrefix+jti)
-	if err != nil {
-		return nil, fmt.Errorf("reading revocation %q: %w", jti, err)
-	}
-	if raw == nil {
-		return nil, nil
-	}
-	entry := &revocationEntry{}
-	if err := raw.DecodeJSON(entry); err != nil {
-		return nil, fmt.Errorf("decoding revocation %q: %w", jti, err)
-	}
-	return entry, nil
 }
 
 const verifyHelp = `
@@ -343,4 +286,16 @@ algorithm_mismatch, unsupported_critical_header, bad_signature, expired,
 not_yet_valid, issued_in_future, wrong_issuer, wrong_audience, missing_claim,
 unknown_service, service_disabled, service_revoked, other_registration,
 token_revoked, ambiguous_claims, certificate_mismatch, unbound_token.
+`
+
+const revokeHelp = `
+The token must carry a valid meshauth signature. Its jti fails verify until the
+token's exp, after which tidy drops the record. An expired token needs no
+revocation and is acknowledged as such; revoking a revoked token again is a
+no-op.
+
+At most 20000 revoked tokens that have not yet expired are kept (every node
+holds them in memory); past that, revoke answers 400 with the time the first
+one expires and frees room. To cut off every token of a service at once, use
+services/<name>/revoke.
 `
