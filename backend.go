@@ -33,6 +33,11 @@ const (
 	storageRevokedPrefix = "revoked/"
 )
 
+// operationPrefix starts every OpenAPI operation name of the engine
+// (meshauth-read-configuration, meshauth-login, ...), so that
+// sys/internal/specs/openapi and clients generated from it read well.
+const operationPrefix = "meshauth"
+
 // version is the plugin's semantic version, reported to Vault for versioned
 // registration. Release builds set it with
 // -ldflags "-X github.com/datapunk/vault-plugin-secrets-meshauth.version=v1.2.3";

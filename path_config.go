@@ -100,7 +100,8 @@ func (c *configEntry) verificationTTL() time.Duration {
 // pathConfig declares the config path.
 func pathConfig(b *backend) []*framework.Path {
 	return []*framework.Path{{
-		Pattern: "config",
+		Pattern:      "config",
+		DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
 		Fields: map[string]*framework.FieldSchema{
 			"issuer": {
 				Type:        framework.TypeString,
@@ -158,12 +159,14 @@ func pathConfig(b *backend) []*framework.Path {
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.ReadOperation: &framework.PathOperation{
-				Callback: b.pathConfigRead,
-				Summary:  "Read the engine configuration. Durations are in seconds.",
+				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read", OperationSuffix: "configuration"},
+				Callback:     b.pathConfigRead,
+				Summary:      "Read the engine configuration. Durations are in seconds.",
 			},
 			logical.UpdateOperation: &framework.PathOperation{
-				Callback: b.pathConfigWrite,
-				Summary:  "Change the engine configuration; fields not given keep their value.",
+				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "configure"},
+				Callback:     b.pathConfigWrite,
+				Summary:      "Change the engine configuration; fields not given keep their value.",
 			},
 		},
 		HelpSynopsis:    "Engine settings: issuer, signing algorithm, token lifetimes, key rotation, lockout, API key policy.",

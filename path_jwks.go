@@ -20,22 +20,26 @@ const maxJWKSCacheAge = time.Hour
 func pathJWKS(b *backend) []*framework.Path {
 	return []*framework.Path{
 		{
-			Pattern: "jwks",
+			Pattern:      "jwks",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathJWKSRead,
-					Summary:  "The RFC 7517 JWK Set of the keys that verify tokens (raw JSON, no Vault token needed).",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read", OperationSuffix: "jwks"},
+					Callback:     b.pathJWKSRead,
+					Summary:      "The RFC 7517 JWK Set of the keys that verify tokens (raw JSON, no Vault token needed).",
 				},
 			},
 			HelpSynopsis:    "Public keys for offline verification.",
 			HelpDescription: "Serves the next, current and retired-but-verifying keys as a raw JWK Set with Content-Type application/json and a jittered Cache-Control max-age no longer than the time until the next rotation. Needs no Vault token.",
 		},
 		{
-			Pattern: ".well-known/openid-configuration",
+			Pattern:      ".well-known/openid-configuration",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathDiscoveryRead,
-					Summary:  "OpenID-style discovery document: issuer, jwks_uri, algorithms (raw JSON).",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read", OperationSuffix: "openid-configuration"},
+					Callback:     b.pathDiscoveryRead,
+					Summary:      "OpenID-style discovery document: issuer, jwks_uri, algorithms (raw JSON).",
 				},
 			},
 			HelpSynopsis:    "Discovery document for verifiers.",

@@ -13,22 +13,26 @@ import (
 func pathKeys(b *backend) []*framework.Path {
 	return []*framework.Path{
 		{
-			Pattern: "keys/?$",
+			Pattern:      "keys/?$",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathKeysRead,
-					Summary:  "List signing key versions with their state and public key.",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read", OperationSuffix: "keys"},
+					Callback:     b.pathKeysRead,
+					Summary:      "List signing key versions with their state and public key.",
 				},
 			},
 			HelpSynopsis:    "Signing key versions and their public keys.",
 			HelpDescription: "Lists every key in the ring: kid, key_version, state (next, current, retired), algorithm, created_at, promoted_at (when it became current), retires_at (when a retired key leaves jwks) and the public JWK. Private keys never leave the engine.",
 		},
 		{
-			Pattern: "keys/rotate",
+			Pattern:      "keys/rotate",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.UpdateOperation: &framework.PathOperation{
-					Callback: b.pathKeysRotate,
-					Summary:  "Promote the next key to current now and publish a new next key.",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "rotate", OperationSuffix: "keys"},
+					Callback:     b.pathKeysRotate,
+					Summary:      "Promote the next key to current now and publish a new next key.",
 				},
 			},
 			HelpSynopsis:    "Rotate the signing key now.",

@@ -19,7 +19,8 @@ import (
 // pathLogin declares login/:name.
 func pathLogin(b *backend) []*framework.Path {
 	return []*framework.Path{{
-		Pattern: "login/" + serviceNamePattern,
+		Pattern:      "login/" + serviceNamePattern,
+		DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
 		Fields: map[string]*framework.FieldSchema{
 			"name": {
 				Type:        framework.TypeString,
@@ -41,12 +42,14 @@ func pathLogin(b *backend) []*framework.Path {
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.UpdateOperation: &framework.PathOperation{
-				Callback: b.pathLogin,
-				Summary:  "Exchange the service's API key and client certificate for a signed JWT.",
+				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "login"},
+				Callback:     b.pathLogin,
+				Summary:      "Exchange the service's API key and client certificate for a signed JWT.",
 			},
 			logical.ReadOperation: &framework.PathOperation{
-				Callback: b.pathLoginRead,
-				Summary:  "The same login in one round trip, when config allow_get_login is on: the API key in the X-Meshauth-Api-Key header (passed through by the mount), audience and ttl as query parameters.",
+				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "login", OperationSuffix: "with-header"},
+				Callback:     b.pathLoginRead,
+				Summary:      "The same login in one round trip, when config allow_get_login is on: the API key in the X-Meshauth-Api-Key header (passed through by the mount), audience and ttl as query parameters.",
 			},
 		},
 		HelpSynopsis:    "Log a service in: API key (+ client certificate) for a short-lived JWT.",

@@ -14,7 +14,8 @@ const prometheusContentType = "text/plain; version=0.0.4; charset=utf-8"
 // pathMetrics declares metrics.
 func pathMetrics(b *backend) []*framework.Path {
 	return []*framework.Path{{
-		Pattern: "metrics",
+		Pattern:      "metrics",
+		DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
 		Fields: map[string]*framework.FieldSchema{
 			"format": {
 				Type:          framework.TypeString,
@@ -26,8 +27,9 @@ func pathMetrics(b *backend) []*framework.Path {
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.ReadOperation: &framework.PathOperation{
-				Callback: b.pathMetricsRead,
-				Summary:  "Counters of this node: logins, lockouts, tokens, verifications, key rotations.",
+				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read", OperationSuffix: "metrics"},
+				Callback:     b.pathMetricsRead,
+				Summary:      "Counters of this node: logins, lockouts, tokens, verifications, key rotations.",
 			},
 		},
 		HelpSynopsis:    "Engine counters, as JSON or Prometheus text.",

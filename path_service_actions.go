@@ -20,7 +20,8 @@ func pathServiceActions(b *backend) []*framework.Path {
 	nameField := &framework.FieldSchema{Type: framework.TypeString, Description: "Service name."}
 	return []*framework.Path{
 		{
-			Pattern: "services/" + serviceNamePattern + "/rotate-key",
+			Pattern:      "services/" + serviceNamePattern + "/rotate-key",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
 			Fields: map[string]*framework.FieldSchema{
 				"name": nameField,
 				"grace_period": {
@@ -30,15 +31,17 @@ func pathServiceActions(b *backend) []*framework.Path {
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.UpdateOperation: &framework.PathOperation{
-					Callback: b.pathServiceRotateKey,
-					Summary:  "Issue a new API key; older keys expire after the grace period.",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "rotate", OperationSuffix: "service-api-key"},
+					Callback:     b.pathServiceRotateKey,
+					Summary:      "Issue a new API key; older keys expire after the grace period.",
 				},
 			},
 			HelpSynopsis:    "Issue a new API key for a service.",
 			HelpDescription: "Answers the new api_key once, with api_key_id. Keys issued before keep working until grace_period ends (shortened, never lengthened), so the service can roll over without downtime.",
 		},
 		{
-			Pattern: "services/" + serviceNamePattern + "/revoke",
+			Pattern:      "services/" + serviceNamePattern + "/revoke",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
 			Fields: map[string]*framework.FieldSchema{
 				"name": nameField,
 				"disable": {
@@ -48,8 +51,9 @@ func pathServiceActions(b *backend) []*framework.Path {
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.UpdateOperation: &framework.PathOperation{
-					Callback: b.pathServiceRevoke,
-					Summary:  "Emergency revocation: every token of the service issued up to now stops verifying.",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "revoke", OperationSuffix: "service-tokens"},
+					Callback:     b.pathServiceRevoke,
+					Summary:      "Emergency revocation: every token of the service issued up to now stops verifying.",
 				},
 			},
 			HelpSynopsis:    "Revoke every token a service holds.",

@@ -11,14 +11,16 @@ import (
 // pathServiceTLS declares services/:name/tls.
 func pathServiceTLS(b *backend) []*framework.Path {
 	return []*framework.Path{{
-		Pattern: "services/" + serviceNamePattern + "/tls",
+		Pattern:      "services/" + serviceNamePattern + "/tls",
+		DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
 		Fields: map[string]*framework.FieldSchema{
 			"name": {Type: framework.TypeString, Description: "Service name."},
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.ReadOperation: &framework.PathOperation{
-				Callback: b.pathServiceTLSRead,
-				Summary:  "The service's mTLS trust profile: CA chain, pins, hostnames, fingerprints, expiry.",
+				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read", OperationSuffix: "service-tls"},
+				Callback:     b.pathServiceTLSRead,
+				Summary:      "The service's mTLS trust profile: CA chain, pins, hostnames, fingerprints, expiry.",
 			},
 		},
 		HelpSynopsis:    "A service's mTLS trust profile, for its peers.",

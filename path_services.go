@@ -121,11 +121,13 @@ type serviceEntry struct {
 func pathServices(b *backend) []*framework.Path {
 	return []*framework.Path{
 		{
-			Pattern: "services/?$",
+			Pattern:      "services/?$",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ListOperation: &framework.PathOperation{
-					Callback: b.pathServicesList,
-					Summary:  "List registered service names.",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "list", OperationSuffix: "services"},
+					Callback:     b.pathServicesList,
+					Summary:      "List registered service names.",
 				},
 			},
 			HelpSynopsis:    "List registered services.",
@@ -133,24 +135,29 @@ func pathServices(b *backend) []*framework.Path {
 		},
 		{
 			Pattern:        "services/" + serviceNamePattern,
+			DisplayAttrs:   &framework.DisplayAttributes{OperationPrefix: operationPrefix},
 			Fields:         serviceFields(),
 			ExistenceCheck: b.serviceExists,
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.CreateOperation: &framework.PathOperation{
-					Callback: b.pathServiceWrite,
-					Summary:  "Register a service. The response holds its API key, once.",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "write", OperationSuffix: "service"},
+					Callback:     b.pathServiceWrite,
+					Summary:      "Register a service. The response holds its API key, once.",
 				},
 				logical.UpdateOperation: &framework.PathOperation{
-					Callback: b.pathServiceWrite,
-					Summary:  "Change a service; fields not given keep their value.",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "write", OperationSuffix: "service"},
+					Callback:     b.pathServiceWrite,
+					Summary:      "Change a service; fields not given keep their value.",
 				},
 				logical.ReadOperation: &framework.PathOperation{
-					Callback: b.pathServiceRead,
-					Summary:  "Read a service. API keys are shown by id and dates only.",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read", OperationSuffix: "service"},
+					Callback:     b.pathServiceRead,
+					Summary:      "Read a service. API keys are shown by id and dates only.",
 				},
 				logical.DeleteOperation: &framework.PathOperation{
-					Callback: b.pathServiceDelete,
-					Summary:  "Delete a service; its tokens stop verifying.",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "delete", OperationSuffix: "service"},
+					Callback:     b.pathServiceDelete,
+					Summary:      "Delete a service; its tokens stop verifying.",
 				},
 			},
 			HelpSynopsis:    "Register, read, update or delete a service.",

@@ -10,11 +10,13 @@ import (
 // pathTidy declares tidy.
 func pathTidy(b *backend) []*framework.Path {
 	return []*framework.Path{{
-		Pattern: "tidy",
+		Pattern:      "tidy",
+		DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.UpdateOperation: &framework.PathOperation{
-				Callback: b.pathTidy,
-				Summary:  "Drop revocations of expired tokens and retired keys past verification_ttl.",
+				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "tidy"},
+				Callback:     b.pathTidy,
+				Summary:      "Drop revocations of expired tokens and retired keys past verification_ttl.",
 			},
 		},
 		HelpSynopsis:    "Prune expired state now.",

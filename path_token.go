@@ -24,7 +24,8 @@ func pathToken(b *backend) []*framework.Path {
 	}
 	return []*framework.Path{
 		{
-			Pattern: "verify",
+			Pattern:      "verify",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
 			Fields: map[string]*framework.FieldSchema{
 				"token": tokenField,
 				"audience": {
@@ -42,20 +43,23 @@ func pathToken(b *backend) []*framework.Path {
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.UpdateOperation: &framework.PathOperation{
-					Callback: b.pathVerify,
-					Summary:  "Validate a token: signature, claims, service state and revocation.",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "verify", OperationSuffix: "token"},
+					Callback:     b.pathVerify,
+					Summary:      "Validate a token: signature, claims, service state and revocation.",
 				},
 			},
 			HelpSynopsis:    "Validate a meshauth JWT online.",
 			HelpDescription: verifyHelp,
 		},
 		{
-			Pattern: "revoke",
-			Fields:  map[string]*framework.FieldSchema{"token": tokenField},
+			Pattern:      "revoke",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
+			Fields:       map[string]*framework.FieldSchema{"token": tokenField},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.UpdateOperation: &framework.PathOperation{
-					Callback: b.pathRevoke,
-					Summary:  "Revoke one token before it expires.",
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "revoke", OperationSuffix: "token"},
+					Callback:     b.pathRevoke,
+					Summary:      "Revoke one token before it expires.",
 				},
 			},
 			HelpSynopsis:    "Revoke one token by its jti.",
