@@ -60,10 +60,12 @@ type backend struct {
 
 	// services caches parsed service entries (with their trust material) by name.
 	services *epochCache[string, *cachedService]
-	// config caches the engine configuration under the empty key.
-	config *epochCache[string, *configEntry]
-	// keyRing caches the parsed key ring (signers, JWKS body) under the empty key.
-	keyRing *epochCache[string, *keyRing]
+	// config caches the engine configuration; dropped by config writes and
+	// Invalidate("config").
+	config epochValue[*configEntry]
+	// keyRing caches the parsed key ring (signers, JWKS body); dropped by
+	// every ring write and Invalidate("keyring").
+	keyRing epochValue[*keyRing]
 	// revoked is the set of revoked jtis, applied one entry at a time.
 	revoked *revocationSet
 
@@ -94,8 +96,6 @@ func newBackend() *backend {
 	b := &backend{
 		serviceLocks:   locksutil.CreateLocks(),
 		services:       newEpochCache[string, *cachedService](),
-		config:         newEpochCache[string, *configEntry](),
-		keyRing:        newEpochCache[string, *keyRing](),
 		revoked:        newRevocationSet(),
 		lockout:        newLockoutTracker(),
 		metrics:        newMetrics(),
@@ -179,9 +179,9 @@ func (b *backend) canWrite() bool {
 func (b *backend) invalidate(_ context.Context, key string) {
 	switch {
 	case key == storageConfig:
-		b.config.dropAll()
+		b.config.drop()
 	case key == storageKeyRing:
-		b.keyRing.dropAll()
+		b.keyRing.drop()
 	case strings.HasPrefix(key, storageServicePrefix):
 		b.dropService(strings.TrimPrefix(key, storageServicePrefix))
 	case strings.HasPrefix(key, storageRevokedPrefix):
@@ -201,8 +201,8 @@ func (b *backend) dropService(name string) {
 // cleanup releases memory when the mount is disabled or the plugin stops.
 func (b *backend) cleanup(_ context.Context) {
 	b.services.dropAll()
-	b.config.dropAll()
-	b.keyRing.dropAll()
+	b.config.drop()
+	b.keyRing.drop()
 	b.revoked.reset()
 	b.verifiedChains.dropAll()
 }

@@ -74,6 +74,54 @@ func (c *epochCache[K, V]) load(k K, loader func() (V, error)) (V, error) {
 	return v, nil
 }
 
+// epochValue is a single lazily loaded value (the config, the key ring) with
+// the same discipline as epochCache: a drop advances the epoch, and a load
+// that began before the drop is not kept.
+type epochValue[V any] struct {
+	mu    sync.RWMutex
+	epoch uint64
+	value V
+	ok    bool
+}
+
+// load returns the value, or calls loader and keeps its result unless a drop
+// happened meanwhile.
+func (c *epochValue[V]) load(loader func() (V, error)) (V, error) {
+	c.mu.RLock()
+	v, ok, epoch := c.value, c.ok, c.epoch
+	c.mu.RUnlock()
+	if ok {
+		return v, nil
+	}
+	v, err := loader()
+	if err != nil {
+		return v, err
+	}
+	c.mu.Lock()
+	if c.epoch == epoch {
+		c.value, c.ok = v, true
+	}
+	c.mu.Unlock()
+	return v, nil
+}
+
+// current reports whether v is the value held now, so a caller can tell
+// that nothing was written since it loaded v.
+func (c *epochValue[V]) current(is func(V) bool) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.ok && is(c.value)
+}
+
+// drop forgets the value and invalidates every load in flight.
+func (c *epochValue[V]) drop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.epoch++
+	var zero V
+	c.value, c.ok = zero, false
+}
+
 // countingView counts the storage calls made through it. One request uses it
 // from one goroutine, so a plain counter suffices.
 type countingView struct {

@@ -372,7 +372,7 @@ func readKeyRingEntry(ctx context.Context, s logical.Storage) (*keyRingEntry, er
 // ring read before a write outlives the write. The jwks body cached inside a
 // ring dies with the ring and is rendered again at the first RetiresAt.
 func (b *backend) getKeyRing(ctx context.Context, s logical.Storage) (*keyRing, error) {
-	return b.keyRing.load("", func() (*keyRing, error) {
+	return b.keyRing.load(func() (*keyRing, error) {
 		entry, err := readKeyRingEntry(ctx, s)
 		if err != nil {
 			return nil, err
@@ -517,7 +517,7 @@ func (b *backend) rotateKeyRingLocked(ctx context.Context, s logical.Storage, cf
 	if err := putKeyRing(ctx, s, entry); err != nil {
 		return nil, err
 	}
-	b.keyRing.dropAll()
+	b.keyRing.drop()
 	if len(old.Keys) > 0 {
 		b.metrics.keyRotated()
 	}
@@ -630,6 +630,6 @@ func (b *backend) raiseCurrentKeyTTLLocked(ctx context.Context, s logical.Storag
 	if err := putKeyRing(ctx, s, entry); err != nil {
 		return err
 	}
-	b.keyRing.dropAll()
+	b.keyRing.drop()
 	return nil
 }

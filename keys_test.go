@@ -148,7 +148,7 @@ func TestInvalidateDropsOnlyWhatChanged(t *testing.T) {
 	if _, err := e.login(t, "orders", key, nil); !errors.Is(err, logical.ErrPermissionDenied) {
 		t.Fatalf("after invalidate: %v", err)
 	}
-	if _, _, ok := e.b.keyRing.get(""); !ok {
+	if !e.b.keyRing.current(func(*keyRing) bool { return true }) {
 		t.Fatal("invalidating a service dropped the key ring")
 	}
 }

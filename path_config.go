@@ -177,7 +177,7 @@ func pathConfig(b *backend) []*framework.Path {
 // getConfig returns the configuration, from the cache or storage, with the
 // defaults when nothing was ever written. It never writes.
 func (b *backend) getConfig(ctx context.Context, s logical.Storage) (*configEntry, error) {
-	return b.config.load("", func() (*configEntry, error) {
+	return b.config.load(func() (*configEntry, error) {
 		entry, err := s.Get(ctx, storageConfig)
 		if err != nil {
 			return nil, fmt.Errorf("reading config: %w", err)
@@ -246,7 +246,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if err := req.Storage.Put(ctx, entry); err != nil {
 		return nil, fmt.Errorf("writing config: %w", err)
 	}
-	b.config.dropAll()
+	b.config.drop()
 
 	if cfg.SigningAlgorithm != old.SigningAlgorithm {
 		if _, err := b.rotateKeyRingLocked(ctx, req.Storage, &cfg); err != nil {

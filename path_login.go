@@ -209,12 +209,13 @@ func (b *backend) authenticateCaller(ctx context.Context, req *logical.Request, 
 		if err != nil {
 			return nil, "", nil, err
 		}
-		if latest, err := b.getConfig(ctx, req.Storage); err != nil {
-			return nil, "", nil, err
-		} else if latest != cfg {
+		if !b.config.current(func(c *configEntry) bool { return c == cfg }) {
 			// The config changed under the login (api_key_max_age, lockout):
 			// start over with the new one.
-			cfg, current = latest, false
+			if cfg, err = b.getConfig(ctx, req.Storage); err != nil {
+				return nil, "", nil, err
+			}
+			current = false
 		}
 		if current {
 			if cfg.LockoutThreshold > 0 {

@@ -79,7 +79,7 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage) (tidyResult, erro
 		if err := putKeyRing(ctx, s, entry); err != nil {
 			return res, err
 		}
-		b.keyRing.dropAll()
+		b.keyRing.drop()
 	}
 	if res.keys+res.revocations > 0 {
 		b.Logger().Debug("tidy removed expired state", "revocations", res.revocations, "keys", res.keys)
