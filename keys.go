@@ -349,18 +349,7 @@ func jwkThumbprint(pub crypto.PublicKey) (string, error) {
 
 // readKeyRingEntry reads the stored ring, or (nil, nil) when there is none.
 func readKeyRingEntry(ctx context.Context, s logical.Storage) (*keyRingEntry, error) {
-	raw, err := s.Get(ctx, storageKeyRing)
-	if err != nil {
-		return nil, fmt.Errorf("reading key ring: %w", err)
-	}
-	if raw == nil {
-		return nil, nil
-	}
-	entry := &keyRingEntry{}
-	if err := raw.DecodeJSON(entry); err != nil {
-		return nil, fmt.Errorf("decoding key ring: %w", err)
-	}
-	return entry, nil
+	return readEntry[keyRingEntry](ctx, s, storageKeyRing, "key ring")
 }
 
 // getKeyRing returns the parsed ring from the cache, or storage on a miss.
@@ -526,15 +515,7 @@ func (b *backend) rotateKeyRingLocked(ctx context.Context, s logical.Storage, cf
 
 // putKeyRing writes the whole ring in one entry.
 func putKeyRing(ctx context.Context, s logical.Storage, entry *keyRingEntry) error {
-	raw, err := logical.StorageEntryJSON(storageKeyRing, entry)
-	if err != nil {
-		return err
-	}
-	raw.SealWrap = true
-	if err := s.Put(ctx, raw); err != nil {
-		return fmt.Errorf("writing key ring: %w", err)
-	}
-	return nil
+	return writeEntry(ctx, s, storageKeyRing, "key ring", entry, true)
 }
 
 // keyRingFullError refuses a rotation that would put more than maxRingKeys

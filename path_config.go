@@ -178,16 +178,9 @@ func pathConfig(b *backend) []*framework.Path {
 // defaults when nothing was ever written. It never writes.
 func (b *backend) getConfig(ctx context.Context, s logical.Storage) (*configEntry, error) {
 	return b.config.load(func() (*configEntry, error) {
-		entry, err := s.Get(ctx, storageConfig)
-		if err != nil {
-			return nil, fmt.Errorf("reading config: %w", err)
-		}
 		cfg := defaultConfig()
-		if entry == nil {
-			return cfg, nil
-		}
-		if err := entry.DecodeJSON(cfg); err != nil {
-			return nil, fmt.Errorf("decoding config: %w", err)
+		if _, err := readEntryInto(ctx, s, storageConfig, "config", cfg); err != nil {
+			return nil, err
 		}
 		return cfg, nil
 	})
@@ -239,12 +232,8 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if err := b.raiseCurrentKeyTTLLocked(ctx, req.Storage, old, &cfg); err != nil {
 		return nil, err
 	}
-	entry, err := logical.StorageEntryJSON(storageConfig, &cfg)
-	if err != nil {
+	if err := writeEntry(ctx, req.Storage, storageConfig, "config", &cfg, false); err != nil {
 		return nil, err
-	}
-	if err := req.Storage.Put(ctx, entry); err != nil {
-		return nil, fmt.Errorf("writing config: %w", err)
 	}
 	b.config.drop()
 

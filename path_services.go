@@ -237,29 +237,14 @@ func (b *backend) serviceExists(ctx context.Context, req *logical.Request, d *fr
 
 // readService reads one service from storage, or (nil, nil) when absent.
 func readService(ctx context.Context, s logical.Storage, name string) (*serviceEntry, error) {
-	raw, err := s.Get(ctx, storageServicePrefix+name)
-	if err != nil {
-		return nil, fmt.Errorf("reading service %q: %w", name, err)
-	}
-	if raw == nil {
-		return nil, nil
-	}
-	entry := &serviceEntry{}
-	if err := raw.DecodeJSON(entry); err != nil {
-		return nil, fmt.Errorf("decoding service %q: %w", name, err)
-	}
-	return entry, nil
+	return readEntry[serviceEntry](ctx, s, storageServicePrefix+name, fmt.Sprintf("service %q", name))
 }
 
 // putService writes one service and drops every cache built from it.
 func (b *backend) putService(ctx context.Context, s logical.Storage, entry *serviceEntry) error {
 	entry.Version = serviceVersion
-	raw, err := logical.StorageEntryJSON(storageServicePrefix+entry.Name, entry)
-	if err != nil {
+	if err := writeEntry(ctx, s, storageServicePrefix+entry.Name, fmt.Sprintf("service %q", entry.Name), entry, false); err != nil {
 		return err
-	}
-	if err := s.Put(ctx, raw); err != nil {
-		return fmt.Errorf("writing service %q: %w", entry.Name, err)
 	}
 	b.dropService(entry.Name)
 	return nil

@@ -249,10 +249,6 @@ func (b *backend) pathRevoke(ctx context.Context, req *logical.Request, d *frame
 		ExpiresAt: parsed.claims.ExpiresAt.UTC(),
 		RevokedAt: now.UTC(),
 	}
-	raw2, err := logical.StorageEntryJSON(storageRevokedPrefix+parsed.claims.ID, entry)
-	if err != nil {
-		return nil, err
-	}
 	b.revokeLock.Lock()
 	defer b.revokeLock.Unlock()
 	if msg, err := b.roomForRevocation(ctx, req.Storage, parsed.claims.ID, cfg, now); msg != "" || err != nil {
@@ -261,8 +257,8 @@ func (b *backend) pathRevoke(ctx context.Context, req *logical.Request, d *frame
 		}
 		return nil, err
 	}
-	if err := req.Storage.Put(ctx, raw2); err != nil {
-		return nil, fmt.Errorf("writing revocation: %w", err)
+	if err := writeEntry(ctx, req.Storage, storageRevokedPrefix+parsed.claims.ID, "revocation", entry, false); err != nil {
+		return nil, err
 	}
 	// Only this jti changes: the set takes it in place, no reload.
 	b.revoked.set(parsed.claims.ID, entry.ExpiresAt)

@@ -311,18 +311,7 @@ func (r *revocationSet) expired(cutoff time.Time) ([]string, time.Time) {
 
 // readRevocation reads one revocation, or (nil, nil) when absent.
 func readRevocation(ctx context.Context, s logical.Storage, jti string) (*revocationEntry, error) {
-	raw, err := s.Get(ctx, storageRevokedPrefix+jti)
-	if err != nil {
-		return nil, fmt.Errorf("reading revocation %q: %w", jti, err)
-	}
-	if raw == nil {
-		return nil, nil
-	}
-	entry := &revocationEntry{}
-	if err := raw.DecodeJSON(entry); err != nil {
-		return nil, fmt.Errorf("decoding revocation %q: %w", jti, err)
-	}
-	return entry, nil
+	return readEntry[revocationEntry](ctx, s, storageRevokedPrefix+jti, fmt.Sprintf("revocation %q", jti))
 }
 
 // tidyRevocations deletes the revocations of tokens expired beyond leeway
