@@ -385,7 +385,7 @@ func (b *backend) ensureKeyRing(ctx context.Context, s logical.Storage) (*keyRin
 	if err != nil {
 		return nil, err
 	}
-	return b.rotateKeyRingLocked(ctx, s, cfg)
+	return b.rotateKeyRingLocked(ctx, s, cfg, rotationCreated)
 }
 
 // rotateKeyRingIfDue rotates when the current key has been current for a
@@ -407,7 +407,11 @@ func (b *backend) rotateKeyRingIfDue(ctx context.Context, s logical.Storage) (bo
 	if entry != nil && !rotationDue(entry, cfg, b.now()) {
 		return false, nil
 	}
-	if _, err := b.rotateKeyRingLocked(ctx, s, cfg); err != nil {
+	reason := rotationScheduled
+	if entry == nil {
+		reason = rotationCreated
+	}
+	if _, err := b.rotateKeyRingLocked(ctx, s, cfg, reason); err != nil {
 		var full *keyRingFullError
 		if errors.As(err, &full) {
 			// Signing goes on with the current key; the next run retries.
@@ -416,7 +420,6 @@ func (b *backend) rotateKeyRingIfDue(ctx context.Context, s logical.Storage) (bo
 		}
 		return false, err
 	}
-	b.Logger().Info("rotated signing key", "reason", "schedule", "algorithm", cfg.SigningAlgorithm)
 	return true, nil
 }
 
@@ -434,6 +437,18 @@ func rotationDue(entry *keyRingEntry, cfg *configEntry, now time.Time) bool {
 	return true
 }
 
+// rotationReason says why the key ring rotated, in the one log line that
+// every rotation writes.
+type rotationReason string
+
+// Why the key ring rotates.
+const (
+	rotationCreated   rotationReason = "created"
+	rotationScheduled rotationReason = "schedule"
+	rotationRequested rotationReason = "requested"
+	rotationAlgorithm rotationReason = "algorithm_changed"
+)
+
 // rotateKeyRingLocked promotes the next key to current, retires the current
 // key for verification_ttl, publishes a fresh next key and drops retired keys
 // whose time is up, all in one write. The caller holds keyRingLock.
@@ -443,7 +458,7 @@ func rotationDue(entry *keyRingEntry, cfg *configEntry, now time.Time) bool {
 // the JWKS already hold it. Only when the algorithm changes does a key that was
 // never published start signing at once; verifiers then refetch on the
 // unknown kid.
-func (b *backend) rotateKeyRingLocked(ctx context.Context, s logical.Storage, cfg *configEntry) (*keyRingEntry, error) {
+func (b *backend) rotateKeyRingLocked(ctx context.Context, s logical.Storage, cfg *configEntry, reason rotationReason) (*keyRingEntry, error) {
 	old, err := readKeyRingEntry(ctx, s)
 	if err != nil {
 		return nil, err
@@ -510,6 +525,7 @@ func (b *backend) rotateKeyRingLocked(ctx context.Context, s logical.Storage, cf
 	if len(old.Keys) > 0 {
 		b.metrics.keyRotated()
 	}
+	b.Logger().Info("rotated signing key", "reason", string(reason), "kid", next.KID, "algorithm", next.Algorithm, "next_kid", upcoming.KID)
 	return entry, nil
 }
 

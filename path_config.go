@@ -238,10 +238,9 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	b.config.drop()
 
 	if cfg.SigningAlgorithm != old.SigningAlgorithm {
-		if _, err := b.rotateKeyRingLocked(ctx, req.Storage, &cfg); err != nil {
+		if _, err := b.rotateKeyRingLocked(ctx, req.Storage, &cfg, rotationAlgorithm); err != nil {
 			return nil, fmt.Errorf("config saved, but rotating to a %s key failed (run keys/rotate to retry): %w", cfg.SigningAlgorithm, err)
 		}
-		b.Logger().Info("signing algorithm changed; rotated key ring", "algorithm", cfg.SigningAlgorithm)
 	}
 	return nil, nil
 }

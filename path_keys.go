@@ -87,7 +87,7 @@ func (b *backend) pathKeysRotate(ctx context.Context, req *logical.Request, _ *f
 		return nil, err
 	}
 	b.keyRingLock.Lock()
-	entry, err := b.rotateKeyRingLocked(ctx, req.Storage, cfg)
+	entry, err := b.rotateKeyRingLocked(ctx, req.Storage, cfg, rotationRequested)
 	b.keyRingLock.Unlock()
 	var full *keyRingFullError
 	if errors.As(err, &full) {
@@ -100,7 +100,6 @@ func (b *backend) pathKeysRotate(ctx context.Context, req *logical.Request, _ *f
 	if err != nil {
 		return nil, err
 	}
-	b.Logger().Info("rotated signing key", "reason", "requested", "kid", ring.current.entry.KID)
 	return &logical.Response{Data: map[string]any{
 		"current_kid": ring.current.entry.KID,
 		"algorithm":   ring.current.entry.Algorithm,
