@@ -141,7 +141,7 @@ func (j *jwksServer) verifier(t *testing.T, audience string) *Verifier {
 	return v
 }
 
-func testCert(t *testing.T) *x509.Certificate {
+func testCert(t testing.TB) *x509.Certificate {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "orders"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
 	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
