@@ -91,8 +91,16 @@ type Token struct {
 // concurrent use: however many goroutines ask, one login runs at a time, and
 // it runs on its own, so a caller that gives up does not fail the others.
 //
-// Its one cache is the current token; it is replaced by every successful
-// login and never served past its expiry by the local clock.
+// What it keeps, and what ends each:
+//   - the current token: replaced by every successful login, never served
+//     past its expiry (login start + expires_in, by the local clock). It is
+//     not invalidated by a revocation in Vault (nothing tells the source);
+//     verifiers refuse it, and the next refresh replaces it.
+//   - the failure state (last error, when the next login may start): cleared
+//     by the next successful login; it never holds a login back longer than
+//     MaxBackoff, or the lockout the engine named (at most 24h).
+//   - the switch to POST after a 405 GET: kept for the source's life. It can
+//     only cost a round trip inside Vault, never accept or refuse anything.
 type TokenSource struct {
 	cfg TokenSourceConfig
 	// getVault sends the GET login (a clone carrying APIKeyHeader, so the key

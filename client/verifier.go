@@ -174,8 +174,7 @@ type Verifier struct {
 	// lastAttempt is when the last fetch started, successful or not.
 	lastAttempt time.Time
 	// lastErr is the error of the last fetch, nil after a success.
-	lastErr    error
-	fetchCount int
+	lastErr error
 }
 
 // NewVerifier resolves discovery (if configured) and fetches the keys once.
@@ -334,7 +333,6 @@ func (v *Verifier) refetch(ctx context.Context) <-chan struct{} {
 		err := v.fetch(fctx, now)
 		v.mu.Lock()
 		v.fetching, v.lastErr = nil, err
-		v.fetchCount++
 		v.mu.Unlock()
 		close(done)
 	}()

@@ -6,6 +6,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -226,6 +228,14 @@ func TestVerifierRidesOutOutageWithinMaxStaleness(t *testing.T) {
 	clock.advance(time.Minute)
 	if err := verify(); !errors.Is(err, ErrKeysStale) {
 		t.Fatalf("past MaxStaleness with Vault down: %v; want ErrKeysStale", err)
+	}
+	n := clock.now().Unix()
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodGet, "/", nil)
+	req.Header.Set("Authorization", "Bearer "+j.sign(t, kid, map[string]any{"iat": n, "nbf": n, "exp": n + 300}))
+	v.Middleware(http.NotFoundHandler()).ServeHTTP(rec, req)
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("Middleware past MaxStaleness answered %d; want 503", rec.Code)
 	}
 	j.down.Store(false)
 	clock.advance(2 * time.Second)
