@@ -34,7 +34,8 @@ build: ## build the plugin binary into bin/
 dev: ## build everything and run a dev Vault (TLS) with meshauth mounted; Ctrl-C stops it
 	./scripts/dev.sh
 
-FUZZ_TARGETS := FuzzParseToken FuzzParseCertificates FuzzServiceWrite FuzzLoginFields
+# Fuzz targets: a name is in the root package; <package>:<name> elsewhere.
+FUZZ_TARGETS := FuzzParseToken FuzzParseCertificates FuzzServiceWrite FuzzLoginFields ./client:FuzzVerifierSigned
 
 test: test-unit fuzz-short test-e2e ## run every test: unit (-race), a short fuzz of each target, end-to-end against real Vault
 
@@ -42,7 +43,8 @@ test-unit: ## unit tests of the plugin and client packages, with the race detect
 	go test -race -count=1 ./...
 
 fuzz: ## fuzz every target for FUZZ_TIME each (default 30s); seeds in testdata/fuzz
-	@for f in $(FUZZ_TARGETS); do echo "==> $$f for $(FUZZ_TIME)"; go test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZ_TIME) . || exit 1; done
+	@for f in $(FUZZ_TARGETS); do pkg=.; case $$f in *:*) pkg=$${f%%:*}; f=$${f#*:};; esac; \
+	  echo "==> $$f in $$pkg for $(FUZZ_TIME)"; go test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZ_TIME) $$pkg || exit 1; done
 
 fuzz-short: ## fuzz every target briefly, as CI does
 	@$(MAKE) --no-print-directory fuzz FUZZ_TIME=5s

@@ -13,8 +13,21 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-// maxJWKSCacheAge caps the Cache-Control max-age of jwks and discovery.
-const maxJWKSCacheAge = time.Hour
+// Bounds of the Cache-Control max-age of jwks and discovery.
+const (
+	// maxJWKSCacheAge caps it, so a new next key reaches verifiers within
+	// the hour.
+	maxJWKSCacheAge = time.Hour
+	// minJWKSCacheAge floors it. Without a floor, a rotation that is due but
+	// not yet run (the periodic function runs about once a minute, and not
+	// at all while the active node is sealed or failing over) gave max-age=0,
+	// and every verifier that honours it refetched on every token: a fetch
+	// storm against Vault exactly when it is slow. A floor is safe because
+	// a key is published as "next" a whole rotation period before it signs,
+	// so a set cached a minute past a rotation already holds the key that
+	// signs after it; verifiers refetch on an unknown kid anyway.
+	minJWKSCacheAge = time.Minute
+)
 
 // pathJWKS declares the unauthenticated jwks and discovery paths.
 func pathJWKS(b *backend) []*framework.Path {
@@ -30,7 +43,7 @@ func pathJWKS(b *backend) []*framework.Path {
 				},
 			},
 			HelpSynopsis:    "Public keys for offline verification.",
-			HelpDescription: "Serves the next, current and retired-but-verifying keys as a raw JWK Set with Content-Type application/json and a jittered Cache-Control max-age no longer than the time until the next rotation. Needs no Vault token.",
+			HelpDescription: "Serves the next, current and retired-but-verifying keys as a raw JWK Set with Content-Type application/json and a jittered Cache-Control max-age: no longer than the time until the next rotation or an hour, and never under 60 seconds (so an overdue rotation cannot make verifiers refetch on every token). Needs no Vault token.",
 		},
 		{
 			Pattern:      ".well-known/openid-configuration",
@@ -100,17 +113,18 @@ func rawJSON(body []byte, maxAge time.Duration) *logical.Response {
 	}}
 }
 
-// cacheAge is how long verifiers may cache the key set: never past the next
+// cacheAge is how long verifiers may cache the key set: not past the next
 // rotation (after which the new next key must be fetched), at most an hour,
-// less up to 10% at random so a fleet of verifiers does not refetch at once.
+// less up to 10% at random so a fleet of verifiers does not refetch at once,
+// and never under minJWKSCacheAge (see there why).
 func cacheAge(ring *keyRing, cfg *configEntry, now time.Time) time.Duration {
 	age := maxJWKSCacheAge
 	if cfg.KeyRotationPeriod > 0 {
 		untilRotation := ring.current.entry.PromotedAt.Add(cfg.KeyRotationPeriod).Sub(now)
 		age = min(age, untilRotation)
 	}
-	if age <= 0 {
-		return 0
+	if age > 0 {
+		age -= time.Duration(rand.Int64N(int64(age/10) + 1)) //nolint:gosec // jitter spreads refetches; it guards nothing
 	}
-	return age - time.Duration(rand.Int64N(int64(age/10)+1)) //nolint:gosec // jitter spreads refetches; it guards nothing
+	return max(age, minJWKSCacheAge)
 }

@@ -6,10 +6,15 @@ package client
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/vault/api"
@@ -18,6 +23,27 @@ import (
 // APIKeyHeader carries the API key of a one-round-trip login. The mount must
 // list it in passthrough_request_headers.
 const APIKeyHeader = "X-Meshauth-Api-Key" //nolint:gosec // a header name, not a credential
+
+// Bounds of a TokenSource.
+const (
+	// defaultLoginTimeout bounds one login, so a Vault that never answers
+	// cannot hold every caller of Token behind it.
+	defaultLoginTimeout = 30 * time.Second
+	// maxTokenLife bounds the lifetime read from an answer, so a nonsensical
+	// one cannot overflow the refresh arithmetic.
+	maxTokenLife = 7 * 24 * time.Hour
+	// maxLockoutWait bounds how long a lockout answer stops logins: a lock
+	// that names a time further away (a wrong clock on either side) is
+	// probed again after this long.
+	maxLockoutWait = 24 * time.Hour
+	// lockoutPhrase precedes the time in the engine's lockout error.
+	lockoutPhrase = "try again after "
+)
+
+// ErrLoginLocked is wrapped by the error of a login the engine refused
+// because this caller is locked out; the TokenSource does not try again
+// before the time the engine named.
+var ErrLoginLocked = errors.New("meshauth login: locked out after too many failed attempts")
 
 // TokenSourceConfig says how a service logs in.
 type TokenSourceConfig struct {
@@ -36,19 +62,25 @@ type TokenSourceConfig struct {
 	// TTL is the requested lifetime; 0 uses the service's default.
 	TTL time.Duration
 	// UsePOST logs in with a POST (two round trips inside Vault) instead of a
-	// GET with the key in APIKeyHeader (one), for mounts that do not pass the
-	// header through.
+	// GET with the key in APIKeyHeader (one). Without it, the source tries
+	// the GET first and, when the mount answers 405 (config.allow_get_login
+	// is off), switches to the POST for the rest of its life.
 	UsePOST bool
-	// MinBackoff and MaxBackoff bound the wait between failed refreshes;
-	// defaults 500ms and 30s.
+	// MinBackoff and MaxBackoff bound the wait after a failed login, doubling
+	// from one to the other with each failure in a row; defaults 500ms and
+	// 30s. No login (on demand or in the background) starts before it ends.
 	MinBackoff, MaxBackoff time.Duration
+	// LoginTimeout bounds one login; default 30s.
+	LoginTimeout time.Duration
 }
 
 // Token is a JWT and when it expires.
 type Token struct {
 	// Value is the compact JWT.
 	Value string
-	// ExpiresAt is the token's exp.
+	// ExpiresAt is when the token expires by the local clock: the login's
+	// start plus the lifetime Vault answered (expires_in), so a skewed local
+	// clock does not shorten or stretch it.
 	ExpiresAt time.Time
 	// refreshAt is when a refresh should start: about two thirds of the way
 	// through the lifetime, with jitter so a fleet does not refresh at once.
@@ -56,17 +88,41 @@ type Token struct {
 }
 
 // TokenSource logs a service in and keeps a fresh token. It is safe for
-// concurrent use: however many goroutines ask, one login runs at a time.
+// concurrent use: however many goroutines ask, one login runs at a time, and
+// it runs on its own, so a caller that gives up does not fail the others.
+//
+// What it keeps, and what ends each:
+//   - the current token: replaced by every successful login, never served
+//     past its expiry (login start + expires_in, by the local clock). It is
+//     not invalidated by a revocation in Vault (nothing tells the source);
+//     verifiers refuse it, and the next refresh replaces it.
+//   - the failure state (last error, when the next login may start): cleared
+//     by the next successful login; it never holds a login back longer than
+//     MaxBackoff, or the lockout the engine named (at most 24h).
+//   - the switch to POST after a 405 GET: kept for the source's life. It can
+//     only cost a round trip inside Vault, never accept or refuse anything.
 type TokenSource struct {
-	cfg   TokenSourceConfig
-	vault *api.Client
+	cfg TokenSourceConfig
+	// getVault sends the GET login (a clone carrying APIKeyHeader, so the key
+	// never rides on the caller's other requests); nil with UsePOST.
+	getVault *api.Client
+	// postOnly is set once a GET login answers 405: from then on the source
+	// logs in with POST only. It is never reset (re-probing would cost every
+	// refresh a failed round trip on mounts that keep GET off); a service
+	// picks the GET up again when it creates a new TokenSource.
+	postOnly atomic.Bool
 
 	mu      sync.Mutex
 	current *Token
 	// inflight is closed when the login in progress ends; nil when none.
 	inflight chan struct{}
 	lastErr  error
+	// failures counts failed logins in a row; retryAt is when the next
+	// login may start after them (backoff, or the end of a lockout).
+	failures int
+	retryAt  time.Time
 
+	started atomic.Bool
 	stop    chan struct{}
 	stopped sync.Once
 	now     func() time.Time
@@ -87,91 +143,201 @@ func NewTokenSource(cfg TokenSourceConfig) (*TokenSource, error) {
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = 30 * time.Second
 	}
-	vault := cfg.Vault
+	cfg.MaxBackoff = max(cfg.MaxBackoff, cfg.MinBackoff)
+	if cfg.LoginTimeout <= 0 {
+		cfg.LoginTimeout = defaultLoginTimeout
+	}
+	ts := &TokenSource{cfg: cfg, stop: make(chan struct{}), now: time.Now}
 	if !cfg.UsePOST {
-		// A clone, so the key header never rides on the caller's other requests.
 		c, err := cfg.Vault.Clone()
 		if err != nil {
 			return nil, err
 		}
 		c.SetToken(cfg.Vault.Token())
 		c.AddHeader(APIKeyHeader, cfg.APIKey)
-		vault = c
+		ts.getVault = c
 	}
-	return &TokenSource{cfg: cfg, vault: vault, stop: make(chan struct{}), now: time.Now}, nil
+	return ts, nil
 }
 
 // Token returns a valid token. It logs in only when there is none (or it
 // expired); a token past its refresh point is still returned while the
-// background refresh works on a new one.
+// background refresh works on a new one. After a failed login it answers the
+// failure at once, without asking Vault, until the backoff (or the lockout
+// the engine named) has passed.
 func (ts *TokenSource) Token(ctx context.Context) (string, error) {
-	if t := ts.valid(); t != nil {
+	ts.mu.Lock()
+	if t := ts.validLocked(); t != nil {
+		ts.mu.Unlock()
 		return t.Value, nil
 	}
-	if err := ts.joinLogin(ctx, func() bool { return ts.current == nil || !ts.now().Before(ts.current.ExpiresAt) }); err != nil {
+	wait, err := ts.startLoginLocked(ctx)
+	ts.mu.Unlock()
+	if err != nil {
 		return "", err
 	}
-	if t := ts.valid(); t != nil {
-		return t.Value, nil
+	select {
+	case <-wait:
+	case <-ctx.Done():
+		return "", ctx.Err()
 	}
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
+	if t := ts.validLocked(); t != nil {
+		return t.Value, nil
+	}
 	if ts.lastErr != nil {
 		return "", ts.lastErr
 	}
 	return "", errors.New("meshauth client: login produced no token")
 }
 
-// valid returns the current token if it has not expired.
-func (ts *TokenSource) valid() *Token {
-	ts.mu.Lock()
-	defer ts.mu.Unlock()
+// validLocked returns the current token if it has not expired.
+func (ts *TokenSource) validLocked() *Token {
 	if t := ts.current; t != nil && ts.now().Before(t.ExpiresAt) {
 		return t
 	}
 	return nil
 }
 
-// joinLogin runs a login when needed() still holds (checked under the lock,
-// so a login that just finished is not repeated), or waits for the login in
-// progress. Either way it returns when that login has ended.
-func (ts *TokenSource) joinLogin(ctx context.Context, needed func() bool) error {
-	ts.mu.Lock()
-	wait := ts.inflight
-	if wait == nil {
-		if !needed() {
-			ts.mu.Unlock()
-			return nil
-		}
-		ts.inflight = make(chan struct{})
-		ts.mu.Unlock()
-		ts.refresh(ctx)
-		return nil
+// startLoginLocked returns the channel of the login in progress, starting
+// one if none is and the backoff allows; otherwise it returns why not.
+func (ts *TokenSource) startLoginLocked(ctx context.Context) (<-chan struct{}, error) {
+	if ts.inflight != nil {
+		return ts.inflight, nil
 	}
-	ts.mu.Unlock()
-	select {
-	case <-wait:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	if now := ts.now(); now.Before(ts.retryAt) {
+		return nil, fmt.Errorf("%w (next attempt after %s)", ts.lastErr, ts.retryAt.UTC().Format(time.RFC3339))
+	}
+	done := make(chan struct{})
+	ts.inflight = done
+	// The login outlives the caller that started it (other callers may be
+	// waiting for it), bounded by LoginTimeout instead of the caller's ctx.
+	go ts.runLogin(context.WithoutCancel(ctx), done)
+	return done, nil
+}
+
+// runLogin runs one login and records its outcome; it always releases
+// inflight, so no failure (not even a panic) leaves later calls waiting.
+func (ts *TokenSource) runLogin(ctx context.Context, done chan struct{}) {
+	ctx, cancel := context.WithTimeout(ctx, ts.cfg.LoginTimeout)
+	defer cancel()
+	start := ts.now()
+	t, err := ts.safeLogin(ctx, start)
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	defer close(done)
+	ts.inflight = nil
+	if err == nil {
+		ts.current, ts.lastErr, ts.failures, ts.retryAt = t, nil, 0, time.Time{}
+		return
+	}
+	ts.lastErr = err
+	ts.failures++
+	now := ts.now()
+	ts.retryAt = now.Add(ts.backoff(ts.failures))
+	var locked *lockedError
+	if errors.As(err, &locked) {
+		until := min(locked.until.Sub(now), maxLockoutWait)
+		if until > 0 && now.Add(until).After(ts.retryAt) {
+			ts.retryAt = now.Add(until)
+		}
 	}
 }
 
-// refresh runs one login; the caller owns ts.inflight.
-func (ts *TokenSource) refresh(ctx context.Context) {
-	t, err := ts.login(ctx)
-	ts.mu.Lock()
-	defer ts.mu.Unlock()
-	if err == nil {
-		ts.current = t
+// backoff is the wait after n failed logins in a row: MinBackoff doubled
+// n-1 times, at most MaxBackoff, less up to a fifth at random so a fleet
+// refused at once does not come back at once.
+func (ts *TokenSource) backoff(n int) time.Duration {
+	d := ts.cfg.MinBackoff
+	for i := 1; i < n && d < ts.cfg.MaxBackoff; i++ {
+		d *= 2
 	}
-	ts.lastErr = err
-	close(ts.inflight)
-	ts.inflight = nil
+	d = min(d, ts.cfg.MaxBackoff)
+	return d - jitter(d/5)
+}
+
+// jitter is a random duration in [0, d); 0 when d is not positive.
+func jitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	return time.Duration(rand.Int64N(int64(d))) //nolint:gosec // jitter, not a secret
+}
+
+// safeLogin is login with any panic turned into an error: whatever Vault
+// (or something posing as it) answers, a service must not crash over it.
+func (ts *TokenSource) safeLogin(ctx context.Context, start time.Time) (t *Token, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			t, err = nil, fmt.Errorf("meshauth login as %q: unusable answer: %v", ts.cfg.Service, r)
+		}
+	}()
+	return ts.login(ctx, start)
+}
+
+// lockedError is a login refused by a lockout that ends at until.
+type lockedError struct {
+	until time.Time
+	err   error
+}
+
+func (e *lockedError) Error() string { return e.err.Error() }
+func (e *lockedError) Unwrap() []error {
+	return []error{ErrLoginLocked, e.err}
+}
+
+// lockedUntil reads the end of a lockout from the engine's 403 answer
+// ("... locked ...; try again after <RFC3339>").
+func lockedUntil(err error) (time.Time, bool) {
+	var re *api.ResponseError
+	if !errors.As(err, &re) || re.StatusCode != http.StatusForbidden {
+		return time.Time{}, false
+	}
+	for _, msg := range re.Errors {
+		if _, after, ok := strings.Cut(msg, lockoutPhrase); ok {
+			if until, err := time.Parse(time.RFC3339, strings.TrimSpace(after)); err == nil {
+				return until, true
+			}
+		}
+	}
+	return time.Time{}, false
 }
 
 // login exchanges the API key for a token.
-func (ts *TokenSource) login(ctx context.Context) (*Token, error) {
+func (ts *TokenSource) login(ctx context.Context, start time.Time) (*Token, error) {
+	sec, err := ts.send(ctx)
+	if err != nil {
+		err = fmt.Errorf("meshauth login as %q: %w", ts.cfg.Service, err)
+		if until, ok := lockedUntil(err); ok {
+			return nil, &lockedError{until: until, err: err}
+		}
+		return nil, err
+	}
+	if sec == nil || sec.Data == nil {
+		return nil, fmt.Errorf("meshauth login as %q: empty answer", ts.cfg.Service)
+	}
+	value, _ := sec.Data["token"].(string)
+	life, ok := lifetime(sec.Data, start)
+	if value == "" || !ok {
+		return nil, fmt.Errorf("meshauth login as %q: answer lacks token or expires_in/expires_at", ts.cfg.Service)
+	}
+	if life <= 0 {
+		return nil, fmt.Errorf("meshauth login as %q: Vault answered a token that has already expired (lifetime %s); check the service's ttl and the clocks", ts.cfg.Service, life)
+	}
+	life = min(life, maxTokenLife)
+	// Refresh at 2/3 of the lifetime, minus up to 10% of it at random, and
+	// not sooner than MinBackoff from now, so a very short lifetime cannot
+	// spin the refresher.
+	refreshAt := start.Add(life - life/3 - jitter(life/10))
+	refreshAt = later(refreshAt, ts.now().Add(ts.cfg.MinBackoff))
+	return &Token{Value: value, ExpiresAt: start.Add(life), refreshAt: refreshAt}, nil
+}
+
+// send makes the login request: the GET with the key in a header unless
+// the source uses POST, falling back to POST (for good) when the GET is
+// answered 405 (config.allow_get_login off).
+func (ts *TokenSource) send(ctx context.Context) (*api.Secret, error) {
 	path := ts.cfg.Mount + "/login/" + ts.cfg.Service
 	params := map[string][]string{}
 	if len(ts.cfg.Audience) > 0 {
@@ -180,59 +346,97 @@ func (ts *TokenSource) login(ctx context.Context) (*Token, error) {
 	if ts.cfg.TTL > 0 {
 		params["ttl"] = []string{fmt.Sprintf("%ds", int64(ts.cfg.TTL/time.Second))}
 	}
-	var sec *api.Secret
-	var err error
-	if ts.cfg.UsePOST {
-		data := map[string]any{"api_key": ts.cfg.APIKey}
-		for k, v := range params {
-			data[k] = v
+	if ts.getVault != nil && !ts.postOnly.Load() {
+		sec, err := ts.getVault.Logical().ReadWithDataWithContext(ctx, path, params)
+		var re *api.ResponseError
+		if !errors.As(err, &re) || re.StatusCode != http.StatusMethodNotAllowed {
+			return sec, err
 		}
-		sec, err = ts.vault.Logical().WriteWithContext(ctx, path, data)
-	} else {
-		sec, err = ts.vault.Logical().ReadWithDataWithContext(ctx, path, params)
+		ts.postOnly.Store(true)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("meshauth login as %q: %w", ts.cfg.Service, err)
+	data := map[string]any{"api_key": ts.cfg.APIKey}
+	for k, v := range params {
+		data[k] = v
 	}
-	if sec == nil || sec.Data == nil {
-		return nil, fmt.Errorf("meshauth login as %q: empty answer", ts.cfg.Service)
+	return ts.cfg.Vault.Logical().WriteWithContext(ctx, path, data)
+}
+
+// lifetime reads how long the answered token lives: expires_in (seconds,
+// immune to clock skew between here and Vault) when present, else
+// expires_at against the local clock.
+func lifetime(data map[string]any, start time.Time) (time.Duration, bool) {
+	var secs float64
+	switch v := data["expires_in"].(type) {
+	case json.Number:
+		f, err := strconv.ParseFloat(string(v), 64)
+		if err != nil {
+			return 0, false
+		}
+		secs = f
+	case float64:
+		secs = v
+	case nil:
+		at, ok := data["expires_at"].(string)
+		if !ok {
+			return 0, false
+		}
+		expires, err := time.Parse(time.RFC3339, at)
+		if err != nil {
+			return 0, false
+		}
+		return expires.Sub(start), true
+	default:
+		return 0, false
 	}
-	value, _ := sec.Data["token"].(string)
-	expires, err := time.Parse(time.RFC3339, fmt.Sprint(sec.Data["expires_at"]))
-	if value == "" || err != nil {
-		return nil, fmt.Errorf("meshauth login as %q: answer lacks token or expires_at", ts.cfg.Service)
+	if secs != secs { // NaN
+		return 0, false
 	}
-	now := ts.now()
-	life := expires.Sub(now)
-	// Refresh at 2/3 of the lifetime, minus up to 10% of it at random.
-	refreshAt := now.Add(life*2/3 - time.Duration(rand.Int64N(int64(life/10)+1))) //nolint:gosec // jitter, not a secret
-	return &Token{Value: value, ExpiresAt: expires, refreshAt: refreshAt}, nil
+	// Clamp before converting: a huge value must not overflow Duration.
+	secs = max(min(secs, maxTokenLife.Seconds()), -1)
+	return time.Duration(secs * float64(time.Second)), true
+}
+
+// later returns the later of two times.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // Start refreshes the token in the background until ctx ends or Stop is
-// called: at about two thirds of each token's life, retrying failures with
-// exponential backoff while Token keeps serving the current token.
+// called: at about two thirds of each token's life, and after a failure once
+// the backoff (or lockout) has passed, while Token keeps serving the current
+// token. Calling it more than once has no further effect.
 func (ts *TokenSource) Start(ctx context.Context) {
+	if !ts.started.CompareAndSwap(false, true) {
+		return
+	}
 	go func() {
-		backoff := ts.cfg.MinBackoff
 		for {
 			ts.mu.Lock()
-			wait := time.Duration(0)
+			var wait time.Duration
 			if t := ts.current; t != nil {
 				wait = t.refreshAt.Sub(ts.now())
 			}
+			wait = max(wait, ts.retryAt.Sub(ts.now()))
 			ts.mu.Unlock()
 			if wait > 0 && !ts.sleep(ctx, wait) {
 				return
 			}
-			if err := ts.forceRefresh(ctx); err != nil {
-				if !ts.sleep(ctx, backoff) {
-					return
-				}
-				backoff = min(backoff*2, ts.cfg.MaxBackoff)
-				continue
+			ts.mu.Lock()
+			done, err := ts.startLoginLocked(ctx)
+			ts.mu.Unlock()
+			if err != nil {
+				continue // the backoff moved; wait again
 			}
-			backoff = ts.cfg.MinBackoff
+			select {
+			case <-done:
+			case <-ctx.Done():
+				return
+			case <-ts.stop:
+				return
+			}
 		}
 	}()
 }
@@ -250,16 +454,6 @@ func (ts *TokenSource) sleep(ctx context.Context, d time.Duration) bool {
 	case <-ts.stop:
 		return false
 	}
-}
-
-// forceRefresh logs in now, joining a login already in progress.
-func (ts *TokenSource) forceRefresh(ctx context.Context) error {
-	if err := ts.joinLogin(ctx, func() bool { return true }); err != nil {
-		return err
-	}
-	ts.mu.Lock()
-	defer ts.mu.Unlock()
-	return ts.lastErr
 }
 
 // Stop ends the background refresh.

@@ -17,7 +17,14 @@ import (
 type fakeVault struct {
 	srv    *httptest.Server
 	logins atomic.Int32
+	gets   atomic.Int32
+	posts  atomic.Int32
 	fail   atomic.Bool
+	// getOff answers every GET login 405, as the engine does while
+	// config.allow_get_login is off.
+	getOff atomic.Bool
+	// answer, when set, writes the whole answer of a login instead.
+	answer atomic.Pointer[func(w http.ResponseWriter)]
 	ttl    time.Duration
 	delay  time.Duration
 }
@@ -29,12 +36,30 @@ func newFakeVault(t *testing.T, ttl time.Duration) *fakeVault {
 			http.NotFound(w, r)
 			return
 		}
+		if r.Method == http.MethodGet {
+			f.gets.Add(1)
+			if f.getOff.Load() {
+				http.Error(w, `{"errors":["the GET login is off on this mount: an operator enables it with config.allow_get_login=true; or log in with a POST"]}`, http.StatusMethodNotAllowed)
+				return
+			}
+		} else {
+			f.posts.Add(1)
+			var body map[string]any
+			if json.NewDecoder(r.Body).Decode(&body) != nil || body["api_key"] != "mak_key" {
+				http.Error(w, `{"errors":["permission denied"]}`, http.StatusForbidden)
+				return
+			}
+		}
 		if r.Method == http.MethodGet && r.Header.Get(APIKeyHeader) != "mak_key" || r.URL.Query().Get("api_key") != "" {
 			http.Error(w, `{"errors":["permission denied"]}`, http.StatusForbidden)
 			return
 		}
 		time.Sleep(f.delay)
 		n := f.logins.Add(1)
+		if a := f.answer.Load(); a != nil {
+			(*a)(w)
+			return
+		}
 		if f.fail.Load() {
 			http.Error(w, `{"errors":["unavailable"]}`, http.StatusInternalServerError)
 			return
@@ -42,10 +67,21 @@ func newFakeVault(t *testing.T, ttl time.Duration) *fakeVault {
 		_ = json.NewEncoder(w).Encode(map[string]any{"data": map[string]any{
 			"token":      fmt.Sprintf("token-%d", n),
 			"expires_at": time.Now().Add(f.ttl).UTC().Format(time.RFC3339),
+			"expires_in": int64(f.ttl / time.Second),
 		}})
 	}))
 	t.Cleanup(f.srv.Close)
 	return f
+}
+
+// answerWith makes every login answer status and body.
+func (f *fakeVault) answerWith(status int, body string) {
+	fn := func(w http.ResponseWriter) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_, _ = w.Write([]byte(body))
+	}
+	f.answer.Store(&fn)
 }
 
 func (f *fakeVault) source(t *testing.T) *TokenSource {

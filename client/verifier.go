@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -33,6 +34,7 @@ const (
 	defaultLeeway       = 30 * time.Second
 	defaultMinRefetch   = 30 * time.Second
 	defaultMaxCacheAge  = time.Hour
+	defaultMaxStaleness = time.Hour
 	maxTokenLength      = 16 << 10
 	maxJWKSBytes        = 1 << 20
 	maxDiscoveryBytes   = 64 << 10
@@ -46,10 +48,16 @@ var supportedAlgorithms = []string{"ES256", "ES384", "EdDSA", "RS256"}
 
 // Errors a Verifier returns; wrap-compatible with errors.Is.
 var (
-	ErrInvalidToken  = errors.New(errPrefix + "invalid token")
-	ErrUnknownKey    = errors.New(errPrefix + "unknown signing key")
-	ErrCertMismatch  = errors.New(errPrefix + "token is bound to another client certificate")
-	ErrCertMissing   = errors.New(errPrefix + "token is bound to a client certificate, but none was presented")
+	ErrInvalidToken = errors.New(errPrefix + "invalid token")
+	ErrUnknownKey   = errors.New(errPrefix + "unknown signing key")
+	ErrCertMismatch = errors.New(errPrefix + "token is bound to another client certificate")
+	ErrCertMissing  = errors.New(errPrefix + "token is bound to a client certificate, but none was presented")
+	// ErrNotBound is returned for a token without cnf when RequireBinding is set.
+	ErrNotBound = errors.New(errPrefix + "token is not bound to a client certificate (cnf), and RequireBinding is set")
+	// ErrKeysStale is returned while the key set is older than MaxStaleness
+	// allows and Vault cannot be reached to refresh it.
+	ErrKeysStale     = errors.New(errPrefix + "key set is past MaxStaleness and could not be refreshed from Vault")
+	errCnfUnknown    = errors.New(errPrefix + "cnf carries no x5t#S256, the only confirmation method this verifier checks")
 	errCritHeader    = errors.New(errPrefix + "crit header not understood")
 	errAlgMismatch   = errors.New(errPrefix + "alg does not match the key named by kid")
 	errMalformedForm = errors.New(errPrefix + "not a compact JWS of three base64url segments")
@@ -64,14 +72,31 @@ type VerifierConfig struct {
 	JWKSURL string
 	// Issuer is the required iss; default the discovery document's issuer.
 	Issuer string
-	// Audience, when set, must be in the token's aud.
+	// Audience must be in the token's aud: the name this service is known
+	// by, so a token minted for another service is not accepted here.
+	// Required unless AllowAnyAudience is set.
 	Audience string
+	// AllowAnyAudience accepts tokens whatever their aud; set it only for a
+	// verifier that checks tokens on behalf of every audience.
+	AllowAnyAudience bool
+	// RequireBinding refuses tokens without cnf (not bound to a client
+	// certificate). A bound token is always checked against the request's
+	// client certificate, whatever this says.
+	RequireBinding bool
 	// Leeway is the clock skew allowed on exp, nbf and iat; default 30s.
 	Leeway time.Duration
-	// MinRefetchInterval bounds refetches triggered by unknown kids, so a
-	// caller sending random kids cannot turn the verifier into a flood;
+	// MinRefetchInterval is the least time between two fetches of the JWKS,
+	// whatever triggers them (an expired max-age, an unknown kid, a failed
+	// fetch) and whatever Cache-Control says, so neither a caller sending
+	// random kids nor a max-age of 0 turns the verifier into a flood;
 	// default 30s.
 	MinRefetchInterval time.Duration
+	// MaxStaleness is how long past its max-age (at most an hour) the last
+	// good key set keeps verifying while Vault cannot be reached; after it,
+	// verification fails closed with ErrKeysStale until a fetch succeeds.
+	// So a key that left the JWKS verifies at most max-age + MaxStaleness
+	// after Vault last served it. Default 1h; negative for no grace.
+	MaxStaleness time.Duration
 	// HTTPClient fetches discovery and JWKS; configure it to trust Vault's CA.
 	HTTPClient *http.Client
 }
@@ -112,18 +137,44 @@ type verificationKey struct {
 	pub crypto.PublicKey
 }
 
+// keySet is one JWKS answer. It is immutable once published.
+type keySet struct {
+	keys map[string]verificationKey
+	// freshUntil is the start of the fetch that produced the set plus its
+	// max-age: counting from the start, a set can never be fresher than the
+	// answer Vault computed.
+	freshUntil time.Time
+	// usableUntil is freshUntil plus MaxStaleness: past it the set verifies
+	// nothing.
+	usableUntil time.Time
+}
+
 // Verifier checks meshauth tokens offline. Safe for concurrent use.
+//
+// Its caches: the key set (the JWKS), replaced whole by every successful
+// fetch, so a key removed from the JWKS is gone with the next fetch; and the
+// jwks_uri and issuer that discovery gave at NewVerifier, which hold for the
+// Verifier's life (a new issuer or mount needs a new Verifier). Verdicts are
+// never cached: every Verify checks the token against the key set it loads.
+// The key set is trusted for its max-age and then, while fetches fail, for
+// MaxStaleness more, never longer; fetches run one at a time, so an older
+// answer can never replace a newer one.
 type Verifier struct {
 	cfg     VerifierConfig
 	jwksURL string
 	now     func() time.Time
 
-	mu         sync.RWMutex
-	keys       map[string]verificationKey
-	expires    time.Time
-	lastFetch  time.Time
-	fetchMu    sync.Mutex // one fetch at a time
-	fetchCount int
+	// set is the current key set; verifications load it without a lock.
+	set atomic.Pointer[keySet]
+
+	// mu guards the fetch state below; it is never held during a fetch.
+	mu sync.Mutex
+	// fetching is closed when the fetch in progress ends; nil when none.
+	fetching chan struct{}
+	// lastAttempt is when the last fetch started, successful or not.
+	lastAttempt time.Time
+	// lastErr is the error of the last fetch, nil after a success.
+	lastErr error
 }
 
 // NewVerifier resolves discovery (if configured) and fetches the keys once.
@@ -134,10 +185,22 @@ func NewVerifier(ctx context.Context, cfg VerifierConfig) (*Verifier, error) {
 	if cfg.Leeway == 0 {
 		cfg.Leeway = defaultLeeway
 	}
-	if cfg.MinRefetchInterval == 0 {
+	if cfg.MinRefetchInterval <= 0 {
 		cfg.MinRefetchInterval = defaultMinRefetch
 	}
-	v := &Verifier{cfg: cfg, jwksURL: cfg.JWKSURL, now: time.Now, keys: map[string]verificationKey{}}
+	switch {
+	case cfg.MaxStaleness == 0:
+		cfg.MaxStaleness = defaultMaxStaleness
+	case cfg.MaxStaleness < 0:
+		cfg.MaxStaleness = 0
+	}
+	switch {
+	case cfg.Audience == "" && !cfg.AllowAnyAudience:
+		return nil, errors.New(errPrefix + "set Audience to the name callers use for this service (a token minted for another service must not be accepted here), or set AllowAnyAudience to accept any aud on purpose")
+	case cfg.Audience != "" && cfg.AllowAnyAudience:
+		return nil, errors.New(errPrefix + "Audience and AllowAnyAudience contradict each other: set one")
+	}
+	v := &Verifier{cfg: cfg, jwksURL: cfg.JWKSURL, now: time.Now}
 	if cfg.DiscoveryURL != "" {
 		if err := v.discover(ctx); err != nil {
 			return nil, err
@@ -149,7 +212,8 @@ func NewVerifier(ctx context.Context, cfg VerifierConfig) (*Verifier, error) {
 	if v.cfg.Issuer == "" {
 		return nil, errors.New(errPrefix + "no issuer: set Issuer, or use DiscoveryURL")
 	}
-	if err := v.fetch(ctx); err != nil {
+	v.lastAttempt = v.now()
+	if err := v.fetch(ctx, v.lastAttempt); err != nil {
 		return nil, err
 	}
 	return v, nil
@@ -228,37 +292,9 @@ func maxAge(cc string) time.Duration {
 	return fallbackCacheAge
 }
 
-// fetch downloads the JWKS and replaces the key set.
-func (v *Verifier) fetch(ctx context.Context) error {
-	v.fetchMu.Lock()
-	defer v.fetchMu.Unlock()
-	return v.fetchLocked(ctx)
-}
-
-// refetch fetches again unless another caller did within the refetch
-// interval while this one waited (then its result serves both), or the set
-// has not expired and an unknown kid asked too soon.
-func (v *Verifier) refetch(ctx context.Context) {
-	v.fetchMu.Lock()
-	defer v.fetchMu.Unlock()
-	v.mu.RLock()
-	expired := !v.now().Before(v.expires)
-	recent := v.now().Sub(v.lastFetch) < v.cfg.MinRefetchInterval
-	v.mu.RUnlock()
-	if recent && !expired {
-		return
-	}
-	// A failed refresh keeps the keys we have: an outage of the JWKS
-	// endpoint must not stop verification of tokens we can check.
-	_ = v.fetchLocked(ctx)
-}
-
-// fetchLocked is fetch for a caller holding fetchMu.
-func (v *Verifier) fetchLocked(ctx context.Context) error {
-	v.mu.Lock()
-	v.lastFetch = v.now()
-	v.fetchCount++
-	v.mu.Unlock()
+// fetch downloads the JWKS and publishes it as the key set; on failure the
+// current set stays. start is when the fetch began.
+func (v *Verifier) fetch(ctx context.Context, start time.Time) error {
 	body, age, err := v.get(ctx, v.jwksURL, maxJWKSBytes)
 	if err != nil {
 		return fmt.Errorf(errPrefix+"fetching keys: %w", err)
@@ -267,11 +303,40 @@ func (v *Verifier) fetchLocked(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	v.mu.Lock()
-	v.keys = keys
-	v.expires = v.now().Add(age)
-	v.mu.Unlock()
+	fresh := start.Add(age)
+	v.set.Store(&keySet{keys: keys, freshUntil: fresh, usableUntil: fresh.Add(v.cfg.MaxStaleness)})
 	return nil
+}
+
+// refetch returns the channel of the fetch in progress, starting one in the
+// background when none is and MinRefetchInterval has passed since the last
+// attempt; nil when no fetch runs. The fetch is not bound to any caller's
+// context (others may wait for it), only to the HTTP timeout.
+func (v *Verifier) refetch(ctx context.Context) <-chan struct{} {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.fetching != nil {
+		return v.fetching
+	}
+	now := v.now()
+	if now.Sub(v.lastAttempt) < v.cfg.MinRefetchInterval {
+		return nil
+	}
+	v.lastAttempt = now
+	done := make(chan struct{})
+	v.fetching = done
+	go func() {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), verifierHTTPTimeout)
+		defer cancel()
+		// A failed fetch keeps the keys we have, within MaxStaleness: an
+		// outage of the JWKS endpoint must not stop verification at once.
+		err := v.fetch(fctx, now)
+		v.mu.Lock()
+		v.fetching, v.lastErr = nil, err
+		v.mu.Unlock()
+		close(done)
+	}()
+	return done
 }
 
 // parseJWKS turns a JWK Set into keys bound to their algorithms. Keys
@@ -322,38 +387,74 @@ func publicKey(k map[string]string) (crypto.PublicKey, error) {
 	return nil, fmt.Errorf("unsupported JWK (alg %q, kty %q)", k["alg"], k["kty"])
 }
 
-// key finds the key for kid, refreshing the set when it expired, and once
-// per MinRefetchInterval when the kid is unknown (a rotation we have not
-// seen yet).
+// key finds the key for kid. A fresh set answers at once. A set past its
+// max-age still answers (within MaxStaleness) while one background fetch
+// refreshes it, so verifications never wait for Vault over a key they hold.
+// An unknown kid (a rotation not seen yet) or an unusable set waits for a
+// fetch, at most one per MinRefetchInterval; in between it is refused.
 func (v *Verifier) key(ctx context.Context, kid string) (verificationKey, error) {
-	v.mu.RLock()
-	k, ok := v.keys[kid]
-	expired := !v.now().Before(v.expires)
-	mayRefetch := v.now().Sub(v.lastFetch) >= v.cfg.MinRefetchInterval
-	v.mu.RUnlock()
-	if ok && !expired {
+	s := v.set.Load()
+	now := v.now()
+	k, ok := s.keys[kid]
+	if ok && now.Before(s.freshUntil) {
 		return k, nil
 	}
-	if expired || mayRefetch {
-		v.refetch(ctx)
-		v.mu.RLock()
-		k, ok = v.keys[kid]
-		v.mu.RUnlock()
+	usable := now.Before(s.usableUntil)
+	done := v.refetch(ctx)
+	if ok && usable {
+		return k, nil
 	}
-	if !ok {
+	if done != nil {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return verificationKey{}, ctx.Err()
+		}
+		s = v.set.Load()
+		k, ok = s.keys[kid]
+		usable = v.now().Before(s.usableUntil)
+	}
+	switch {
+	case !usable:
+		v.mu.Lock()
+		err := v.lastErr
+		v.mu.Unlock()
+		if err != nil {
+			return verificationKey{}, fmt.Errorf("%w: %w", ErrKeysStale, err)
+		}
+		return verificationKey{}, ErrKeysStale
+	case !ok:
 		return verificationKey{}, ErrUnknownKey
 	}
 	return k, nil
 }
 
-// Verify checks a token: form and size, a kid we hold and its one
-// algorithm, signature, iss, aud (when configured), exp, nbf, iat within
-// leeway. When peer is the client certificate of the request's mutual TLS
-// and the token carries cnf.x5t#S256, the two must match (RFC 8705); a bound
-// token presented without a certificate is refused.
+// Verify checks a token: form and size; a header and payload that every JSON
+// reader reads alike (jws.CheckMembers: no duplicate members, no member that
+// folds to a registered claim without being it); a kid we hold and its one
+// algorithm; signature; iss, aud (unless AllowAnyAudience), exp, nbf and iat
+// within leeway, with sub, jti, iat and exp required. When the token carries
+// cnf.x5t#S256, peer (the client certificate of the request's mutual TLS)
+// must match it (RFC 8705): a bound token presented without a certificate
+// is refused, as is any other cnf, and with RequireBinding a token without
+// cnf.
 func (v *Verifier) Verify(ctx context.Context, token string, peer *x509.Certificate) (*Claims, error) {
 	if len(token) > maxTokenLength || !jws.WellFormed(token) {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, errMalformedForm)
+	}
+	// Before any claim is read: refuse a payload (or header) that another
+	// JSON reader could read differently from Go's encoding/json, which
+	// keeps the last duplicate and matches names case-insensitively with
+	// Unicode folding ("SUB" or "ſub" after "sub" would be read as sub).
+	header, payload, err := segments(token)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, err)
+	}
+	if err := jws.CheckMembers(header); err != nil {
+		return nil, fmt.Errorf("%w: header: %w", ErrInvalidToken, err)
+	}
+	if err := jws.CheckMembers(payload); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, err)
 	}
 	keyFunc := func(t *jwt.Token) (any, error) {
 		if _, ok := t.Header["crit"]; ok {
@@ -377,7 +478,7 @@ func (v *Verifier) Verify(ctx context.Context, token string, peer *x509.Certific
 		jwt.WithLeeway(v.cfg.Leeway),
 		jwt.WithTimeFunc(v.now),
 	}
-	if v.cfg.Audience != "" {
+	if !v.cfg.AllowAnyAudience {
 		opts = append(opts, jwt.WithAudience(v.cfg.Audience))
 	}
 	var rc struct {
@@ -392,11 +493,17 @@ func (v *Verifier) Verify(ctx context.Context, token string, peer *x509.Certific
 		}
 		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, err)
 	}
-	if rc.Subject == "" || rc.ID == "" {
-		return nil, fmt.Errorf("%w: sub and jti are required", ErrInvalidToken)
+	if rc.Subject == "" || rc.ID == "" || rc.IssuedAt == nil || rc.ExpiresAt == nil {
+		return nil, fmt.Errorf("%w: sub, jti, iat and exp are required", ErrInvalidToken)
 	}
-	claims := &Claims{Service: rc.Subject, Audience: rc.Audience, ExpiresAt: rc.ExpiresAt.Time, IssuedAt: rc.IssuedAt.Time, ID: rc.ID}
-	if rc.Cnf != nil && rc.Cnf.X5t != "" {
+	claims := &Claims{Service: rc.Subject, Audience: rc.Audience, ExpiresAt: rc.ExpiresAt.Time, IssuedAt: rc.IssuedAt.Time, ID: rc.ID, payload: payload}
+	switch {
+	case rc.Cnf == nil && v.cfg.RequireBinding:
+		return nil, ErrNotBound
+	case rc.Cnf != nil && rc.Cnf.X5t == "":
+		// A confirmation this verifier cannot check must not pass as none.
+		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, errCnfUnknown)
+	case rc.Cnf != nil:
 		claims.CertificateThumbprint = rc.Cnf.X5t
 		if peer == nil {
 			return nil, ErrCertMissing
@@ -406,8 +513,18 @@ func (v *Verifier) Verify(ctx context.Context, token string, peer *x509.Certific
 			return nil, ErrCertMismatch
 		}
 	}
-	first := strings.IndexByte(token, '.')
-	second := first + 1 + strings.IndexByte(token[first+1:], '.')
-	claims.payload, _ = base64.RawURLEncoding.DecodeString(token[first+1 : second])
 	return claims, nil
+}
+
+// segments decodes the header and payload of a well-formed token.
+func segments(token string) (header, payload []byte, err error) {
+	h, rest, _ := strings.Cut(token, ".")
+	p, _, _ := strings.Cut(rest, ".")
+	if header, err = base64.RawURLEncoding.DecodeString(h); err != nil {
+		return nil, nil, errMalformedForm
+	}
+	if payload, err = base64.RawURLEncoding.DecodeString(p); err != nil {
+		return nil, nil, errMalformedForm
+	}
+	return header, payload, nil
 }

@@ -32,25 +32,45 @@ type jwksServer struct {
 	keys    map[string]crypto.Signer
 	algs    map[string]string
 	fetches atomic.Int32
+	// cacheControl is the jwks answer's Cache-Control (default max-age=300).
+	cacheControl atomic.Pointer[string]
+	// down makes jwks answer 503.
+	down atomic.Bool
+	// block, when set, holds every jwks answer until it is closed; started
+	// gets a value when a held request arrives.
+	block   atomic.Pointer[chan struct{}]
+	started chan struct{}
 }
 
 func newJWKSServer(t *testing.T) *jwksServer { return newJWKSServerB(t) }
 
 func newJWKSServerB(t testing.TB) *jwksServer {
-	j := &jwksServer{keys: map[string]crypto.Signer{}, algs: map[string]string{}}
+	j := &jwksServer{keys: map[string]crypto.Signer{}, algs: map[string]string{}, started: make(chan struct{}, 100)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/meshauth/.well-known/openid-configuration", func(w http.ResponseWriter, _ *http.Request) {
 		_ = json.NewEncoder(w).Encode(map[string]any{"issuer": "meshauth", "jwks_uri": "/v1/meshauth/jwks"})
 	})
 	mux.HandleFunc("/v1/meshauth/jwks", func(w http.ResponseWriter, _ *http.Request) {
 		j.fetches.Add(1)
+		if b := j.block.Load(); b != nil {
+			j.started <- struct{}{}
+			<-*b
+		}
+		if j.down.Load() {
+			http.Error(w, "sealed", http.StatusServiceUnavailable)
+			return
+		}
 		j.mu.Lock()
 		defer j.mu.Unlock()
 		var keys []map[string]string
 		for kid, k := range j.keys {
 			keys = append(keys, jwk(kid, j.algs[kid], k.Public()))
 		}
-		w.Header().Set("Cache-Control", "max-age=300")
+		cc := "max-age=300"
+		if p := j.cacheControl.Load(); p != nil {
+			cc = *p
+		}
+		w.Header().Set("Cache-Control", cc)
 		_ = json.NewEncoder(w).Encode(map[string]any{"keys": keys})
 	})
 	j.srv = httptest.NewTLSServer(mux)
@@ -110,9 +130,10 @@ func (j *jwksServer) sign(t testing.TB, kid string, mod map[string]any) string {
 
 func (j *jwksServer) verifier(t *testing.T, audience string) *Verifier {
 	v, err := NewVerifier(t.Context(), VerifierConfig{
-		DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration",
-		Audience:     audience,
-		HTTPClient:   j.srv.Client(),
+		DiscoveryURL:     j.srv.URL + "/v1/meshauth/.well-known/openid-configuration",
+		Audience:         audience,
+		AllowAnyAudience: audience == "",
+		HTTPClient:       j.srv.Client(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -120,7 +141,7 @@ func (j *jwksServer) verifier(t *testing.T, audience string) *Verifier {
 	return v
 }
 
-func testCert(t *testing.T) *x509.Certificate {
+func testCert(t testing.TB) *x509.Certificate {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "orders"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
 	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
@@ -266,7 +287,7 @@ func BenchmarkOfflineVerify(b *testing.B) {
 	t := b
 	j := newJWKSServerB(b)
 	kid := j.addKey("ES256")
-	v, err := NewVerifier(b.Context(), VerifierConfig{DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration", HTTPClient: j.srv.Client()})
+	v, err := NewVerifier(b.Context(), VerifierConfig{DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration", Audience: "payments", HTTPClient: j.srv.Client()})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -18,8 +18,10 @@ import (
 
 // TestClientLibraryAgainstVault drives the service-side library against a
 // real Vault: the TokenSource logs in with the header GET and a client
-// certificate, the Verifier checks the token offline through discovery, and
-// an independent OIDC library (go-oidc) accepts the same token unchanged.
+// certificate, the Verifier checks the token offline through discovery
+// (requiring its audience and a bound token), an independent OIDC library
+// (go-oidc) accepts the same token unchanged, and a TokenSource refused into
+// a lockout stops asking Vault until the time the engine names.
 func TestClientLibraryAgainstVault(t *testing.T) {
 	s := vaultlab.StartDevServer(t)
 	s.RegisterPlugin(mount)
@@ -53,9 +55,10 @@ func TestClientLibraryAgainstVault(t *testing.T) {
 	httpClient := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}}
 
 	verifier, err := client.NewVerifier(t.Context(), client.VerifierConfig{
-		DiscoveryURL: issuer + "/.well-known/openid-configuration",
-		Audience:     "payments",
-		HTTPClient:   httpClient,
+		DiscoveryURL:   issuer + "/.well-known/openid-configuration",
+		Audience:       "payments",
+		RequireBinding: true,
+		HTTPClient:     httpClient,
 	})
 	if err != nil {
 		t.Fatalf("NewVerifier: %v", err)
@@ -94,5 +97,42 @@ func TestClientLibraryAgainstVault(t *testing.T) {
 	}
 	if _, err := provider.Verifier(&oidc.Config{ClientID: "ledger"}).Verify(ctx, token); err == nil {
 		t.Fatal("go-oidc accepted the token for another audience")
+	}
+
+	// A lockout, as real Vault carries it (403 and the engine's message):
+	// the source stops logging in until the time it names. Another
+	// certificate is the locked caller, so orders itself is not locked.
+	s.MustCLI(t, "write", mount+"/config", "lockout_threshold=2", "lockout_duration=10m")
+	otherVault, err := s.ClientWith(s.Token, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrong, err := client.NewTokenSource(client.TokenSourceConfig{Vault: otherVault, Mount: mount, Service: "orders", APIKey: "mak_not-the-key", MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		_, err := wrong.Token(t.Context())
+		if errors.Is(err, client.ErrLoginLocked) {
+			break
+		}
+		if i == 50 {
+			t.Fatalf("no lockout after 50 refused logins: %v", err)
+		}
+		time.Sleep(15 * time.Millisecond)
+	}
+	counters := func() map[string]any {
+		services, _ := vaultlab.JSONData(t, s.MustCLI(t, "read", "-format=json", mount+"/metrics"))["services"].(map[string]any)
+		orders, _ := services["orders"].(map[string]any)
+		return orders
+	}
+	before := counters()
+	for range 20 {
+		if _, err := wrong.Token(t.Context()); !errors.Is(err, client.ErrLoginLocked) {
+			t.Fatalf("Token during the lockout: %v", err)
+		}
+	}
+	if after := counters(); after["logins_failed"] != before["logins_failed"] || after["refused_as_locked"] != before["refused_as_locked"] {
+		t.Fatalf("the source kept logging in during the lockout: before %v, after %v", before, after)
 	}
 }

@@ -31,8 +31,11 @@ func main() {
 	}
 	verifier, err := client.NewVerifier(context.Background(), client.VerifierConfig{
 		DiscoveryURL: vaultAddr + "/v1/" + *mount + "/.well-known/openid-configuration",
-		Audience:     "payments",
-		HTTPClient:   httpsClient(mustPool(vaultCA)),
+		// Only tokens minted for payments, and only bound to the caller's
+		// certificate (a stolen token is useless without its key).
+		Audience:       "payments",
+		RequireBinding: true,
+		HTTPClient:     httpsClient(mustPool(vaultCA)),
 	})
 	if err != nil {
 		log.Fatalf("payments: %v", err)
