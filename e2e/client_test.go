@@ -26,7 +26,7 @@ func TestClientLibraryAgainstVault(t *testing.T) {
 	s := vaultlab.StartDevServer(t)
 	s.RegisterPlugin(mount)
 	issuer := s.Addr + "/v1/" + mount
-	s.MustCLI(t, "write", mount+"/config", "issuer="+issuer)
+	s.MustCLI(t, "write", mount+"/config", "issuer="+issuer, "allow_get_login=true")
 	s.MustCLI(t, "secrets", "tune", "-passthrough-request-headers="+client.APIKeyHeader, mount)
 	ca := vaultlab.NewCA(t, s.Dir, "mesh")
 	orders := ca.Issue(t, s.Dir, "orders", []string{"orders.mesh"}, nil, x509.ExtKeyUsageClientAuth)
