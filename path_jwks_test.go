@@ -11,7 +11,7 @@ import (
 // answer max-age=0, which makes every verifier refetch on every token.
 func TestJWKSCacheControlHasAFloor(t *testing.T) {
 	e := getTestBackend(t)
-	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"key_rotation_period": "10m"})
+	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"key_rotation_period": "10m", "max_ttl": "1h", "default_ttl": "10m"})
 	e.mustOK(t, logical.UpdateOperation, "keys/rotate", nil)
 	for _, advance := range []time.Duration{9*time.Minute + 50*time.Second, time.Minute, time.Hour} {
 		e.clock.advance(advance)
