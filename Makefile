@@ -35,16 +35,23 @@ dev: ## build everything and run a dev Vault (TLS) with meshauth mounted; Ctrl-C
 	./scripts/dev.sh
 
 # Fuzz targets: a name is in the root package; <package>:<name> elsewhere.
-FUZZ_TARGETS := FuzzParseToken FuzzParseCertificates FuzzServiceWrite FuzzLoginFields ./client:FuzzVerifierSigned
+# Targets are <module dir>:<name>; the module's own go.mod decides its build.
+FUZZ_TARGETS := .:FuzzParseToken .:FuzzParseCertificates .:FuzzServiceWrite .:FuzzLoginFields \
+  meshtoken:FuzzParse meshtoken:FuzzCheckMembers meshtoken:FuzzVerifierSigned
+
+# Go modules of the repository: the plugin, the token contract services
+# import (meshtoken), the client library, and the end-to-end suite.
+LIB_MODULES := meshtoken client
 
 test: test-unit fuzz-short test-e2e ## run every test: unit (-race), a short fuzz of each target, end-to-end against real Vault
 
-test-unit: ## unit tests of the plugin and client packages, with the race detector
+test-unit: ## unit tests of the plugin, meshtoken and client modules, with the race detector
 	go test -race -count=1 ./...
+	@for m in $(LIB_MODULES); do (cd $$m && go test -race -count=1 ./...) || exit 1; done
 
 fuzz: ## fuzz every target for FUZZ_TIME each (default 30s); seeds in testdata/fuzz
-	@for f in $(FUZZ_TARGETS); do pkg=.; case $$f in *:*) pkg=$${f%%:*}; f=$${f#*:};; esac; \
-	  echo "==> $$f in $$pkg for $(FUZZ_TIME)"; go test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZ_TIME) $$pkg || exit 1; done
+	@for t in $(FUZZ_TARGETS); do dir=$${t%%:*}; f=$${t#*:}; \
+	  echo "==> $$f in $$dir for $(FUZZ_TIME)"; (cd $$dir && go test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZ_TIME) .) || exit 1; done
 
 fuzz-short: ## fuzz every target briefly, as CI does
 	@$(MAKE) --no-print-directory fuzz FUZZ_TIME=5s
@@ -70,15 +77,14 @@ bench: tools build ## in-process benchmarks (benchstat), then the load tool agai
 fmt: tools ## format with gofumpt
 	$(TOOLS_DIR)/gofumpt -w .
 
-vet: ## go vet both modules
-	go vet ./...
-	cd e2e && go vet ./...
+vet: ## go vet every module
+	@for m in . $(LIB_MODULES) e2e; do (cd $$m && go vet ./...) || exit 1; done
 
-lint: tools ## golangci-lint and gofumpt, both modules; every go.mod tidy
+lint: tools ## golangci-lint and gofumpt, every module; every go.mod tidy
 	$(TOOLS_DIR)/golangci-lint run ./...
-	cd e2e && $(TOOLS_DIR)/golangci-lint run --config ../.golangci.yml ./...
+	@for m in $(LIB_MODULES) e2e; do (cd $$m && $(TOOLS_DIR)/golangci-lint run --config ../.golangci.yml ./...) || exit 1; done
 	@test -z "$$($(TOOLS_DIR)/gofumpt -l .)" || { echo "gofumpt would change:"; $(TOOLS_DIR)/gofumpt -l .; exit 1; }
-	@for m in . e2e tools/vault tools/vulndb; do (cd $$m && go mod tidy -diff >/dev/null) || { echo "$$m/go.mod is not tidy: run go mod tidy there (e2e follows the root module through its replace)"; exit 1; }; done
+	@for m in . $(LIB_MODULES) e2e tools/vault tools/vulndb; do (cd $$m && go mod tidy -diff >/dev/null) || { echo "$$m/go.mod is not tidy: run go mod tidy there (e2e follows the root module through its replace)"; exit 1; }; done
 
 vuln: $(TOOLS_DIR)/govulncheck ## govulncheck against a local copy of the Go vulnerability database
 	@db=$$(./scripts/vulndb.sh) && $(TOOLS_DIR)/govulncheck -db file://$$db ./...

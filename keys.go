@@ -8,17 +8,15 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/big"
-	"slices"
 	"sync/atomic"
 	"time"
 
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/hashicorp/vault/sdk/logical"
 )
@@ -26,14 +24,14 @@ import (
 // The JOSE algorithms meshauth signs with. Nothing else is ever accepted:
 // not none, not HMAC, not an algorithm other than the one bound to a kid.
 const (
-	algES256 = "ES256"
-	algES384 = "ES384"
-	algEdDSA = "EdDSA"
-	algRS256 = "RS256"
+	algES256 = meshtoken.ES256
+	algES384 = meshtoken.ES384
+	algEdDSA = meshtoken.EdDSA
+	algRS256 = meshtoken.RS256
 )
 
 // supportedAlgorithms lists the signing algorithms in the order help shows them.
-var supportedAlgorithms = []string{algES256, algES384, algEdDSA, algRS256}
+var supportedAlgorithms = meshtoken.Algorithms
 
 // Key states in the ring.
 const (
@@ -69,7 +67,7 @@ var errNoKeyRing = errors.New("the engine has no signing key yet; write to keys/
 
 // isSupportedAlgorithm reports whether alg is one meshauth signs with.
 func isSupportedAlgorithm(alg string) bool {
-	return slices.Contains(supportedAlgorithms, alg)
+	return meshtoken.IsAlgorithm(alg)
 }
 
 // keyRingEntry is the stored key ring, private keys included. It lives in one
@@ -214,7 +212,7 @@ func parseSigningKey(e *signingKeyEntry) (*signingKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	jwk, err := publicJWK(signer.Public())
+	jwk, err := meshtoken.PublicJWK(signer.Public())
 	if err != nil {
 		return nil, err
 	}
@@ -282,7 +280,7 @@ func generateSigningKey(alg string, keyVersion int, now time.Time) (*signingKeyE
 	if err != nil {
 		return nil, fmt.Errorf("encoding %s key: %w", alg, err)
 	}
-	kid, err := jwkThumbprint(key.Public())
+	kid, err := meshtoken.Thumbprint(key.Public())
 	if err != nil {
 		return nil, err
 	}
@@ -294,57 +292,6 @@ func generateSigningKey(alg string, keyVersion int, now time.Time) (*signingKeyE
 		PrivateKey: der,
 		CreatedAt:  now.UTC(),
 	}, nil
-}
-
-// publicJWK renders the public members of an RFC 7517 JWK.
-func publicJWK(pub crypto.PublicKey) (map[string]string, error) {
-	b64 := base64.RawURLEncoding.EncodeToString
-	switch k := pub.(type) {
-	case *ecdsa.PublicKey:
-		// Bytes is the uncompressed point 0x04 || X || Y, each coordinate
-		// already the fixed size RFC 7518 requires.
-		point, err := k.Bytes()
-		if err != nil {
-			return nil, fmt.Errorf("encoding EC public key: %w", err)
-		}
-		size := (len(point) - 1) / 2
-		return map[string]string{
-			"kty": "EC",
-			"crv": k.Curve.Params().Name,
-			"x":   b64(point[1 : 1+size]),
-			"y":   b64(point[1+size:]),
-		}, nil
-	case ed25519.PublicKey:
-		return map[string]string{"kty": "OKP", "crv": "Ed25519", "x": b64(k)}, nil
-	case *rsa.PublicKey:
-		return map[string]string{
-			"kty": "RSA",
-			"n":   b64(k.N.Bytes()),
-			"e":   b64(big.NewInt(int64(k.E)).Bytes()),
-		}, nil
-	}
-	return nil, fmt.Errorf("unsupported public key type %T", pub)
-}
-
-// jwkThumbprint computes the RFC 7638 thumbprint of a public key: SHA-256 of
-// its required JWK members in lexicographic order, base64url. Used as kid,
-// it binds the kid to the key itself.
-func jwkThumbprint(pub crypto.PublicKey) (string, error) {
-	jwk, err := publicJWK(pub)
-	if err != nil {
-		return "", err
-	}
-	var canonical string
-	switch jwk["kty"] {
-	case "EC":
-		canonical = fmt.Sprintf(`{"crv":%q,"kty":"EC","x":%q,"y":%q}`, jwk["crv"], jwk["x"], jwk["y"])
-	case "OKP":
-		canonical = fmt.Sprintf(`{"crv":%q,"kty":"OKP","x":%q}`, jwk["crv"], jwk["x"])
-	case "RSA":
-		canonical = fmt.Sprintf(`{"e":%q,"kty":"RSA","n":%q}`, jwk["e"], jwk["n"])
-	}
-	sum := sha256.Sum256([]byte(canonical))
-	return base64.RawURLEncoding.EncodeToString(sum[:]), nil
 }
 
 // readKeyRingEntry reads the stored ring, or (nil, nil) when there is none.

@@ -14,6 +14,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 // Bounds on certificate input; Go's chain building can take a long time on a
@@ -299,11 +301,10 @@ func peerChain(cs *tls.ConnectionState) []*x509.Certificate {
 	return cs.PeerCertificates
 }
 
-// certificateThumbprint is the RFC 8705 x5t#S256 of a certificate: base64url
-// SHA-256 of its DER.
+// certificateThumbprint is the RFC 8705 x5t#S256 of a certificate, as the
+// token contract defines it.
 func certificateThumbprint(c *x509.Certificate) string {
-	sum := sha256.Sum256(c.Raw)
-	return base64.RawURLEncoding.EncodeToString(sum[:])
+	return meshtoken.CertificateThumbprint(c)
 }
 
 // certificateFacts describes a PEM certificate for a person reading it.

@@ -18,11 +18,13 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 // APIKeyHeader carries the API key of a one-round-trip login. The mount must
 // list it in passthrough_request_headers.
-const APIKeyHeader = "X-Meshauth-Api-Key" //nolint:gosec // a header name, not a credential
+const APIKeyHeader = meshtoken.APIKeyHeader
 
 // Bounds of a TokenSource.
 const (

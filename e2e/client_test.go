@@ -14,6 +14,7 @@ import (
 
 	"github.com/datapunk/vault-plugin-secrets-meshauth/client"
 	"github.com/datapunk/vault-plugin-secrets-meshauth/e2e/vaultlab"
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 // TestClientLibraryAgainstVault drives the service-side library against a
@@ -54,7 +55,7 @@ func TestClientLibraryAgainstVault(t *testing.T) {
 	roots.AppendCertsFromPEM(caPEM)
 	httpClient := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}}
 
-	verifier, err := client.NewVerifier(t.Context(), client.VerifierConfig{
+	verifier, err := meshtoken.NewVerifier(t.Context(), meshtoken.VerifierConfig{
 		DiscoveryURL:   issuer + "/.well-known/openid-configuration",
 		Audience:       "payments",
 		RequireBinding: true,
@@ -64,10 +65,10 @@ func TestClientLibraryAgainstVault(t *testing.T) {
 		t.Fatalf("NewVerifier: %v", err)
 	}
 	claims, err := verifier.Verify(t.Context(), token, orders.X509)
-	if err != nil || claims.Service != "orders" || claims.CertificateThumbprint != orders.X5t() {
+	if err != nil || claims.Subject != "orders" || claims.Thumbprint() != orders.X5t() {
 		t.Fatalf("offline verify: %v %#v", err, claims)
 	}
-	if _, err := verifier.Verify(t.Context(), token, other.X509); !errors.Is(err, client.ErrCertMismatch) {
+	if _, err := verifier.Verify(t.Context(), token, other.X509); !errors.Is(err, meshtoken.ErrCertMismatch) {
 		t.Fatalf("token presented with another certificate: %v", err)
 	}
 

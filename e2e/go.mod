@@ -6,6 +6,8 @@ require github.com/hashicorp/vault/api v1.23.0
 
 require (
 	github.com/cenkalti/backoff/v4 v4.3.0 // indirect
+	github.com/davecgh/go-spew v1.1.2-0.20180830191138-d8f796af33cc // indirect
+	github.com/fatih/color v1.19.0 // indirect
 	github.com/go-jose/go-jose/v4 v4.1.4 // indirect
 	github.com/golang-jwt/jwt/v5 v5.3.1 // indirect
 	github.com/hashicorp/errwrap v1.1.0 // indirect
@@ -19,7 +21,9 @@ require (
 	github.com/hashicorp/hcl v1.0.1-vault-7 // indirect
 	github.com/mitchellh/go-homedir v1.1.0 // indirect
 	github.com/mitchellh/mapstructure v1.5.0 // indirect
+	github.com/pmezard/go-difflib v1.0.1-0.20181226105442-5d4384ee4fb2 // indirect
 	github.com/ryanuber/go-glob v1.0.0 // indirect
+	github.com/stretchr/testify v1.11.1 // indirect
 	golang.org/x/net v0.60.0 // indirect
 	golang.org/x/oauth2 v0.36.0 // indirect
 	golang.org/x/text v0.42.0 // indirect
@@ -28,10 +32,13 @@ require (
 
 require (
 	github.com/coreos/go-oidc/v3 v3.21.0
-	github.com/datapunk/vault-plugin-secrets-meshauth v0.0.0
+	github.com/datapunk/vault-plugin-secrets-meshauth/client v0.0.0
+	github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken v0.0.0
 )
 
 // The client library under test is this repository's own.
 replace github.com/datapunk/vault-plugin-secrets-meshauth => ../
 
 replace github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken => ../meshtoken
+
+replace github.com/datapunk/vault-plugin-secrets-meshauth/client => ../client

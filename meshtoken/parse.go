@@ -279,3 +279,11 @@ func failureReason(tok *jwt.Token, err error) string {
 	}
 	return ReasonInvalid
 }
+
+// Thumbprint is the cnf.x5t#S256 the token is bound to, or "".
+func (c *Claims) Thumbprint() string {
+	if c.Confirmation == nil {
+		return ""
+	}
+	return c.Confirmation.X5tS256
+}

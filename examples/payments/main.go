@@ -14,7 +14,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/datapunk/vault-plugin-secrets-meshauth/client"
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 func main() {
@@ -29,7 +29,7 @@ func main() {
 	if vaultAddr == "" || vaultCA == "" {
 		log.Fatal("set VAULT_ADDR and VAULT_CACERT (make dev prints them)")
 	}
-	verifier, err := client.NewVerifier(context.Background(), client.VerifierConfig{
+	verifier, err := meshtoken.NewVerifier(context.Background(), meshtoken.VerifierConfig{
 		DiscoveryURL: vaultAddr + "/v1/" + *mount + "/.well-known/openid-configuration",
 		// Only tokens minted for payments, and only bound to the caller's
 		// certificate (a stolen token is useless without its key).
@@ -43,9 +43,9 @@ func main() {
 
 	mux := http.NewServeMux()
 	mux.Handle("/charge", verifier.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		claims, _ := client.ClaimsFromContext(r.Context())
-		log.Printf("charge requested by %q (token %q, bound to certificate %q)", claims.Service, claims.ID, claims.CertificateThumbprint)
-		_ = json.NewEncoder(w).Encode(map[string]string{"status": "charged", "caller": claims.Service})
+		claims, _ := meshtoken.ClaimsFromContext(r.Context())
+		log.Printf("charge requested by %q (token %q, bound to certificate %q)", claims.Subject, claims.ID, claims.Thumbprint())
+		_ = json.NewEncoder(w).Encode(map[string]string{"status": "charged", "caller": claims.Subject})
 	})))
 	pair, err := tls.LoadX509KeyPair(*cert, *key)
 	if err != nil {

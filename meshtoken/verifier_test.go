@@ -1,4 +1,4 @@
-package client
+package meshtoken
 
 import (
 	"crypto"
@@ -162,7 +162,7 @@ func TestVerifierAcceptsAndRefuses(t *testing.T) {
 	cert, other := testCert(t), testCert(t)
 
 	claims, err := v.Verify(t.Context(), j.sign(t, kid, nil), nil)
-	if err != nil || claims.Service != "orders" || claims.ExtraClaims()["team"] != "checkout" {
+	if err != nil || claims.Subject != "orders" || claims.Extra()["team"] != "checkout" {
 		t.Fatalf("good token: %v %#v", err, claims)
 	}
 	if _, err := v.Verify(t.Context(), j.sign(t, ed, nil), nil); err != nil {
@@ -258,7 +258,7 @@ func TestMiddlewareAndTransport(t *testing.T) {
 		if !ok {
 			t.Error("no claims in context")
 		}
-		_, _ = w.Write([]byte("hello " + c.Service))
+		_, _ = w.Write([]byte("hello " + c.Subject))
 	}))
 	for name, c := range map[string]struct {
 		auth string

@@ -1,21 +1,13 @@
-package client
+package meshtoken
 
 import (
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
-	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -23,19 +15,13 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/golang-jwt/jwt/v5"
-
-	"github.com/datapunk/vault-plugin-secrets-meshauth/internal/jws"
 )
 
 // Defaults of a Verifier.
 const (
-	defaultLeeway       = 30 * time.Second
 	defaultMinRefetch   = 30 * time.Second
 	defaultMaxCacheAge  = time.Hour
 	defaultMaxStaleness = time.Hour
-	maxTokenLength      = 16 << 10
 	maxJWKSBytes        = 1 << 20
 	maxDiscoveryBytes   = 64 << 10
 	fallbackCacheAge    = 5 * time.Minute
@@ -43,24 +29,17 @@ const (
 	errPrefix           = "meshauth verify: "
 )
 
-// supportedAlgorithms are the only algorithms a Verifier accepts.
-var supportedAlgorithms = []string{"ES256", "ES384", "EdDSA", "RS256"}
-
 // Errors a Verifier returns; wrap-compatible with errors.Is.
 var (
 	ErrInvalidToken = errors.New(errPrefix + "invalid token")
-	ErrUnknownKey   = errors.New(errPrefix + "unknown signing key")
 	ErrCertMismatch = errors.New(errPrefix + "token is bound to another client certificate")
 	ErrCertMissing  = errors.New(errPrefix + "token is bound to a client certificate, but none was presented")
 	// ErrNotBound is returned for a token without cnf when RequireBinding is set.
 	ErrNotBound = errors.New(errPrefix + "token is not bound to a client certificate (cnf), and RequireBinding is set")
 	// ErrKeysStale is returned while the key set is older than MaxStaleness
 	// allows and Vault cannot be reached to refresh it.
-	ErrKeysStale     = errors.New(errPrefix + "key set is past MaxStaleness and could not be refreshed from Vault")
-	errCnfUnknown    = errors.New(errPrefix + "cnf carries no x5t#S256, the only confirmation method this verifier checks")
-	errCritHeader    = errors.New(errPrefix + "crit header not understood")
-	errAlgMismatch   = errors.New(errPrefix + "alg does not match the key named by kid")
-	errMalformedForm = errors.New(errPrefix + "not a compact JWS of three base64url segments")
+	ErrKeysStale  = errors.New(errPrefix + "key set is past MaxStaleness and could not be refreshed from Vault")
+	errCnfUnknown = errors.New(errPrefix + "cnf carries no x5t#S256, the only confirmation method this verifier checks")
 )
 
 // VerifierConfig says where the keys are and what a token must say.
@@ -101,45 +80,9 @@ type VerifierConfig struct {
 	HTTPClient *http.Client
 }
 
-// Claims are what a verified token says.
-type Claims struct {
-	// Service is the sub claim: the calling service's name.
-	Service string
-	// Audience is the aud claim.
-	Audience []string
-	// ExpiresAt, IssuedAt are exp and iat.
-	ExpiresAt, IssuedAt time.Time
-	// ID is the jti.
-	ID string
-	// CertificateThumbprint is cnf.x5t#S256 when the token is bound.
-	CertificateThumbprint string
-	// payload is the token's decoded claims segment, for ExtraClaims.
-	payload []byte
-}
-
-// ExtraClaims decodes the claims other than the registered ones (the
-// service's configured claims). It is computed on demand: most handlers only
-// need Service, and decoding twice would cost the verifier a fifth more.
-func (c *Claims) ExtraClaims() map[string]any {
-	var mc map[string]any
-	if json.Unmarshal(c.payload, &mc) != nil {
-		return nil
-	}
-	for _, reg := range []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf"} {
-		delete(mc, reg)
-	}
-	return mc
-}
-
-// verificationKey is one JWK bound to its algorithm.
-type verificationKey struct {
-	alg string
-	pub crypto.PublicKey
-}
-
 // keySet is one JWKS answer. It is immutable once published.
 type keySet struct {
-	keys map[string]verificationKey
+	keys map[string]Key
 	// freshUntil is the start of the fetch that produced the set plus its
 	// max-age: counting from the start, a set can never be fresher than the
 	// answer Vault computed.
@@ -183,7 +126,7 @@ func NewVerifier(ctx context.Context, cfg VerifierConfig) (*Verifier, error) {
 		cfg.HTTPClient = &http.Client{Timeout: verifierHTTPTimeout}
 	}
 	if cfg.Leeway == 0 {
-		cfg.Leeway = defaultLeeway
+		cfg.Leeway = DefaultLeeway
 	}
 	if cfg.MinRefetchInterval <= 0 {
 		cfg.MinRefetchInterval = defaultMinRefetch
@@ -341,50 +284,22 @@ func (v *Verifier) refetch(ctx context.Context) <-chan struct{} {
 
 // parseJWKS turns a JWK Set into keys bound to their algorithms. Keys
 // without an alg meshauth uses are skipped.
-func parseJWKS(body []byte) (map[string]verificationKey, error) {
+func parseJWKS(body []byte) (map[string]Key, error) {
 	var set struct {
 		Keys []map[string]string `json:"keys"`
 	}
 	if err := json.Unmarshal(body, &set); err != nil {
 		return nil, fmt.Errorf(errPrefix+"JWKS does not parse: %w", err)
 	}
-	out := map[string]verificationKey{}
+	out := map[string]Key{}
 	for _, k := range set.Keys {
-		pub, err := publicKey(k)
+		key, err := ParseJWK(k)
 		if err != nil || k["kid"] == "" {
 			continue
 		}
-		out[k["kid"]] = verificationKey{alg: k["alg"], pub: pub}
+		out[k["kid"]] = key
 	}
 	return out, nil
-}
-
-// publicKey decodes one JWK, checking that its type fits its alg.
-func publicKey(k map[string]string) (crypto.PublicKey, error) {
-	b64 := func(s string) []byte { b, _ := base64.RawURLEncoding.DecodeString(s); return b }
-	switch {
-	case k["alg"] == "EdDSA" && k["kty"] == "OKP" && k["crv"] == "Ed25519":
-		x := b64(k["x"])
-		if len(x) != ed25519.PublicKeySize {
-			return nil, errors.New("bad Ed25519 key")
-		}
-		return ed25519.PublicKey(x), nil
-	case k["alg"] == "ES256" && k["kty"] == "EC" && k["crv"] == "P-256",
-		k["alg"] == "ES384" && k["kty"] == "EC" && k["crv"] == "P-384":
-		curve := elliptic.P256()
-		if k["crv"] == "P-384" {
-			curve = elliptic.P384()
-		}
-		pt := append(append([]byte{4}, b64(k["x"])...), b64(k["y"])...)
-		return ecdsa.ParseUncompressedPublicKey(curve, pt)
-	case k["alg"] == "RS256" && k["kty"] == "RSA":
-		n, e := new(big.Int).SetBytes(b64(k["n"])), new(big.Int).SetBytes(b64(k["e"]))
-		if n.BitLen() < 2048 || !e.IsInt64() || e.Int64() < 3 || e.Int64() > 1<<31 {
-			return nil, errors.New("bad RSA key")
-		}
-		return &rsa.PublicKey{N: n, E: int(e.Int64())}, nil
-	}
-	return nil, fmt.Errorf("unsupported JWK (alg %q, kty %q)", k["alg"], k["kty"])
 }
 
 // key finds the key for kid. A fresh set answers at once. A set past its
@@ -392,7 +307,7 @@ func publicKey(k map[string]string) (crypto.PublicKey, error) {
 // refreshes it, so verifications never wait for Vault over a key they hold.
 // An unknown kid (a rotation not seen yet) or an unusable set waits for a
 // fetch, at most one per MinRefetchInterval; in between it is refused.
-func (v *Verifier) key(ctx context.Context, kid string) (verificationKey, error) {
+func (v *Verifier) key(ctx context.Context, kid string) (Key, error) {
 	s := v.set.Load()
 	now := v.now()
 	k, ok := s.keys[kid]
@@ -408,7 +323,7 @@ func (v *Verifier) key(ctx context.Context, kid string) (verificationKey, error)
 		select {
 		case <-done:
 		case <-ctx.Done():
-			return verificationKey{}, ctx.Err()
+			return Key{}, ctx.Err()
 		}
 		s = v.set.Load()
 		k, ok = s.keys[kid]
@@ -420,111 +335,45 @@ func (v *Verifier) key(ctx context.Context, kid string) (verificationKey, error)
 		err := v.lastErr
 		v.mu.Unlock()
 		if err != nil {
-			return verificationKey{}, fmt.Errorf("%w: %w", ErrKeysStale, err)
+			return Key{}, fmt.Errorf("%w: %w", ErrKeysStale, err)
 		}
-		return verificationKey{}, ErrKeysStale
+		return Key{}, ErrKeysStale
 	case !ok:
-		return verificationKey{}, ErrUnknownKey
+		return Key{}, ErrUnknownKey
 	}
 	return k, nil
 }
 
-// Verify checks a token: form and size; a header and payload that every JSON
-// reader reads alike (jws.CheckMembers: no duplicate members, no member that
-// folds to a registered claim without being it); a kid we hold and its one
-// algorithm; signature; iss, aud (unless AllowAnyAudience), exp, nbf and iat
-// within leeway, with sub, jti, iat and exp required. When the token carries
-// cnf.x5t#S256, peer (the client certificate of the request's mutual TLS)
-// must match it (RFC 8705): a bound token presented without a certificate
-// is refused, as is any other cnf, and with RequireBinding a token without
-// cnf.
+// Verify checks a token with Parse, the parser the engine's online verify
+// uses too (form and size; a header and payload that every JSON reader
+// reads alike; a kid in the key set and its one algorithm; signature; iss,
+// aud unless AllowAnyAudience, exp, nbf and iat within leeway; sub, jti, iat
+// and nbf present). When the token carries cnf.x5t#S256, peer (the client
+// certificate of the request's mutual TLS) must match it (RFC 8705): a bound
+// token presented without a certificate is refused, as is any other cnf,
+// and with RequireBinding a token without cnf.
 func (v *Verifier) Verify(ctx context.Context, token string, peer *x509.Certificate) (*Claims, error) {
-	if len(token) > maxTokenLength || !jws.WellFormed(token) {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, errMalformedForm)
+	opts := Options{Issuer: v.cfg.Issuer, Leeway: v.cfg.Leeway, Now: v.now()}
+	if !v.cfg.AllowAnyAudience {
+		opts.Audience = v.cfg.Audience
 	}
-	// Before any claim is read: refuse a payload (or header) that another
-	// JSON reader could read differently from Go's encoding/json, which
-	// keeps the last duplicate and matches names case-insensitively with
-	// Unicode folding ("SUB" or "ſub" after "sub" would be read as sub).
-	header, payload, err := segments(token)
+	claims, err := Parse(token, func(kid string) (Key, error) { return v.key(ctx, kid) }, opts)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, err)
 	}
-	if err := jws.CheckMembers(header); err != nil {
-		return nil, fmt.Errorf("%w: header: %w", ErrInvalidToken, err)
-	}
-	if err := jws.CheckMembers(payload); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, err)
-	}
-	keyFunc := func(t *jwt.Token) (any, error) {
-		if _, ok := t.Header["crit"]; ok {
-			return nil, errCritHeader
-		}
-		kid, _ := t.Header["kid"].(string)
-		k, err := v.key(ctx, kid)
-		if err != nil {
-			return nil, err
-		}
-		if t.Method.Alg() != k.alg {
-			return nil, errAlgMismatch
-		}
-		return k.pub, nil
-	}
-	opts := []jwt.ParserOption{
-		jwt.WithValidMethods(supportedAlgorithms),
-		jwt.WithIssuer(v.cfg.Issuer),
-		jwt.WithIssuedAt(),
-		jwt.WithExpirationRequired(),
-		jwt.WithLeeway(v.cfg.Leeway),
-		jwt.WithTimeFunc(v.now),
-	}
-	if !v.cfg.AllowAnyAudience {
-		opts = append(opts, jwt.WithAudience(v.cfg.Audience))
-	}
-	var rc struct {
-		jwt.RegisteredClaims
-		Cnf *struct {
-			X5t string `json:"x5t#S256"`
-		} `json:"cnf"`
-	}
-	if _, err := jwt.NewParser(opts...).ParseWithClaims(token, &rc, keyFunc); err != nil {
-		if errors.Is(err, ErrUnknownKey) {
-			return nil, fmt.Errorf("%w: %w", ErrInvalidToken, ErrUnknownKey)
-		}
-		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, err)
-	}
-	if rc.Subject == "" || rc.ID == "" || rc.IssuedAt == nil || rc.ExpiresAt == nil {
-		return nil, fmt.Errorf("%w: sub, jti, iat and exp are required", ErrInvalidToken)
-	}
-	claims := &Claims{Service: rc.Subject, Audience: rc.Audience, ExpiresAt: rc.ExpiresAt.Time, IssuedAt: rc.IssuedAt.Time, ID: rc.ID, payload: payload}
-	switch {
-	case rc.Cnf == nil && v.cfg.RequireBinding:
+	switch cnf := claims.Confirmation; {
+	case cnf == nil && v.cfg.RequireBinding:
 		return nil, ErrNotBound
-	case rc.Cnf != nil && rc.Cnf.X5t == "":
+	case cnf != nil && cnf.X5tS256 == "":
 		// A confirmation this verifier cannot check must not pass as none.
 		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, errCnfUnknown)
-	case rc.Cnf != nil:
-		claims.CertificateThumbprint = rc.Cnf.X5t
+	case cnf != nil:
 		if peer == nil {
 			return nil, ErrCertMissing
 		}
-		sum := sha256.Sum256(peer.Raw)
-		if subtle.ConstantTimeCompare([]byte(base64.RawURLEncoding.EncodeToString(sum[:])), []byte(rc.Cnf.X5t)) != 1 {
+		if subtle.ConstantTimeCompare([]byte(CertificateThumbprint(peer)), []byte(cnf.X5tS256)) != 1 {
 			return nil, ErrCertMismatch
 		}
 	}
 	return claims, nil
-}
-
-// segments decodes the header and payload of a well-formed token.
-func segments(token string) (header, payload []byte, err error) {
-	h, rest, _ := strings.Cut(token, ".")
-	p, _, _ := strings.Cut(rest, ".")
-	if header, err = base64.RawURLEncoding.DecodeString(h); err != nil {
-		return nil, nil, errMalformedForm
-	}
-	if payload, err = base64.RawURLEncoding.DecodeString(p); err != nil {
-		return nil, nil, errMalformedForm
-	}
-	return header, payload, nil
 }

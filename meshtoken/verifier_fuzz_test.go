@@ -1,4 +1,4 @@
-package client
+package meshtoken
 
 import (
 	"crypto/ed25519"
@@ -11,8 +11,6 @@ import (
 	"slices"
 	"testing"
 	"time"
-
-	"github.com/datapunk/vault-plugin-secrets-meshauth/internal/jws"
 )
 
 // FuzzVerifierSigned feeds the Verifier tokens whose signatures are valid
@@ -62,14 +60,14 @@ func FuzzVerifierSigned(f *testing.F) {
 	thumb := base64.RawURLEncoding.EncodeToString(sum[:])
 	v := &Verifier{
 		cfg: VerifierConfig{
-			Issuer: "meshauth", Audience: "payments", Leeway: defaultLeeway,
+			Issuer: "meshauth", Audience: "payments", Leeway: DefaultLeeway,
 			MinRefetchInterval: 24 * time.Hour, MaxStaleness: time.Hour,
 		},
 		now:         time.Now,
 		lastAttempt: time.Now(), // no fetch: the verifier never goes to the network here
 	}
 	far := time.Now().Add(24 * time.Hour)
-	v.set.Store(&keySet{keys: map[string]verificationKey{"k1": {alg: "EdDSA", pub: priv.Public()}}, freshUntil: far, usableUntil: far})
+	v.set.Store(&keySet{keys: map[string]Key{"k1": {Algorithm: EdDSA, Public: priv.Public()}}, freshUntil: far, usableUntil: far})
 
 	f.Fuzz(func(t *testing.T, header, payload []byte, present bool) {
 		b64 := base64.RawURLEncoding.EncodeToString
@@ -86,7 +84,7 @@ func FuzzVerifierSigned(f *testing.F) {
 			}
 			return
 		}
-		if jws.CheckMembers(payload) != nil || jws.CheckMembers(header) != nil {
+		if CheckMembers(payload) != nil || CheckMembers(header) != nil {
 			t.Fatalf("accepted an ambiguous token: %s . %s", header, payload)
 		}
 		// Read the payload as a reader that matches names exactly would.
@@ -95,18 +93,18 @@ func FuzzVerifierSigned(f *testing.F) {
 			t.Fatalf("accepted a payload that is not an object: %v", err)
 		}
 		var sub string
-		if json.Unmarshal(exact["sub"], &sub) != nil || sub != c.Service || sub == "" {
-			t.Fatalf("reported service %q; the payload's exact sub is %s", c.Service, exact["sub"])
+		if json.Unmarshal(exact["sub"], &sub) != nil || sub != c.Subject || sub == "" {
+			t.Fatalf("reported service %q; the payload's exact sub is %s", c.Subject, exact["sub"])
 		}
 		if !slices.Contains(c.Audience, "payments") || c.IssuedAt.IsZero() || c.ExpiresAt.IsZero() || c.ID == "" {
 			t.Fatalf("accepted incomplete claims %#v", c)
 		}
-		if c.CertificateThumbprint != "" && (!present || c.CertificateThumbprint != thumb) {
+		if c.Thumbprint() != "" && (!present || c.Thumbprint() != thumb) {
 			t.Fatalf("accepted a bound token without its certificate: %#v", c)
 		}
-		if _, ok := exact["cnf"]; ok && c.CertificateThumbprint == "" && string(exact["cnf"]) != "null" {
+		if _, ok := exact["cnf"]; ok && c.Thumbprint() == "" && string(exact["cnf"]) != "null" {
 			t.Fatalf("accepted a cnf it did not check: %s", exact["cnf"])
 		}
-		_ = c.ExtraClaims()
+		_ = c.Extra()
 	})
 }

@@ -1,4 +1,4 @@
-package client
+package meshtoken
 
 import (
 	"context"
@@ -14,8 +14,6 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-
-	"github.com/datapunk/vault-plugin-secrets-meshauth/internal/jws"
 )
 
 // signRaw signs header and payload exactly as given, so a test can send
@@ -52,7 +50,7 @@ func TestVerifierRefusesShadowedClaims(t *testing.T) {
 	kid := j.addKey("ES256")
 	v := j.verifier(t, "payments")
 	now := time.Now()
-	if c, err := v.Verify(t.Context(), j.signRaw(t, kid, "", payloadWith(now, `,"team":"a"`)), nil); err != nil || c.Service != "orders" {
+	if c, err := v.Verify(t.Context(), j.signRaw(t, kid, "", payloadWith(now, `,"team":"a"`)), nil); err != nil || c.Subject != "orders" {
 		t.Fatalf("plain payload: %v", err)
 	}
 	for name, extra := range map[string]string{
@@ -68,13 +66,13 @@ func TestVerifierRefusesShadowedClaims(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			c, err := v.Verify(t.Context(), j.signRaw(t, kid, "", payloadWith(now, extra)), nil)
-			if !errors.Is(err, ErrInvalidToken) || !errors.Is(err, jws.ErrAmbiguousMembers) {
-				t.Fatalf("Verify = %#v, %v; want ErrInvalidToken wrapping jws.ErrAmbiguousMembers", c, err)
+			if !errors.Is(err, ErrInvalidToken) || !errors.Is(err, ErrAmbiguousMembers) {
+				t.Fatalf("Verify = %#v, %v; want ErrInvalidToken wrapping ErrAmbiguousMembers", c, err)
 			}
 		})
 	}
 	dupKid := fmt.Sprintf(`{"alg":"ES256","kid":%q,"kid":"other"}`, kid)
-	if _, err := v.Verify(t.Context(), j.signRaw(t, kid, dupKid, payloadWith(now, "")), nil); !errors.Is(err, jws.ErrAmbiguousMembers) {
+	if _, err := v.Verify(t.Context(), j.signRaw(t, kid, dupKid, payloadWith(now, "")), nil); !errors.Is(err, ErrAmbiguousMembers) {
 		t.Fatalf("header with duplicate kid: %v", err)
 	}
 }
