@@ -125,6 +125,9 @@ func strayPEMContent(field string, data []byte, start int) error {
 	if looksLikeKeyMaterial(region) {
 		return fmt.Errorf("%s has text at line %d that looks like private key material outside any well-formed CERTIFICATE block; it was not stored. Send only certificates, and never send a private key to Vault", field, line)
 	}
+	if !bytes.Contains(data, pemBegin) {
+		return fmt.Errorf("%s holds no PEM certificate; paste the PEM text (-----BEGIN CERTIFICATE-----)", field)
+	}
 	return fmt.Errorf("%s has content at line %d outside well-formed PEM CERTIFICATE blocks (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----); only such blocks and whitespace between them are accepted", field, line)
 }
 
