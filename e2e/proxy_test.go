@@ -190,6 +190,9 @@ func (p *meshProxy) login(t *testing.T, token, service, key string, cert *vaultl
 	}
 	if json.Unmarshal(raw, &out) == nil && resp.StatusCode == http.StatusOK {
 		tok, _ := out.Data["token"].(string)
+		if tok == "" {
+			t.Fatalf("login answered 200 without a token: %s", raw)
+		}
 		if cnf, _ := decodeClaims(t, tok)["cnf"].(map[string]any); cnf != nil {
 			res.x5t, _ = cnf["x5t#S256"].(string)
 		}
