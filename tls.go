@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
@@ -58,23 +59,35 @@ func (t *serviceTrust) hasTrust() bool {
 }
 
 // parseCertificates parses a PEM bundle that may hold only certificates:
-// no private key, no other block type, no headers, nothing after the last
-// block, bounded in size and count.
+// well-formed CERTIFICATE blocks without headers, separated by nothing but
+// whitespace, bounded in size and count. pem.Decode alone would skip any
+// text before a block, including a private key whose armour is damaged (a
+// BEGIN line without END, mangled dashes), and that text would be stored and
+// shown again by services/:name/tls; so every byte outside a block is
+// checked here. Errors name the position, never the content: it may be a
+// secret.
 func parseCertificates(field, text string, maxCerts int) ([]*x509.Certificate, error) {
 	if len(text) > maxPEMBytes {
 		return nil, fmt.Errorf("%s is %d bytes; at most %d are accepted", field, len(text), maxPEMBytes)
 	}
-	rest := []byte(text)
+	data := []byte(text)
 	var certs []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
+	for pos := 0; ; {
+		start := pos + len(data[pos:]) - len(bytes.TrimLeftFunc(data[pos:], unicode.IsSpace))
+		if start == len(data) {
 			break
+		}
+		rest := data[start:]
+		block, after := pem.Decode(rest)
+		consumed := rest[:len(rest)-len(after)]
+		// The block must begin exactly here: when the block here is damaged,
+		// pem.Decode skips it and returns a later one.
+		if block == nil || !bytes.HasPrefix(rest, pemBegin) || bytes.Count(consumed, pemBegin) != 1 {
+			return nil, strayPEMContent(field, data, start)
 		}
 		switch {
 		case strings.Contains(block.Type, "PRIVATE KEY"):
-			return nil, fmt.Errorf("%s contains a private key (%s block); send only certificates, and never a private key, to Vault", field, block.Type)
+			return nil, fmt.Errorf("%s contains a private key (%s block); send only certificates, and never send a private key to Vault", field, block.Type)
 		case block.Type != "CERTIFICATE":
 			return nil, fmt.Errorf("%s contains a %q block; only CERTIFICATE blocks are accepted", field, block.Type)
 		case len(block.Headers) > 0:
@@ -85,17 +98,71 @@ func parseCertificates(field, text string, maxCerts int) ([]*x509.Certificate, e
 		}
 		cert, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
+			if isPrivateKeyDER(block.Bytes) {
+				return nil, fmt.Errorf("%s: block %d is labelled CERTIFICATE but holds a private key; never send a private key to Vault", field, len(certs)+1)
+			}
 			return nil, fmt.Errorf("%s: certificate %d does not parse: %w", field, len(certs)+1, err)
 		}
 		certs = append(certs, cert)
+		pos = start + len(consumed)
 	}
 	if len(certs) == 0 {
 		return nil, fmt.Errorf("%s holds no PEM certificate; paste the PEM text (-----BEGIN CERTIFICATE-----)", field)
 	}
-	if len(bytes.TrimSpace(rest)) > 0 {
-		return nil, fmt.Errorf("%s has data after its last PEM block, or a block that does not decode", field)
-	}
 	return certs, nil
+}
+
+// pemBegin starts every PEM block.
+var pemBegin = []byte("-----BEGIN ")
+
+// strayPEMContent describes content at data[start:] that is not a
+// well-formed PEM block, saying loudly when it looks like key material.
+func strayPEMContent(field string, data []byte, start int) error {
+	line := 1 + bytes.Count(data[:start], []byte("\n"))
+	// The stray region runs to the next line that begins a certificate.
+	region := data[start:]
+	if i := bytes.Index(region[1:], []byte("\n-----BEGIN CERTIFICATE-----")); i >= 0 {
+		region = region[:i+1]
+	}
+	if looksLikeKeyMaterial(region) {
+		return fmt.Errorf("%s has text at line %d that looks like private key material outside any well-formed CERTIFICATE block; it was not stored. Send only certificates, and never send a private key to Vault", field, line)
+	}
+	if !bytes.Contains(data, pemBegin) {
+		return fmt.Errorf("%s holds no PEM certificate; paste the PEM text (-----BEGIN CERTIFICATE-----)", field)
+	}
+	return fmt.Errorf("%s has content at line %d outside well-formed PEM CERTIFICATE blocks (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----); only such blocks and whitespace between them are accepted", field, line)
+}
+
+// looksLikeKeyMaterial reports whether text resembles a private key: key
+// armour in any state of repair, or a base64 body that parses as one.
+func looksLikeKeyMaterial(text []byte) bool {
+	upper := bytes.ToUpper(text)
+	for _, marker := range []string{"PRIVATE KEY", "PRIVATE-KEY", "OPENSSH", "ENCRYPTED", "PROC-TYPE", "DEK-INFO"} {
+		if bytes.Contains(upper, []byte(marker)) {
+			return true
+		}
+	}
+	var body []byte
+	for l := range bytes.Lines(text) {
+		if l = bytes.TrimSpace(l); !bytes.Contains(l, []byte("--")) && !bytes.Contains(l, []byte(":")) {
+			body = append(body, l...)
+		}
+	}
+	der, err := base64.RawStdEncoding.DecodeString(string(bytes.TrimRight(body, "=")))
+	return err == nil && isPrivateKeyDER(der)
+}
+
+// isPrivateKeyDER reports whether der parses as a PKCS#8, PKCS#1 or SEC 1
+// private key.
+func isPrivateKeyDER(der []byte) bool {
+	if _, err := x509.ParsePKCS8PrivateKey(der); err == nil {
+		return true
+	}
+	if _, err := x509.ParsePKCS1PrivateKey(der); err == nil {
+		return true
+	}
+	_, err := x509.ParseECPrivateKey(der)
+	return err == nil
 }
 
 // checkValidity refuses a certificate outside its validity window.
@@ -263,6 +330,9 @@ func verifyPresentedChain(t *serviceTrust, chain []*x509.Certificate, now time.T
 	if len(chain) > maxPresentedChain {
 		return fmt.Errorf("presented chain has %d certificates; at most %d are accepted", len(chain), maxPresentedChain)
 	}
+	if err := checkChainShape(chain); err != nil {
+		return err
+	}
 	leaf := chain[0]
 	if err := checkValidity("client certificate", leaf, now); err != nil {
 		return err
@@ -288,6 +358,35 @@ func verifyPresentedChain(t *serviceTrust, chain []*x509.Certificate, now time.T
 	}
 	if len(t.pins) > 0 && !matchesPin(leaf, t.pins) {
 		return errors.New("client certificate matches no pinned_spki")
+	}
+	return nil
+}
+
+// checkChainShape refuses a presented chain that is not one leaf followed
+// by the CAs that issued it, in order: each certificate signed by the next,
+// every certificate after the leaf a CA, none twice. A TLS client cannot send
+// anything else usefully, but Vault 1.21 behind a TLS-terminating proxy
+// prepends the certificates of x_forwarded_for_client_cert_header to the
+// connection's shared TLS state, so over a reused proxy connection a request
+// carries the certificates of earlier callers after its own. Such a chain
+// fails here, closed, instead of logging in on a certificate the caller did
+// not present. A leaf alone stays fine.
+func checkChainShape(chain []*x509.Certificate) error {
+	for i, c := range chain {
+		for _, earlier := range chain[:i] {
+			if bytes.Equal(c.Raw, earlier.Raw) {
+				return fmt.Errorf("presented chain holds certificate %d twice; a proxy may be reusing one connection for several callers", i+1)
+			}
+		}
+		if i == 0 {
+			continue
+		}
+		if !c.IsCA || !c.BasicConstraintsValid {
+			return fmt.Errorf("presented chain is not a leaf followed by its CAs: certificate %d (%s) is not a CA; a proxy may be reusing one connection for several callers", i+1, c.Subject)
+		}
+		if err := chain[i-1].CheckSignatureFrom(c); err != nil {
+			return fmt.Errorf("presented chain is not a leaf followed by its CAs: certificate %d is not signed by certificate %d: %w", i, i+1, err)
+		}
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package meshauth
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"strings"
 	"sync"
@@ -38,7 +39,7 @@ func TestRegistrationChecksCertificates(t *testing.T) {
 		{"pin wrong size", map[string]any{"certificate": good, "pinned_spki": "AAAA"}, "a SHA-256 pin is 32"},
 		{"private key in ca_chain", map[string]any{"ca_chain": ca.pem + "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n"}, "private key"},
 		{"other block", map[string]any{"ca_chain": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"}, `"PUBLIC KEY" block`},
-		{"trailing garbage", map[string]any{"ca_chain": ca.pem + "junk"}, "data after its last PEM block"},
+		{"trailing garbage", map[string]any{"ca_chain": ca.pem + "junk"}, "outside well-formed PEM CERTIFICATE blocks"},
 		{"two leaves", map[string]any{"certificate": good + good}, "more than 1 certificates"},
 		{"oversized", map[string]any{"ca_chain": strings.Repeat(ca.pem, 200)}, "at most 65536"},
 		{"hostnames without trust", map[string]any{"hostnames": "orders.mesh", "require_mtls": false}, "need a certificate or ca_chain"},
@@ -296,4 +297,102 @@ func TestNoLoginSucceedsOnReplacedTrust(t *testing.T) {
 	if n := stale.Load(); n > 0 {
 		t.Fatalf("%d logins succeeded with a certificate of a CA the service no longer trusted", n)
 	}
+}
+
+// TestPresentedChainIsOneLeafThenItsCAs is the plugin's side of a proxy
+// that reuses one connection to Vault for several callers: Vault 1.21
+// prepends each forwarded certificate to the connection's TLS state, so a
+// request carries its own certificate followed by earlier callers' ones, or
+// (with no header) only theirs. Such chains fail closed.
+func TestPresentedChainIsOneLeafThenItsCAs(t *testing.T) {
+	root := newTestCA(t, "mesh-root")
+	interCert, interKey, _ := root.issue(t, "mesh-intermediate", leafOptions{isCA: true, eku: []x509.ExtKeyUsage{}})
+	inter := &testPKI{cert: interCert, key: interKey}
+	orders, ordersKey, _ := root.issue(t, "orders", leafOptions{dns: []string{"orders.mesh"}})
+	billing, _, _ := root.issue(t, "billing", leafOptions{dns: []string{"billing.mesh"}})
+	viaInter, viaInterKey, _ := inter.issue(t, "orders", leafOptions{dns: []string{"orders.mesh"}})
+
+	e := getTestBackend(t)
+	key := e.register(t, "orders", map[string]any{"ca_chain": root.pem, "hostnames": "orders.mesh"})
+	accepted := map[string]*tls.ConnectionState{
+		"leaf alone":                 handshake(t, []*x509.Certificate{orders}, ordersKey),
+		"leaf, intermediate":         handshake(t, []*x509.Certificate{viaInter, interCert}, viaInterKey),
+		"leaf, intermediate, root":   handshake(t, []*x509.Certificate{viaInter, interCert, root.cert}, viaInterKey),
+		"leaf of the root, the root": handshake(t, []*x509.Certificate{orders, root.cert}, ordersKey),
+	}
+	for name, st := range accepted {
+		if resp, err := mtlsLogin(t, e, "orders", key, tlsConn(st)); err != nil || resp.IsError() {
+			t.Fatalf("%s: %v %#v", name, err, resp)
+		}
+	}
+	refused := map[string]*tls.ConnectionState{
+		// What a reused proxy connection hands over: the caller's own
+		// certificate, then an earlier caller's.
+		"own leaf, another caller's leaf": handshake(t, []*x509.Certificate{orders, billing}, ordersKey),
+		"own leaf twice":                  handshake(t, []*x509.Certificate{orders, orders}, ordersKey),
+		"leaf, intermediate twice":        handshake(t, []*x509.Certificate{viaInter, interCert, interCert}, viaInterKey),
+		"CAs out of order":                handshake(t, []*x509.Certificate{viaInter, root.cert, interCert}, viaInterKey),
+		"a CA that did not issue it":      handshake(t, []*x509.Certificate{orders, interCert}, ordersKey),
+	}
+	for name, st := range refused {
+		t.Run(name, func(t *testing.T) {
+			resp, err := mtlsLogin(t, e, "orders", key, tlsConn(st))
+			if !errors.Is(err, logical.ErrPermissionDenied) || resp != nil {
+				t.Fatalf("got %#v, %v; want permission denied", resp, err)
+			}
+			e.b.lockout = newLockoutTracker()
+		})
+	}
+	if err := checkChainShape([]*x509.Certificate{orders, billing}); err == nil || !strings.Contains(err.Error(), "not a CA") {
+		t.Fatalf("checkChainShape = %v", err)
+	}
+}
+
+// TestRegistrationRefusesContentOutsideCertificateBlocks sends private keys
+// with damaged armour, which pem.Decode skips silently, through
+// services/:name and checks that nothing was stored and services/:name/tls
+// never shows them.
+func TestRegistrationRefusesContentOutsideCertificateBlocks(t *testing.T) {
+	ca := newTestCA(t, "mesh-ca")
+	_, leafKey, leaf := ca.issue(t, "orders", leafOptions{dns: []string{"orders.mesh"}})
+	der, err := x509.MarshalPKCS8PrivateKey(leafKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+	keyBody := strings.Join(strings.Split(strings.TrimSpace(keyPEM), "\n")[1:strings.Count(keyPEM, "\n")-1], "\n")
+	noEnd := keyPEM[:strings.Index(keyPEM, "-----END")]
+	cases := []struct {
+		name, field, text, want string
+	}{
+		{"key without END before the CA", "ca_chain", noEnd + ca.pem, "never send a private key"},
+		{"key without END before the certificate", "certificate", noEnd + leaf, "never send a private key"},
+		{"mangled dashes", "ca_chain", strings.ReplaceAll(keyPEM, "-----", "----") + ca.pem, "never send a private key"},
+		{"END of another type", "ca_chain", strings.Replace(keyPEM, "END PRIVATE KEY", "END CERTIFICATE", 1) + ca.pem, "never send a private key"},
+		{"bare key body", "ca_chain", keyBody + "\n" + ca.pem, "never send a private key"},
+		{"key body between certificates", "ca_chain", ca.pem + keyBody + "\n" + ca.pem, "never send a private key"},
+		{"key labelled CERTIFICATE", "ca_chain", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), "never send a private key"},
+		{"prose before the CA", "ca_chain", "issuer: mesh\n" + ca.pem, "outside well-formed PEM CERTIFICATE blocks"},
+		{"damaged certificate before the CA", "ca_chain", "-----BEGIN CERTIFICATE-----\nAAAA\n" + ca.pem, "outside well-formed PEM CERTIFICATE blocks"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := getTestBackend(t)
+			e.mustFail(t, logical.UpdateOperation, "services/orders", map[string]any{tc.field: tc.text}, tc.want)
+			if resp, err := e.request(t, logical.ReadOperation, "services/orders/tls", nil); err != nil || resp != nil {
+				t.Fatalf("services/orders/tls after a refused write: %#v, %v", resp, err)
+			}
+			// An existing service keeps its trust when an update is refused.
+			e.register(t, "orders", map[string]any{"ca_chain": ca.pem})
+			e.mustFail(t, logical.UpdateOperation, "services/orders", map[string]any{tc.field: tc.text}, tc.want)
+			profile := e.mustOK(t, logical.ReadOperation, "services/orders/tls", nil).Data
+			if profile["ca_chain"] != ca.pem || profile["certificate"] != nil {
+				t.Fatalf("tls profile changed by a refused update: %#v", profile)
+			}
+		})
+	}
+	// Whitespace around and between blocks is fine.
+	e := getTestBackend(t)
+	e.register(t, "orders", map[string]any{"ca_chain": "\n\n" + ca.pem + "\r\n\t\n", "certificate": "\n" + leaf + "\n\n"})
+	e.mustOK(t, logical.ReadOperation, "services/orders/tls", nil)
 }

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -297,12 +296,8 @@ func (c *cluster) failover(t *testing.T, active int, survivors []int, login func
 	}
 	time.Sleep(2 * time.Second)
 	killedAt := time.Now()
-	dead := c.nodes[active]
-	pluginPIDs := dead.PluginPIDs()
-	dead.Kill()
-	for _, pid := range pluginPIDs {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
+	// Kill ends the node's Vault and its plugin processes at once.
+	c.nodes[active].Kill()
 	newActive := c.activeIndex(survivors...)
 	t.Logf("node%d became active %s after the kill", newActive+1, time.Since(killedAt).Round(time.Millisecond))
 	// Let the load run on until logins have succeeded through every survivor

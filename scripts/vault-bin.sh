@@ -27,6 +27,9 @@ if [[ -x "$bin" ]]; then
 fi
 
 mkdir -p "$cache"
+# The Makefile pins GOTOOLCHAIN for the plugin; Vault is built with the
+# machine's Go (or what tools/vault/go.mod asks for), whatever the caller set.
+unset GOTOOLCHAIN
 {
   echo "==> Building Vault $VAULT_VERSION from its Go module into $cache"
   echo "    A cold build downloads about 4 GB of modules and takes 20-35 minutes on 2 cores;"

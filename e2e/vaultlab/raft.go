@@ -15,7 +15,11 @@ import (
 
 // raftNodeConfig is the HCL of one node with integrated storage. Besides its
 // main listener, each node has a second one that trusts a TLS-terminating
-// proxy on loopback to forward the client certificate it verified in a header.
+// proxy on loopback to forward the client certificate it verified in a header,
+// configured as the README's proxy section says: the headers are trusted only
+// from the proxy's address, a request without them is refused, and the
+// listener requests no client certificate of its own (so only the forwarded
+// one reaches the plugin).
 const raftNodeConfig = `
 storage "raft" {
   path                   = %q
@@ -34,6 +38,8 @@ listener "tcp" {
   tls_key_file                                = %q
   x_forwarded_for_authorized_addrs            = "127.0.0.1/32"
   x_forwarded_for_reject_not_authorized       = true
+  x_forwarded_for_reject_not_present          = true
+  tls_disable_client_certs                    = true
   x_forwarded_for_client_cert_header          = "X-Forwarded-Client-Cert"
   x_forwarded_for_client_cert_header_decoders = "URL,DER"
 }

@@ -63,6 +63,8 @@ type Server struct {
 	args      []string
 	exited    chan struct{}
 	unsealKey string
+	// pgid is the process group of the Vault process and its plugins.
+	pgid int
 }
 
 // FreePort asks the kernel for a free loopback port.
@@ -149,10 +151,14 @@ func (s *Server) Start() {
 	cmd := exec.Command(VaultBin, s.args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.Env = append(os.Environ(), "VAULT_LOG_LEVEL=debug")
+	// Its own process group, which its plugins inherit: see procs.go.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	remember(s)
 	if err := cmd.Start(); err != nil {
 		s.t.Fatalf("starting vault: %v", err)
 	}
 	s.cmd = cmd
+	s.pgid = cmd.Process.Pid
 	s.exited = make(chan struct{})
 	go func() {
 		_ = cmd.Wait()
@@ -162,29 +168,50 @@ func (s *Server) Start() {
 	s.t.Cleanup(s.Stop)
 }
 
-// Stop ends the Vault process this test started, gently first.
+// Stop ends the Vault process this test started, gently first so that it
+// ends its plugins itself, then whatever is left of its process group, and
+// fails the test if anything of it survives.
 func (s *Server) Stop() {
 	if s.cmd == nil || s.cmd.Process == nil {
 		return
 	}
 	select {
 	case <-s.exited:
-		return
 	default:
+		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.exited:
+		case <-time.After(20 * time.Second):
+			s.t.Logf("vault %s did not stop within 20s of SIGTERM; killing it", s.Name)
+			_ = s.cmd.Process.Kill()
+			<-s.exited
+		}
 	}
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.exited:
-	case <-time.After(20 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.exited
-	}
+	s.endAndCheck()
 }
 
-// Kill ends the Vault process at once, as a crash would.
+// Kill ends the Vault process and its plugins at once, as a crash of the
+// machine would.
 func (s *Server) Kill() {
-	_ = s.cmd.Process.Kill()
-	<-s.exited
+	select {
+	case <-s.exited:
+	default:
+		// Vault is alive and not yet reaped, so the group id is still ours.
+		_ = syscall.Kill(-s.pgid, syscall.SIGKILL)
+		<-s.exited
+	}
+	s.endAndCheck()
+}
+
+// endAndCheck ends the rest of the process group after Vault exited and
+// fails the test when a process of it cannot be ended.
+func (s *Server) endAndCheck() {
+	if ended := s.endGroup(); len(ended) > 0 {
+		s.t.Logf("vault %s left %d process(es) of its group running after it exited; ended them: %v", s.Name, len(ended), ended)
+	}
+	if left := s.groupLeft(); len(left) > 0 {
+		s.t.Fatalf("vault %s: processes it started are still running after Stop: %v", s.Name, left)
+	}
 }
 
 // WaitReady polls until Vault answers sys/health, or fails with its log.
