@@ -101,7 +101,7 @@ func newBackend() *backend {
 		BackendType:    logical.TypeLogical,
 		RunningVersion: version,
 		PathsSpecial: &logical.Paths{
-			Unauthenticated: []string{"jwks", ".well-known/openid-configuration"},
+			Unauthenticated: []string{"jwks", ".well-known/openid-configuration", "spiffe/bundle"},
 			SealWrapStorage: []string{storageKeyRing},
 		},
 		Paths: framework.PathAppend(
@@ -113,6 +113,7 @@ func newBackend() *backend {
 			pathToken(b),
 			pathKeys(b),
 			pathJWKS(b),
+			pathSPIFFEBundle(b),
 			pathMetrics(b),
 			pathTidy(b),
 		),

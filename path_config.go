@@ -64,6 +64,8 @@ type configEntry struct {
 	APIKeyGracePeriod time.Duration `json:"api_key_grace_period"`
 	// APIKeyMaxAge is the age at which an API key stops working; 0 is none.
 	APIKeyMaxAge time.Duration `json:"api_key_max_age"`
+	// TrustDomain is the engine's SPIFFE trust domain; "" is none.
+	TrustDomain string `json:"trust_domain,omitempty"`
 }
 
 // defaultConfig is the configuration of a freshly mounted engine.
@@ -147,6 +149,10 @@ func pathConfig(b *backend) []*framework.Path {
 				Type:        framework.TypeDurationSecond,
 				Description: "API keys older than this stop working, forcing rotation (duration or seconds); 0 means no limit. Default: 0.",
 			},
+			"trust_domain": {
+				Type:        framework.TypeString,
+				Description: "The engine's SPIFFE trust domain, as a bare name (example.org, no spiffe://): services' spiffe_ids belong to it unless a service lists others in trust_domains. Default: empty (none).",
+			},
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.ReadOperation: &framework.PathOperation{
@@ -200,6 +206,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"lockout_counter_reset": seconds(cfg.LockoutCounterReset),
 		"api_key_grace_period":  seconds(cfg.APIKeyGracePeriod),
 		"api_key_max_age":       seconds(cfg.APIKeyMaxAge),
+		"trust_domain":          cfg.TrustDomain,
 	}}, nil
 }
 
@@ -223,6 +230,14 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if msg := cfg.validate(); msg != "" {
 		return logical.ErrorResponse(msg), nil
 	}
+	// SPIFFE: trust_domain syntax, EdDSA against JWT-SVID services (spiffe.go).
+	msg, warnings, err := b.checkSPIFFEConfig(ctx, req.Storage, &cfg, old)
+	if err != nil {
+		return nil, err
+	}
+	if msg != "" {
+		return logical.ErrorResponse(msg), nil
+	}
 	cfg.Version = configVersion
 	entry, err := logical.StorageEntryJSON(storageConfig, &cfg)
 	if err != nil {
@@ -238,6 +253,9 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 			return nil, fmt.Errorf("config saved, but rotating to a %s key failed (run keys/rotate to retry): %w", cfg.SigningAlgorithm, err)
 		}
 		b.Logger().Info("signing algorithm changed; rotated key ring", "algorithm", cfg.SigningAlgorithm)
+	}
+	if len(warnings) > 0 {
+		return &logical.Response{Warnings: warnings}, nil
 	}
 	return nil, nil
 }
@@ -276,6 +294,9 @@ func applyConfigFields(cfg *configEntry, d *framework.FieldData) string {
 	}
 	if v, ok := d.GetOk("lockout_threshold"); ok {
 		cfg.LockoutThreshold = v.(int)
+	}
+	if v, ok := d.GetOk("trust_domain"); ok {
+		cfg.TrustDomain = strings.TrimSpace(v.(string))
 	}
 	return ""
 }

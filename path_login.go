@@ -128,7 +128,11 @@ func (b *backend) login(ctx context.Context, req *logical.Request, d *framework.
 	// The certificate is checked first because a verified one identifies the
 	// caller for lockout: a stranger failing from the same address must not
 	// lock out the service's own, certificate-holding instances.
-	x5t, certErr := b.checkClientCertificate(svc, peerChain(connState(req)), now)
+	chain := peerChain(connState(req))
+	x5t, certErr := b.checkClientCertificate(svc, chain, now)
+	// For a service registered by SPIFFE ID: its verified ID, within the
+	// trust domains config allows now (spiffe.go).
+	spiffeID, certErr := spiffeLoginID(svc, cfg, chain, certErr)
 	caller := callerID(req, x5t)
 	lockKey := lockoutKey(name, caller)
 	if cfg.LockoutThreshold > 0 {
@@ -155,7 +159,10 @@ func (b *backend) login(ctx context.Context, req *logical.Request, d *framework.
 	if err != nil {
 		return nil, err
 	}
-	minted, err := mintToken(ring.current, cfg, svc, audience, ttl, x5t, now)
+	if msg := jwtSVIDLoginCheck(svc, ring.current, spiffeID, audience); msg != "" {
+		return logical.ErrorResponse(msg), nil
+	}
+	minted, err := mintToken(ring.current, cfg, svc, audience, ttl, x5t, spiffeID, now)
 	if err != nil {
 		return nil, err
 	}

@@ -51,6 +51,15 @@ type serviceEntry struct {
 	Metadata map[string]string `json:"metadata,omitempty"`
 	// APIKeys are the service's live API keys, newest last, as hashes only.
 	APIKeys []apiKeyEntry `json:"api_keys"`
+	// SPIFFEIDs are the SPIFFE IDs (exact, or prefixes ending in /*) the
+	// client certificate's single URI SAN must match; set instead of Hostnames.
+	SPIFFEIDs []string `json:"spiffe_ids,omitempty"`
+	// TrustDomains lists trust domains besides config trust_domain that
+	// SPIFFEIDs may belong to.
+	TrustDomains []string `json:"trust_domains,omitempty"`
+	// TokenSubject is what sub is: "name" ("" in older entries) or
+	// "spiffe_id" (a JWT-SVID).
+	TokenSubject string `json:"token_subject,omitempty"`
 	// RevokedBefore is a Unix time in seconds: tokens whose iat is not after
 	// it fail verify (services/:name/revoke). 0 means never revoked.
 	RevokedBefore int64 `json:"revoked_before,omitempty"`
@@ -104,7 +113,7 @@ func pathServices(b *backend) []*framework.Path {
 
 // serviceFields is the schema of services/:name.
 func serviceFields() map[string]*framework.FieldSchema {
-	return map[string]*framework.FieldSchema{
+	fields := map[string]*framework.FieldSchema{
 		"name": {
 			Type:        framework.TypeString,
 			Description: "Service name: [A-Za-z0-9][A-Za-z0-9._-]{0,127}, case-insensitive. It is the tokens' sub claim.",
@@ -158,6 +167,8 @@ func serviceFields() map[string]*framework.FieldSchema {
 			Description: "Free-form key/value data about the service, for operators; never put into tokens.",
 		},
 	}
+	addSPIFFEServiceFields(fields) // spiffe_ids, trust_domains, token_subject (spiffe.go)
+	return fields
 }
 
 // serviceExists answers Vault's existence check, so ACL policies can tell
@@ -246,6 +257,7 @@ func serviceResponse(e *serviceEntry, now time.Time) map[string]any {
 		"created_at":        e.CreatedAt.Format(time.RFC3339),
 		"updated_at":        e.UpdatedAt.Format(time.RFC3339),
 	}
+	addSPIFFEServiceResponse(data, e)
 	if e.RevokedBefore > 0 {
 		data["tokens_revoked_before"] = time.Unix(e.RevokedBefore, 0).UTC().Format(time.RFC3339)
 	}
@@ -297,6 +309,16 @@ func (b *backend) pathServiceWrite(ctx context.Context, req *logical.Request, d 
 		return logical.ErrorResponse(msg), nil
 	}
 	if msg := validateService(entry, cfg, now); msg != "" {
+		return logical.ErrorResponse(msg), nil
+	}
+	// A JWT-SVID service is checked against signing_algorithm once more,
+	// serialised with config writes until it is stored (spiffe.go).
+	unlock, msg, err := b.lockForJWTSVID(ctx, req.Storage, entry)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if msg != "" {
 		return logical.ErrorResponse(msg), nil
 	}
 
@@ -376,7 +398,7 @@ func applyServiceFields(e *serviceEntry, d *framework.FieldData, creating bool) 
 	} else if creating {
 		e.RequireMTLS = e.Certificate != "" || e.CAChain != ""
 	}
-	return ""
+	return applySPIFFEFields(e, d)
 }
 
 // validateService checks a service as it would be stored, and returns a
@@ -400,6 +422,9 @@ func validateService(e *serviceEntry, cfg *configEntry, now time.Time) string {
 		if slices.Contains(reservedClaims, k) {
 			return fmt.Sprintf("claims may not set the registered claim %q", k)
 		}
+	}
+	if msg := validateServiceSPIFFE(e, cfg); msg != "" {
+		return msg
 	}
 	return validateServiceTLS(e, now)
 }

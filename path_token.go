@@ -80,6 +80,8 @@ func pathToken(b *backend) []*framework.Path {
 type verification struct {
 	parsed *parsedToken
 	reason string
+	// service is the token's service: sub, or a JWT-SVID's service claim.
+	service string
 }
 
 // verifyToken runs every check of the contract on a token.
@@ -97,13 +99,20 @@ func (b *backend) verifyToken(ctx context.Context, s logical.Storage, raw, audie
 	if reason != "" {
 		return &verification{reason: reason}, nil
 	}
-	svc, err := b.getService(ctx, s, parsed.claims.Subject)
+	// A JWT-SVID names its service in a claim of its own (spiffe.go).
+	name, reason := tokenServiceName(raw, parsed.claims)
+	if reason != "" {
+		return &verification{reason: reason}, nil
+	}
+	svc, err := b.getService(ctx, s, name)
 	if err != nil {
 		return nil, err
 	}
 	switch {
 	case svc == nil:
 		reason = reasonUnknownService
+	case !subjectBelongs(svc, parsed.claims.Subject):
+		reason = reasonSPIFFEIDNotRegistered
 	case svc.entry.Disabled:
 		reason = reasonServiceDisabled
 	case parsed.claims.IssuedAt.Unix() <= svc.entry.RevokedBefore:
@@ -119,7 +128,7 @@ func (b *backend) verifyToken(ctx context.Context, s logical.Storage, raw, audie
 	if _, ok := revoked.expires[parsed.claims.ID]; ok {
 		return &verification{reason: reasonTokenRevoked}, nil
 	}
-	return &verification{parsed: parsed}, nil
+	return &verification{parsed: parsed, service: name}, nil
 }
 
 func (b *backend) pathVerify(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -142,7 +151,7 @@ func (b *backend) pathVerify(ctx context.Context, req *logical.Request, d *frame
 	c := v.parsed.claims
 	return &logical.Response{Data: map[string]any{
 		"valid":      true,
-		"service":    c.Subject,
+		"service":    v.service,
 		"claims":     payloadClaims(raw),
 		"expires_at": c.ExpiresAt.UTC().Format(time.RFC3339),
 		"kid":        v.parsed.key.entry.KID,
@@ -177,7 +186,7 @@ func (b *backend) pathRevoke(ctx context.Context, req *logical.Request, d *frame
 	}
 	entry := &revocationEntry{
 		Version:   revocationVersion,
-		Service:   parsed.claims.Subject,
+		Service:   serviceOfClaims(parsed.claims),
 		ExpiresAt: parsed.claims.ExpiresAt.UTC(),
 		RevokedAt: now.UTC(),
 	}
@@ -249,5 +258,10 @@ issued after the service's last revoke, and its jti is not revoked.
 Reasons: malformed, too_large, algorithm_not_allowed, unknown_key,
 algorithm_mismatch, unsupported_critical_header, bad_signature, expired,
 not_yet_valid, issued_in_future, wrong_issuer, wrong_audience, missing_claim,
-unknown_service, service_disabled, service_revoked, token_revoked.
+unknown_service, service_disabled, service_revoked, token_revoked,
+spiffe_id_not_registered.
+
+A JWT-SVID (a service with token_subject=spiffe_id) has the SPIFFE ID in sub
+and names its service in meshauth_service; it is valid only while that
+service still lists a spiffe_ids entry matching sub.
 `

@@ -36,12 +36,16 @@ type mintedClaims struct {
 	Expiry    int64     `json:"exp"`
 	ID        string    `json:"jti"`
 	Cnf       *cnfClaim `json:"cnf,omitempty"`
+	// Service names the service of a JWT-SVID, whose sub is a SPIFFE ID.
+	Service string `json:"meshauth_service,omitempty"`
 }
 
 // verifiedClaims are the claims verify decodes and golang-jwt validates.
 type verifiedClaims struct {
 	jwt.RegisteredClaims
 	Cnf *cnfClaim `json:"cnf,omitempty"`
+	// Service is a JWT-SVID's service; read exactly by tokenServiceName.
+	Service string `json:"meshauth_service,omitempty"`
 }
 
 // mintedToken is a signed token and the facts a login answers with.
@@ -55,7 +59,8 @@ type mintedToken struct {
 // mintToken signs a token for svc with the ring's current key. The header is
 // fixed per key and the service's extra claims are encoded once per cached
 // service, so minting is one small JSON encoding plus the signature.
-func mintToken(key *signingKey, cfg *configEntry, svc *cachedService, audience []string, ttl time.Duration, x5t string, now time.Time) (*mintedToken, error) {
+// spiffeID is the verified SPIFFE ID of the login's certificate, or "".
+func mintToken(key *signingKey, cfg *configEntry, svc *cachedService, audience []string, ttl time.Duration, x5t, spiffeID string, now time.Time) (*mintedToken, error) {
 	iat := now.Unix()
 	// A token minted in the same second as services/:name/revoke would be
 	// revoked at birth (iat is in whole seconds); start it one second later,
@@ -63,9 +68,11 @@ func mintToken(key *signingKey, cfg *configEntry, svc *cachedService, audience [
 	if iat <= svc.entry.RevokedBefore {
 		iat = svc.entry.RevokedBefore + 1
 	}
+	sub, service := tokenSubject(svc, spiffeID) // the service name, or a JWT-SVID's SPIFFE ID
 	claims := mintedClaims{
 		Issuer:    cfg.Issuer,
-		Subject:   svc.entry.Name,
+		Subject:   sub,
+		Service:   service,
 		IssuedAt:  iat,
 		NotBefore: iat,
 		Expiry:    now.Add(ttl).Unix(),

@@ -10,8 +10,9 @@ import (
 
 // RegisteredClaims are the claim names a meshauth token's payload carries
 // itself. A verifier reads them by name, so no other member may spell them
-// differently (see CheckMembers).
-var RegisteredClaims = []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf"}
+// differently (see CheckMembers). meshauth_service names the service of a
+// JWT-SVID, whose sub is a SPIFFE ID.
+var RegisteredClaims = []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf", "meshauth_service"}
 
 // ReservedNames are the names no service-defined extra claim may take in any
 // spelling: the registered claims, the JOSE header parameters (RFC 7515
