@@ -97,7 +97,7 @@ func parseSPIFFEID(s string) (spiffeID, error) {
 		}
 		for i := 0; i < len(seg); i++ {
 			if c := seg[i]; !isPathChar(c) {
-				return spiffeID{}, fmt.Errorf("has the character %q in its path; path segments allow only letters, digits, '.', '-' and '_'", c)
+				return spiffeID{}, fmt.Errorf("has %s in its path; path segments allow only ASCII letters, digits, '.', '-' and '_'", describeByte(c))
 			}
 		}
 	}
@@ -116,10 +116,19 @@ func checkTrustDomain(td string) error {
 	for i := 0; i < len(td); i++ {
 		c := td[i]
 		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
-			return fmt.Errorf("has the character %q in its trust domain; a trust domain allows only lower-case letters, digits, '.', '-' and '_'", c)
+			return fmt.Errorf("has %s in its trust domain; a trust domain allows only lower-case ASCII letters, digits, '.', '-' and '_'", describeByte(c))
 		}
 	}
 	return nil
+}
+
+// describeByte names a refused byte for a message: the character when it
+// is printable ASCII, else "a non-ASCII or control byte".
+func describeByte(c byte) string {
+	if c < 0x20 || c >= 0x7f {
+		return fmt.Sprintf("the byte 0x%02x (non-ASCII or control)", c)
+	}
+	return fmt.Sprintf("the character %q", c)
 }
 
 // isPathChar reports whether c may appear in a SPIFFE ID path segment.
