@@ -559,3 +559,31 @@ func TestBundleRefreshHint(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseSPIFFEID checks the SPIFFE ID grammar on any input (a URI SAN is
+// untrusted): no panic, an accepted ID has exactly the input's spelling and
+// obeys the limits, and a pattern never matches an ID outside its subtree.
+func FuzzParseSPIFFEID(f *testing.F) {
+	for _, s := range []string{"spiffe://td/a/b", "spiffe://td/*", "spiffe://td/a/*", "spiffe://TD/a", "spiffe://td/a/../b", "spiffe://td//a", "spiffe://td/a%2f", "spiffe://td"} {
+		f.Add(s, "spiffe://td/a/b/c")
+	}
+	f.Fuzz(func(t *testing.T, s, other string) {
+		if id, err := parseSPIFFEID(s); err == nil {
+			if id.String() != s || len(s) > maxSPIFFEIDLen || len(id.trustDomain) > maxTrustDomainLen {
+				t.Fatalf("accepted %q as %q", s, id)
+			}
+		}
+		p, err := parseSPIFFEPattern(s)
+		if err != nil {
+			return
+		}
+		id, err := parseSPIFFEID(other)
+		if err != nil || !p.matches(id) {
+			return
+		}
+		base := p.id.String()
+		if p.prefix && !strings.HasPrefix(other, base+"/") || !p.prefix && other != base {
+			t.Fatalf("%q matches %q", s, other)
+		}
+	})
+}
