@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -586,4 +588,51 @@ func FuzzParseSPIFFEID(f *testing.F) {
 			t.Fatalf("%q matches %q", s, other)
 		}
 	})
+}
+
+// BenchmarkSPIFFEVerify is online verify of a JWT-SVID (service claim read
+// exactly, payload member check, sub matched against spiffe_ids) against the
+// same check of a token whose sub is the service name, in the same run.
+func BenchmarkSPIFFEVerify(b *testing.B) {
+	ca := newTestCA(b, "mesh-ca")
+	cert, key, _ := ca.issueSVID(b, svidOptions{uris: []string{"spiffe://" + testTD + "/ns/shop/sa/orders"}})
+	conn := tlsConn(handshake(b, []*x509.Certificate{cert}, key))
+	for _, subject := range []string{tokenSubjectName, tokenSubjectSPIFFEID} {
+		b.Run(subject, func(b *testing.B) {
+			e := getTestBackend(b)
+			e.b.Logger().SetLevel(hclog.Off)
+			e.mustOK(b, logical.UpdateOperation, "config", map[string]any{"trust_domain": testTD})
+			apiKey := e.register(b, "orders", map[string]any{"ca_chain": ca.pem, "spiffe_ids": "spiffe://" + testTD + "/ns/shop/*", "token_subject": subject, "default_audience": "payments", "claims": map[string]any{"team": "checkout"}})
+			resp, err := e.requestWith(b, logical.UpdateOperation, "login/orders", map[string]any{"api_key": apiKey}, conn)
+			if err != nil || resp.IsError() {
+				b.Fatal(err, resp)
+			}
+			tok := resp.Data["token"].(string)
+			b.ReportAllocs()
+			for b.Loop() {
+				v, err := e.b.verifyToken(b.Context(), e.storage, tok, "")
+				if err != nil || v.reason != "" {
+					b.Fatal(err, v.reason)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkSPIFFEBundle renders spiffe/bundle (no render cache) against the
+// cached jwks body, both through the framework.
+func BenchmarkSPIFFEBundle(b *testing.B) {
+	for _, path := range []string{"jwks", "spiffe/bundle"} {
+		b.Run(strings.ReplaceAll(path, "/", "_"), func(b *testing.B) {
+			e := getTestBackend(b)
+			e.b.Logger().SetLevel(hclog.Off)
+			e.mustOK(b, logical.UpdateOperation, "keys/rotate", nil)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := e.request(b, logical.ReadOperation, path, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
