@@ -459,5 +459,11 @@ require_mtls defaults to true and login needs the client certificate on the
 TLS connection to Vault. Registration validates all of it before storing
 anything and names the check that failed.
 
+A mesh workload can be registered by SPIFFE ID instead of hostnames:
+spiffe_ids (exact IDs, or prefixes ending in /*) are matched against the
+single URI SAN of the presented X.509-SVID, within config trust_domain or
+the service's trust_domains. token_subject=spiffe_id makes the tokens
+JWT-SVIDs whose sub is that verified ID.
+
 An update changes only the fields it names.
 `
