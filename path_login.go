@@ -132,7 +132,7 @@ func (b *backend) login(ctx context.Context, req *logical.Request, d *framework.
 	x5t, certErr := b.checkClientCertificate(svc, chain, now)
 	// For a service registered by SPIFFE ID: its verified ID, within the
 	// trust domains config allows now (spiffe.go).
-	spiffeID, certErr := spiffeLoginID(svc, cfg, chain, certErr)
+	x5t, spiffeID, certErr := spiffeLoginID(svc, cfg, chain, x5t, certErr)
 	caller := callerID(req, x5t)
 	lockKey := lockoutKey(name, caller)
 	if cfg.LockoutThreshold > 0 {

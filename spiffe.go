@@ -260,19 +260,21 @@ func allowedTrustDomains(e *serviceEntry, cfg *configEntry) []string {
 // registered by SPIFFE ID it returns the verified ID of the presented leaf,
 // once more checked against the trust domains the configuration allows now
 // (config trust_domain may have changed since registration, and the verified
-// chain cache does not know the config). It passes certErr through.
-func spiffeLoginID(svc *cachedService, cfg *configEntry, chain []*x509.Certificate, certErr error) (string, error) {
+// chain cache does not know the config). It passes x5t and certErr through,
+// and drops x5t when the ID fails, so no token is bound to that certificate
+// and lockout counts the caller by address.
+func spiffeLoginID(svc *cachedService, cfg *configEntry, chain []*x509.Certificate, x5t string, certErr error) (string, string, error) {
 	if certErr != nil || svc == nil || svc.trust == nil || len(svc.trust.spiffe) == 0 {
-		return "", certErr
+		return x5t, "", certErr
 	}
 	id, err := matchSPIFFE(chain[0], svc.trust.spiffe)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	if !slices.Contains(allowedTrustDomains(svc.entry, cfg), id.trustDomain) {
-		return "", fmt.Errorf("SPIFFE ID %q is outside the trust domains allowed now (config trust_domain and the service's trust_domains)", id)
+		return "", "", fmt.Errorf("SPIFFE ID %q is outside the trust domains allowed now (config trust_domain and the service's trust_domains)", id)
 	}
-	return id.String(), nil
+	return x5t, id.String(), nil
 }
 
 // jwtSVIDLoginCheck refuses to mint a JWT-SVID that the specification

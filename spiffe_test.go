@@ -636,3 +636,38 @@ func BenchmarkSPIFFEBundle(b *testing.B) {
 		})
 	}
 }
+
+func TestSPIFFEOptionalMTLSBindsOnlyAMatchingCertificate(t *testing.T) {
+	ca := newTestCA(t, "mesh-ca")
+	e := getTestBackend(t)
+	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"trust_domain": testTD})
+	key := e.register(t, "orders", map[string]any{"ca_chain": ca.pem, "spiffe_ids": "spiffe://" + testTD + "/ns/shop/*", "require_mtls": false})
+	for name, tc := range map[string]struct {
+		id    string
+		bound bool
+	}{
+		"matching SVID":     {"spiffe://" + testTD + "/ns/shop/sa/orders", true},
+		"non-matching SVID": {"spiffe://" + testTD + "/ns/admin/sa/root", false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			resp, err := mtlsLogin(t, e, "orders", key, ca.svidConn(t, svidOptions{uris: []string{tc.id}}))
+			if err != nil || resp.IsError() {
+				t.Fatalf("login: %v %#v", err, resp)
+			}
+			_, claims := decodeJWT(t, resp.Data["token"].(string))
+			if _, bound := claims["cnf"]; bound != tc.bound || claims["sub"] != "orders" {
+				t.Fatalf("claims %#v; want bound=%v", claims, tc.bound)
+			}
+		})
+	}
+	// The trust domain moves: the certificate still chains and matches, but
+	// its ID is no longer allowed, so the token is not bound to it.
+	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"trust_domain": "new.example"})
+	resp, err := mtlsLogin(t, e, "orders", key, ca.svidConn(t, svidOptions{uris: []string{"spiffe://" + testTD + "/ns/shop/sa/orders"}}))
+	if err != nil || resp.IsError() {
+		t.Fatalf("login: %v %#v", err, resp)
+	}
+	if _, claims := decodeJWT(t, resp.Data["token"].(string)); claims["cnf"] != nil {
+		t.Fatalf("token bound to a certificate outside the allowed trust domains: %#v", claims)
+	}
+}
