@@ -170,6 +170,21 @@ func TestSPIFFEIdentity(t *testing.T) {
 			t.Fatal("rotation did not change the signing key")
 		}
 	})
+
+	t.Run("path-help explains every new field and path", func(t *testing.T) {
+		for path, want := range map[string][]string{
+			"services/orders": {"spiffe_ids", "trust_domains", "token_subject", "/*"},
+			"config":          {"trust_domain"},
+			"spiffe/bundle":   {"jwt-svid", "spiffe_sequence", "spiffe_refresh_hint"},
+		} {
+			help, err := s.CLI([]string{"VAULT_FORMAT=table"}, "path-help", spiffeMount+"/"+path)
+			for _, w := range want {
+				if err != nil || !strings.Contains(help, w) {
+					t.Fatalf("path-help %s lacks %q: %v\n%s", path, w, err, help)
+				}
+			}
+		}
+	})
 }
 
 // decodeHeader returns a token's JOSE header without checking anything.
