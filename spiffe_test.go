@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"math/big"
 	"net/url"
 	"strings"
@@ -274,7 +275,7 @@ func TestSPIFFELogin(t *testing.T) {
 	for _, tc := range refusals {
 		t.Run(tc.name, func(t *testing.T) {
 			logs.Reset()
-			if _, err := login(tc.conn); err != logical.ErrPermissionDenied {
+			if _, err := login(tc.conn); !errors.Is(err, logical.ErrPermissionDenied) {
 				t.Fatalf("err = %v; want the generic permission denied", err)
 			}
 			if !strings.Contains(logs.String(), tc.why) {
@@ -290,7 +291,7 @@ func TestSPIFFELogin(t *testing.T) {
 		t.Fatalf("warnings = %v", resp.Warnings)
 	}
 	logs.Reset()
-	if _, err := login(good); err != logical.ErrPermissionDenied || !strings.Contains(logs.String(), "outside the trust domains allowed now") {
+	if _, err := login(good); !errors.Is(err, logical.ErrPermissionDenied) || !strings.Contains(logs.String(), "outside the trust domains allowed now") {
 		t.Fatalf("login after the trust domain moved: %v\n%s", err, logs.String())
 	}
 	e.mustOK(t, logical.UpdateOperation, "services/orders", map[string]any{"trust_domains": testTD})
