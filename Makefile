@@ -46,7 +46,7 @@ dev: ## build everything and run a dev Vault (TLS) with meshauth mounted; Ctrl-C
 # Fuzz targets: a name is in the root package; <package>:<name> elsewhere.
 # Targets are <module dir>:<name>; the module's own go.mod decides its build.
 FUZZ_TARGETS := .:FuzzParseToken .:FuzzParseCertificates .:FuzzServiceWrite .:FuzzLoginFields \
-  meshtoken:FuzzParse meshtoken:FuzzCheckMembers meshtoken:FuzzVerifierSigned
+  .:FuzzParseSPIFFEID meshtoken:FuzzParse meshtoken:FuzzCheckMembers meshtoken:FuzzVerifierSigned
 
 # Go modules of the repository: the plugin, the token contract services
 # import (meshtoken), the client library, and the end-to-end suite.

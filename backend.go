@@ -107,7 +107,7 @@ func newBackend() *backend {
 		BackendType:    logical.TypeLogical,
 		RunningVersion: version,
 		PathsSpecial: &logical.Paths{
-			Unauthenticated: []string{"jwks", ".well-known/openid-configuration"},
+			Unauthenticated: []string{"jwks", ".well-known/openid-configuration", "spiffe/bundle"},
 			SealWrapStorage: []string{storageKeyRing},
 		},
 		Paths: framework.PathAppend(
@@ -119,6 +119,7 @@ func newBackend() *backend {
 			pathToken(b),
 			pathKeys(b),
 			pathJWKS(b),
+			pathSPIFFEBundle(b),
 			pathMetrics(b),
 			pathTidy(b),
 		),
@@ -214,7 +215,9 @@ Register a service with its mTLS identity at services/<name>; the response
 holds its API key, once. The service exchanges that key, together with the
 client certificate it presents on its TLS connection to Vault, for a
 short-lived signed JWT at login/<name>. Peers verify the JWT offline with the
-public keys at jwks (unauthenticated), or online at verify.
+public keys at jwks (unauthenticated), or online at verify. Services of a
+mesh can be registered by SPIFFE ID and get JWT-SVIDs; spiffe/bundle
+(unauthenticated) serves the keys as a SPIFFE bundle.
 
 Signing keys rotate on a schedule (config key_rotation_period), with the next
 key published in jwks before it signs anything. Emergency revocation of every

@@ -45,7 +45,7 @@ func BenchmarkMint(b *testing.B) {
 			now := time.Now()
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := mintToken(ring.current, cfg, svc, []string{"payments"}, time.Hour, "", now); err != nil {
+				if _, err := mintToken(ring.current, cfg, svc, []string{"payments"}, time.Hour, "", "", now); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -117,6 +117,9 @@ type keyRing struct {
 	byKID map[string]*signingKey
 	// current signs new tokens.
 	current *signingKey
+	// lastKeyVersion is the stored LastKeyVersion; spiffe/bundle derives its
+	// sequence from it.
+	lastKeyVersion int
 	// jwks caches the JWKS body until a retired key's time runs out.
 	jwks atomic.Pointer[jwksBody]
 }
@@ -180,7 +183,7 @@ func (r *keyRing) jwksJSON(now time.Time) []byte {
 
 // parseKeyRing turns the stored ring into signers and JWKs.
 func parseKeyRing(entry *keyRingEntry) (*keyRing, error) {
-	ring := &keyRing{byKID: make(map[string]*signingKey, len(entry.Keys))}
+	ring := &keyRing{byKID: make(map[string]*signingKey, len(entry.Keys)), lastKeyVersion: entry.LastKeyVersion}
 	for _, e := range entry.Keys {
 		k, err := parseSigningKey(e)
 		if err != nil {

@@ -68,6 +68,8 @@ type configEntry struct {
 	// a GET is a read, so with it on, read capability on login/<name> mints
 	// tokens, and an operator must grant that knowingly.
 	AllowGetLogin bool `json:"allow_get_login,omitempty"`
+	// TrustDomain is the engine's SPIFFE trust domain; "" is none.
+	TrustDomain string `json:"trust_domain,omitempty"`
 }
 
 // defaultConfig is the configuration of a freshly mounted engine.
@@ -156,6 +158,10 @@ func pathConfig(b *backend) []*framework.Path {
 				Type:        framework.TypeBool,
 				Description: "Serve the one-round-trip GET login (API key in the X-Meshauth-Api-Key header). With it on, read capability on login/<name> mints tokens for that service, so grant read on login/* knowingly. The mount must also pass the header through (vault secrets tune -passthrough-request-headers=X-Meshauth-Api-Key). Default: false.",
 			},
+			"trust_domain": {
+				Type:        framework.TypeString,
+				Description: "The engine's SPIFFE trust domain, as a bare name (example.org, no spiffe://): services' spiffe_ids belong to it unless a service lists others in trust_domains. Default: empty (none).",
+			},
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.ReadOperation: &framework.PathOperation{
@@ -205,6 +211,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"api_key_grace_period":  seconds(cfg.APIKeyGracePeriod),
 		"api_key_max_age":       seconds(cfg.APIKeyMaxAge),
 		"allow_get_login":       cfg.AllowGetLogin,
+		"trust_domain":          cfg.TrustDomain,
 	}}, nil
 }
 
@@ -228,6 +235,14 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if msg := cfg.validate(); msg != "" {
 		return logical.ErrorResponse(msg), nil
 	}
+	// SPIFFE: trust_domain syntax, EdDSA against JWT-SVID services (spiffe.go).
+	msg, warnings, err := b.checkSPIFFEConfig(ctx, req.Storage, &cfg, old)
+	if err != nil {
+		return nil, err
+	}
+	if msg != "" {
+		return logical.ErrorResponse(msg), nil
+	}
 	cfg.Version = configVersion
 	if err := b.raiseCurrentKeyTTLLocked(ctx, req.Storage, old, &cfg); err != nil {
 		return nil, err
@@ -241,6 +256,9 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		if _, err := b.rotateKeyRingLocked(ctx, req.Storage, &cfg, rotationAlgorithm); err != nil {
 			return nil, fmt.Errorf("config saved, but rotating to a %s key failed (run keys/rotate to retry): %w", cfg.SigningAlgorithm, err)
 		}
+	}
+	if len(warnings) > 0 {
+		return &logical.Response{Warnings: warnings}, nil
 	}
 	return nil, nil
 }
@@ -282,6 +300,9 @@ func applyConfigFields(cfg *configEntry, d *framework.FieldData) string {
 	}
 	if v, ok := d.GetOk("allow_get_login"); ok {
 		cfg.AllowGetLogin = v.(bool)
+	}
+	if v, ok := d.GetOk("trust_domain"); ok {
+		cfg.TrustDomain = strings.TrimSpace(v.(string))
 	}
 	return ""
 }

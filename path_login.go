@@ -137,10 +137,11 @@ func (b *backend) login(ctx context.Context, req *logical.Request, d *framework.
 	if err != nil {
 		return nil, err
 	}
-	svc, x5t, cfg, err := b.authenticateCaller(ctx, req, name, apiKey, cfg)
+	id, err := b.authenticateCaller(ctx, req, name, apiKey, cfg)
 	if err != nil {
 		return nil, err
 	}
+	svc, x5t, spiffeID, cfg := id.svc, id.x5t, id.spiffeID, id.cfg
 	now := b.now()
 
 	audience, msg := loginAudience(svc.entry, d.Get("audience").([]string))
@@ -152,7 +153,10 @@ func (b *backend) login(ctx context.Context, req *logical.Request, d *framework.
 	if err != nil {
 		return nil, err
 	}
-	minted, err := mintToken(ring.current, cfg, svc, audience, ttl, x5t, now)
+	if msg := jwtSVIDLoginCheck(svc, ring.current, spiffeID, audience); msg != "" {
+		return logical.ErrorResponse(msg), nil
+	}
+	minted, err := mintToken(ring.current, cfg, svc, audience, ttl, x5t, spiffeID, now)
 	if err != nil {
 		return nil, err
 	}
@@ -171,6 +175,18 @@ func (b *backend) login(ctx context.Context, req *logical.Request, d *framework.
 	return resp, nil
 }
 
+// loginIdentity is what authenticating a login established.
+type loginIdentity struct {
+	// svc is the service, current when the login was checked.
+	svc *cachedService
+	// x5t is the x5t#S256 of the verified client certificate, or "".
+	x5t string
+	// spiffeID is the verified SPIFFE ID of a service registered by one.
+	spiffeID string
+	// cfg is the config the login was checked against.
+	cfg *configEntry
+}
+
 // maxLoginAttempts bounds how often a login starts over because the service
 // changed under it.
 const maxLoginAttempts = 3
@@ -181,39 +197,43 @@ const maxLoginAttempts = 3
 // read the service before an update and would succeed after the update
 // returned starts over with the new entry: no login succeeds on trust that an
 // update has already replaced.
-func (b *backend) authenticateCaller(ctx context.Context, req *logical.Request, name, apiKey string, cfg *configEntry) (*cachedService, string, *configEntry, error) {
+func (b *backend) authenticateCaller(ctx context.Context, req *logical.Request, name, apiKey string, cfg *configEntry) (*loginIdentity, error) {
 	for attempt := 1; ; attempt++ {
 		svc, err := b.getService(ctx, req.Storage, name)
 		if err != nil {
-			return nil, "", nil, err
+			return nil, err
 		}
 		now := b.now()
 		// The certificate is checked first because a verified one
 		// identifies the caller for lockout: a stranger failing from the
 		// same address must not lock out the service's own,
 		// certificate-holding instances.
-		x5t, certErr := b.checkClientCertificate(svc, peerChain(connState(req)), now)
+		chain := peerChain(connState(req))
+		x5t, certErr := b.checkClientCertificate(svc, chain, now)
+		// For a service registered by SPIFFE ID: its verified ID, within
+		// the trust domains config allows now (spiffe.go).
+		x5t, spiffeID, certErr := spiffeLoginID(svc, cfg, chain, x5t, certErr)
 		caller := callerID(req, x5t)
 		lockKey := lockoutKey(name, caller, svc != nil)
 		if cfg.LockoutThreshold > 0 {
 			if until, locked := b.lockout.lockedUntil(lockKey, now); locked {
 				b.metrics.loginLocked(metricsName(svc))
 				b.Logger().Debug("login refused: caller locked out", "service", name, "caller", caller)
-				return nil, "", nil, errLoginLocked(until)
+				return nil, errLoginLocked(until)
 			}
 		}
 		if failure, stored := authenticate(svc, apiKey, certErr, cfg, now); failure != "" {
-			return nil, "", nil, b.loginFailed(svc, name, caller, lockKey, failure, !stored, cfg, now)
+			return nil, b.loginFailed(svc, name, caller, lockKey, failure, !stored, cfg, now)
 		}
 		current, err := b.serviceIsCurrent(ctx, req.Storage, name, svc)
 		if err != nil {
-			return nil, "", nil, err
+			return nil, err
 		}
 		if !b.config.current(func(c *configEntry) bool { return c == cfg }) {
 			// The config changed under the login (api_key_max_age, lockout):
 			// start over with the new one.
 			if cfg, err = b.getConfig(ctx, req.Storage); err != nil {
-				return nil, "", nil, err
+				return nil, err
 			}
 			current = false
 		}
@@ -221,11 +241,11 @@ func (b *backend) authenticateCaller(ctx context.Context, req *logical.Request, 
 			if cfg.LockoutThreshold > 0 {
 				b.lockout.succeed(lockKey)
 			}
-			return svc, x5t, cfg, nil
+			return &loginIdentity{svc: svc, x5t: x5t, spiffeID: spiffeID, cfg: cfg}, nil
 		}
 		if attempt == maxLoginAttempts {
 			b.Logger().Warn("login refused: the service kept changing while it was checked", "service", name)
-			return nil, "", nil, logical.ErrPermissionDenied
+			return nil, logical.ErrPermissionDenied
 		}
 	}
 }

@@ -97,6 +97,15 @@ type serviceEntry struct {
 	Metadata map[string]string `json:"metadata,omitempty"`
 	// APIKeys are the service's live API keys, newest last, as hashes only.
 	APIKeys []apiKeyEntry `json:"api_keys"`
+	// SPIFFEIDs are the SPIFFE IDs (exact, or prefixes ending in /*) the
+	// client certificate's single URI SAN must match; set instead of Hostnames.
+	SPIFFEIDs []string `json:"spiffe_ids,omitempty"`
+	// TrustDomains lists trust domains besides config trust_domain that
+	// SPIFFEIDs may belong to.
+	TrustDomains []string `json:"trust_domains,omitempty"`
+	// TokenSubject is what sub is: "name" ("" in older entries) or
+	// "spiffe_id" (a JWT-SVID).
+	TokenSubject string `json:"token_subject,omitempty"`
 	// Registration identifies this registration of the name: random, made
 	// when the service is created (or, for an entry stored before it
 	// existed, at its first revoke or disable), never reused. Tokens carry it in their gen claim,
@@ -168,7 +177,7 @@ func pathServices(b *backend) []*framework.Path {
 
 // serviceFields is the schema of services/:name.
 func serviceFields() map[string]*framework.FieldSchema {
-	return map[string]*framework.FieldSchema{
+	fields := map[string]*framework.FieldSchema{
 		"name": {
 			Type:        framework.TypeString,
 			Description: "Service name: [a-z0-9][a-z0-9._-]{0,127}. Names are lower case; a path spelling one with an upper-case letter is refused with the lower-case path. It is the tokens' sub claim.",
@@ -222,6 +231,8 @@ func serviceFields() map[string]*framework.FieldSchema {
 			Description: "Free-form key/value data about the service, for operators; never put into tokens.",
 		},
 	}
+	addSPIFFEServiceFields(fields) // spiffe_ids, trust_domains, token_subject (spiffe.go)
+	return fields
 }
 
 // serviceExists answers Vault's existence check, so ACL policies can tell
@@ -295,6 +306,7 @@ func serviceResponse(e *serviceEntry, now time.Time) map[string]any {
 		"created_at":        e.CreatedAt.Format(time.RFC3339),
 		"updated_at":        e.UpdatedAt.Format(time.RFC3339),
 	}
+	addSPIFFEServiceResponse(data, e)
 	if e.RevokedBefore > 0 {
 		data["tokens_revoked_before"] = time.Unix(e.RevokedBefore, 0).UTC().Format(time.RFC3339)
 	}
@@ -347,6 +359,16 @@ func (b *backend) pathServiceWrite(ctx context.Context, req *logical.Request, d 
 	}
 	warning := mtlsOnUpdate(old, entry, d)
 	if msg := validateService(entry, cfg, now); msg != "" {
+		return logical.ErrorResponse(msg), nil
+	}
+	// A JWT-SVID service is checked against signing_algorithm once more,
+	// serialised with config writes until it is stored (spiffe.go).
+	unlock, msg, err := b.lockForJWTSVID(ctx, req.Storage, entry)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if msg != "" {
 		return logical.ErrorResponse(msg), nil
 	}
 
@@ -436,7 +458,7 @@ func applyServiceFields(e *serviceEntry, d *framework.FieldData, creating bool) 
 	} else if creating {
 		e.RequireMTLS = e.Certificate != "" || e.CAChain != ""
 	}
-	return ""
+	return applySPIFFEFields(e, d)
 }
 
 // mtlsOnUpdate applies creation's require_mtls default to an update that
@@ -488,6 +510,9 @@ func validateService(e *serviceEntry, cfg *configEntry, now time.Time) string {
 	if msg := checkTokenSize(e); msg != "" {
 		return msg
 	}
+	if msg := validateServiceSPIFFE(e, cfg); msg != "" {
+		return msg
+	}
 	return validateServiceTLS(e, now)
 }
 
@@ -520,6 +545,12 @@ certificate) and/or ca_chain (the CAs that issue it), optionally hostnames
 require_mtls defaults to true and login needs the client certificate on the
 TLS connection to Vault. Registration validates all of it before storing
 anything and names the check that failed.
+
+A mesh workload can be registered by SPIFFE ID instead of hostnames:
+spiffe_ids (exact IDs, or prefixes ending in /*) are matched against the
+single URI SAN of the presented X.509-SVID, within config trust_domain or
+the service's trust_domains. token_subject=spiffe_id makes the tokens
+JWT-SVIDs whose sub is that verified ID.
 
 An update changes only the fields it names.
 `

@@ -72,6 +72,8 @@ func pathToken(b *backend) []*framework.Path {
 type verification struct {
 	parsed *parsedToken
 	reason string
+	// service is the token's service: sub, or a JWT-SVID's service claim.
+	service string
 }
 
 // verifyToken runs every check of the contract on a token.
@@ -89,13 +91,20 @@ func (b *backend) verifyToken(ctx context.Context, s logical.Storage, raw, audie
 	if reason != "" {
 		return &verification{reason: reason}, nil
 	}
-	svc, err := b.getService(ctx, s, parsed.claims.Subject)
+	// A JWT-SVID names its service in a claim of its own (spiffe.go).
+	name, reason := tokenServiceName(parsed.claims)
+	if reason != "" {
+		return &verification{reason: reason}, nil
+	}
+	svc, err := b.getService(ctx, s, name)
 	if err != nil {
 		return nil, err
 	}
 	switch {
 	case svc == nil:
 		reason = reasonUnknownService
+	case !subjectBelongs(svc, parsed.claims.Subject):
+		reason = reasonSPIFFEIDNotRegistered
 	case svc.entry.Disabled:
 		reason = reasonServiceDisabled
 	default:
@@ -111,7 +120,7 @@ func (b *backend) verifyToken(ctx context.Context, s logical.Storage, raw, audie
 	if revoked {
 		return &verification{reason: reasonTokenRevoked}, nil
 	}
-	return &verification{parsed: parsed}, nil
+	return &verification{parsed: parsed, service: name}, nil
 }
 
 // bindingCheck is what verify's caller knows of the certificate that came
@@ -210,7 +219,7 @@ func (b *backend) pathVerify(ctx context.Context, req *logical.Request, d *frame
 	c := v.parsed.claims
 	return &logical.Response{Data: map[string]any{
 		"valid":      true,
-		"service":    c.Subject,
+		"service":    v.service,
 		"claims":     payloadClaims(c),
 		"expires_at": c.ExpiresAt.UTC().Format(time.RFC3339),
 		"kid":        v.parsed.key.entry.KID,
@@ -245,7 +254,7 @@ func (b *backend) pathRevoke(ctx context.Context, req *logical.Request, d *frame
 	}
 	entry := &revocationEntry{
 		Version:   revocationVersion,
-		Service:   parsed.claims.Subject,
+		Service:   serviceOfClaims(parsed.claims),
 		ExpiresAt: parsed.claims.ExpiresAt.UTC(),
 		RevokedAt: now.UTC(),
 	}
@@ -285,7 +294,12 @@ Reasons: malformed, too_large, algorithm_not_allowed, unknown_key,
 algorithm_mismatch, unsupported_critical_header, bad_signature, expired,
 not_yet_valid, issued_in_future, wrong_issuer, wrong_audience, missing_claim,
 unknown_service, service_disabled, service_revoked, other_registration,
-token_revoked, ambiguous_claims, certificate_mismatch, unbound_token.
+token_revoked, ambiguous_claims, certificate_mismatch, unbound_token,
+spiffe_id_not_registered.
+
+A JWT-SVID (a service with token_subject=spiffe_id) has the SPIFFE ID in sub
+and names its service in meshauth_service; it is valid only while that
+service still lists a spiffe_ids entry matching sub.
 `
 
 const revokeHelp = `

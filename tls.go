@@ -41,6 +41,9 @@ type serviceTrust struct {
 	pins [][]byte
 	// hostnames must each be covered by the presented leaf.
 	hostnames []string
+	// spiffe are the parsed spiffe_ids; when set, the leaf's single URI SAN
+	// must match one and hostnames play no part (spiffe.go).
+	spiffe []spiffePattern
 	// expires is the earliest not_after of the registered certificate and
 	// CAs: a cached verification must not outlive the trust it used.
 	expires time.Time
@@ -264,6 +267,11 @@ func buildTrust(e *serviceEntry) (*serviceTrust, error) {
 		}
 		t.pins = append(t.pins, raw)
 	}
+	spiffe, err := parseSPIFFEPatterns(e.SPIFFEIDs)
+	if err != nil {
+		return nil, err
+	}
+	t.spiffe = spiffe
 	return t, nil
 }
 
@@ -353,7 +361,7 @@ func verifyPresentedChain(t *serviceTrust, chain []*x509.Certificate, now time.T
 			return fmt.Errorf("client certificate does not chain to ca_chain: %w", err)
 		}
 	}
-	if err := coversHostnames(leaf, t.hostnames); err != nil {
+	if err := t.matchesIdentity(leaf); err != nil { // spiffe_ids or hostnames
 		return err
 	}
 	if len(t.pins) > 0 && !matchesPin(leaf, t.pins) {

@@ -30,6 +30,8 @@ type mintedClaims struct {
 	// Generation is the service's registration and revocation epoch
 	// (serviceEntry.generation); empty for services stored before it existed.
 	Generation string `json:"gen,omitempty"`
+	// Service names the service of a JWT-SVID, whose sub is a SPIFFE ID.
+	Service string `json:"meshauth_service,omitempty"`
 }
 
 // mintedToken is a signed token and the facts a login answers with.
@@ -47,11 +49,14 @@ type mintedToken struct {
 // iat and nbf are the real issue time, never later: verifiers such as PyJWT
 // and jose allow no clock skew by default. Revocation of a service's tokens
 // is carried by the gen claim, not by comparing iat with the revoke time.
-func mintToken(key *signingKey, cfg *configEntry, svc *cachedService, audience []string, ttl time.Duration, x5t string, now time.Time) (*mintedToken, error) {
+// spiffeID is the verified SPIFFE ID of the login's certificate, or "".
+func mintToken(key *signingKey, cfg *configEntry, svc *cachedService, audience []string, ttl time.Duration, x5t, spiffeID string, now time.Time) (*mintedToken, error) {
 	iat := now.Unix()
+	sub, service := tokenSubject(svc, spiffeID) // the service name, or a JWT-SVID's SPIFFE ID
 	claims := mintedClaims{
 		Issuer:     cfg.Issuer,
-		Subject:    svc.entry.Name,
+		Subject:    sub,
+		Service:    service,
 		IssuedAt:   iat,
 		NotBefore:  iat,
 		Expiry:     iat + int64(ttl/time.Second),

@@ -41,22 +41,24 @@ func (c *cluster) clientFor(i int, cert *vaultlab.Cert) *api.Client {
 	return cl
 }
 
-// sameJWKS fails unless every live node serves byte-identical jwks with
-// status 200.
+// sameJWKS fails unless every live node serves byte-identical jwks, and
+// SPIFFE bundle, with status 200.
 func (c *cluster) sameJWKS(t *testing.T, stage string, live ...int) {
 	t.Helper()
-	var first []byte
-	for _, i := range live {
-		resp, body := c.nodes[i].RawGet("/v1/meshauth/jwks")
-		if resp.StatusCode != 200 {
-			t.Fatalf("%s: node%d answers jwks with %d: %s", stage, i+1, resp.StatusCode, body)
-		}
-		if first == nil {
-			first = body
-			continue
-		}
-		if !bytes.Equal(first, body) {
-			t.Fatalf("%s: node%d serves different jwks:\n%s\nvs\n%s", stage, i+1, body, first)
+	for _, path := range []string{"jwks", "spiffe/bundle"} {
+		var first []byte
+		for _, i := range live {
+			resp, body := c.nodes[i].RawGet("/v1/meshauth/" + path)
+			if resp.StatusCode != 200 {
+				t.Fatalf("%s: node%d answers %s with %d: %s", stage, i+1, path, resp.StatusCode, body)
+			}
+			if first == nil {
+				first = body
+				continue
+			}
+			if !bytes.Equal(first, body) {
+				t.Fatalf("%s: node%d serves a different %s:\n%s\nvs\n%s", stage, i+1, path, body, first)
+			}
 		}
 	}
 }

@@ -38,9 +38,10 @@ const APIKeyHeader = "X-Meshauth-Api-Key" //nolint:gosec // a header name, not a
 
 // RegisteredClaims are the claim names a meshauth token's payload carries
 // itself; gen names the service's registration and revocation epoch, which
-// the engine's online verify checks. No other member may spell them
+// the engine's online verify checks, and meshauth_service the service of a
+// JWT-SVID, whose sub is a SPIFFE ID. No other member may spell them
 // differently (see CheckMembers).
-var RegisteredClaims = []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf", "gen"}
+var RegisteredClaims = []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf", "gen", "meshauth_service"}
 
 // ReservedNames are the names no service-defined extra claim may take in any
 // spelling: the registered claims, the JOSE header parameters (RFC 7515

@@ -113,6 +113,9 @@ type Claims struct {
 	Confirmation *Confirmation
 	// Generation is gen: the service's registration and revocation epoch.
 	Generation string
+	// Service is meshauth_service: the service of a JWT-SVID, whose
+	// Subject is a SPIFFE ID; empty when Subject is the service name.
+	Service string
 	// KeyID is the kid of the key that verified the token.
 	KeyID string
 	// Payload is the decoded claims segment, for Extra.
@@ -141,6 +144,7 @@ type registered struct {
 	jwt.RegisteredClaims
 	Cnf *Confirmation `json:"cnf,omitempty"`
 	Gen string        `json:"gen,omitempty"`
+	Svc string        `json:"meshauth_service,omitempty"`
 }
 
 // Parse checks an untrusted token completely: its size and compact form, a
@@ -234,6 +238,7 @@ func claimsOf(rc *registered, kid string, payload []byte) *Claims {
 		ID:           rc.ID,
 		Confirmation: rc.Cnf,
 		Generation:   rc.Gen,
+		Service:      rc.Svc,
 		KeyID:        kid,
 		Payload:      payload,
 	}

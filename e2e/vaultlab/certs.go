@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -80,6 +81,36 @@ func (ca *CA) Issue(t T, dir, name string, dns []string, ips []net.IP, usage x50
 		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 	}
+	return ca.sign(t, dir, name, tmpl, key)
+}
+
+// IssueSVID signs an X.509-SVID shaped as SPIRE and Istio issue them: the
+// SPIFFE IDs as URI SANs (one, unless a test wants a malformed SVID), an
+// empty subject, no DNS SAN, for client and server authentication.
+func (ca *CA) IssueSVID(t T, dir, name string, spiffeIDs ...string) *Cert {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(time.Now().UnixNano()),
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageKeyAgreement,
+		BasicConstraintsValid: true,
+	}
+	for _, id := range spiffeIDs {
+		u, err := url.Parse(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl.URIs = append(tmpl.URIs, u)
+	}
+	return ca.sign(t, dir, name, tmpl, key)
+}
+
+// sign issues tmpl for key and writes the certificate and key into dir.
+func (ca *CA) sign(t T, dir, name string, tmpl *x509.Certificate, key *ecdsa.PrivateKey) *Cert {
+	t.Helper()
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.X509, &key.PublicKey, ca.Key)
 	if err != nil {
 		t.Fatal(err)
