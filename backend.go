@@ -192,13 +192,6 @@ func (b *backend) invalidate(_ context.Context, key string) {
 	}
 }
 
-// dropService forgets one service's cached entry, trust material and the
-// verified-chain results that depended on it.
-func (b *backend) dropService(name string) {
-	b.services.drop(name)
-	b.verifiedChains.dropService(name)
-}
-
 // cleanup releases memory when the mount is disabled or the plugin stops.
 func (b *backend) cleanup(_ context.Context) {
 	b.services.dropAll()

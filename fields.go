@@ -2,21 +2,12 @@ package meshauth
 
 import (
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 )
-
-// serviceNamePattern is the contract's service-name syntax, for path patterns.
-const serviceNamePattern = `(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})`
-
-// serviceNameRe checks a whole name against the contract's syntax; the
-// upper-case letters it admits are then refused by serviceName with the
-// lower-case path, so a caller learns the spelling instead of a 404.
-var serviceNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 // Bounds on what a caller may store; the whole service entry stays far below
 // the ~1 MiB that Raft allows per entry.
@@ -29,33 +20,6 @@ const (
 	maxAudienceLen  = 512
 	maxAPIKeyLength = 256
 )
-
-// serviceName reads and checks the name path parameter. Names are lower
-// case and have exactly one spelling: Vault checks ACL policies on the path
-// as written, so if "login/PAYMENTS" reached the service "payments", a glob
-// grant could walk around a deny written for "login/payments". A name with
-// an upper-case letter is refused on every path, with the one path that
-// reaches the service, and is never served.
-func serviceName(req *logical.Request, d *framework.FieldData) (string, *logical.Response) {
-	name := d.Get("name").(string)
-	if !serviceNameRe.MatchString(name) {
-		return "", logical.ErrorResponse("service name must match [a-z0-9][a-z0-9._-]{0,127} (lower case)")
-	}
-	if lower := strings.ToLower(name); lower != name {
-		return "", logical.ErrorResponse(fmt.Sprintf("service names are lower case and have one spelling; use %s", canonicalPath(req, name, lower)))
-	}
-	return name, nil
-}
-
-// canonicalPath is the request's path with the service name in its one
-// spelling, mount included, for error messages.
-func canonicalPath(req *logical.Request, name, lower string) string {
-	path := req.Path
-	if i := strings.Index(path, name); i >= 0 {
-		path = path[:i] + lower + path[i+len(name):]
-	}
-	return req.MountPoint + path
-}
 
 // rejectUnknownFields refuses a request that carries a field the path does
 // not declare. The framework would drop it silently, and a mistyped field

@@ -250,20 +250,6 @@ func (b *backend) authenticateCaller(ctx context.Context, req *logical.Request, 
 	}
 }
 
-// serviceIsCurrent reports whether svc is still what storage holds for name:
-// the cache still holds it, or the stored entry is the same write. Only a
-// login that raced a write of its service reads storage here.
-func (b *backend) serviceIsCurrent(ctx context.Context, s logical.Storage, name string, svc *cachedService) (bool, error) {
-	if cached, _, ok := b.services.get(name); ok {
-		return cached == svc, nil
-	}
-	stored, err := readService(ctx, s, name)
-	if err != nil || stored == nil {
-		return false, err
-	}
-	return stored.UpdatedAt.Equal(svc.entry.UpdatedAt) && stored.Registration == svc.entry.Registration, nil
-}
-
 // authenticate checks every factor and returns "" on success or, for the
 // debug log only, which factor failed; stored reports a failure of the
 // service's stored entry (claims or trust material that no longer pass the

@@ -3,11 +3,9 @@ package meshauth
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/locksutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -60,50 +58,6 @@ func pathServiceActions(b *backend) []*framework.Path {
 			HelpDescription: "Every token of the service issued before this call fails verify from now on: the service's revocation epoch advances, and tokens carry the epoch they were minted in (claim gen), so tokens minted afterwards carry their real iat and verify as usual unless disable=true. Offline verifiers do not see this; they rely on the tokens' short lifetime.",
 		},
 	}
-}
-
-// serviceLock returns the lock that serialises writes to one service.
-func (b *backend) serviceLock(name string) *locksutil.LockEntry {
-	return locksutil.LockForKey(b.serviceLocks, name)
-}
-
-// errServiceNotFound answers an action on a service that is not registered.
-func errServiceNotFound(name string) error {
-	return logical.CodedError(http.StatusNotFound, fmt.Sprintf("service %q is not registered; list services/ to see those that are", name))
-}
-
-// mutateService runs one action on a registered service: it reads the entry
-// under the service's lock, lets mutate change it, and stores it before the
-// action's answer is returned, so a failed write never hands out a key that
-// was not stored. An error response from mutate stores nothing.
-func (b *backend) mutateService(ctx context.Context, req *logical.Request, d *framework.FieldData, mutate func(e *serviceEntry, now time.Time) (*logical.Response, error)) (*logical.Response, error) {
-	name, errResp := serviceName(req, d)
-	if errResp != nil {
-		return errResp, nil
-	}
-	if resp := rejectUnknownFields(req, d); resp != nil {
-		return resp, nil
-	}
-	lock := b.serviceLock(name)
-	lock.Lock()
-	defer lock.Unlock()
-	entry, err := readService(ctx, req.Storage, name)
-	if err != nil {
-		return nil, err
-	}
-	if entry == nil {
-		return nil, errServiceNotFound(name)
-	}
-	now := b.now().UTC()
-	resp, err := mutate(entry, now)
-	if err != nil || resp.IsError() {
-		return resp, err
-	}
-	entry.UpdatedAt = now
-	if err := b.putService(ctx, req.Storage, entry); err != nil {
-		return nil, err
-	}
-	return resp, nil
 }
 
 func (b *backend) pathServiceRotateKey(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {

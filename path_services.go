@@ -2,129 +2,13 @@ package meshauth
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
-
-	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
-
-// serviceVersion is the current layout of serviceEntry.
-const serviceVersion = 1
-
-// generation is what a token's gen claim must equal for the token to verify:
-// this registration of the name and its revocation epoch. Entries stored
-// before registrations existed have none until their first revoke.
-func (e *serviceEntry) generation() string {
-	if e.Registration == "" {
-		return ""
-	}
-	return e.Registration + "." + strconv.Itoa(e.RevocationEpoch)
-}
-
-// advanceEpoch ends every token minted so far for this registration.
-// Entries stored before registrations existed get one now, which also ends
-// their tokens that carry no gen.
-func (e *serviceEntry) advanceEpoch() {
-	if e.Registration == "" {
-		e.Registration = newRegistration()
-	}
-	e.RevocationEpoch++
-}
-
-// newRegistration returns a fresh registration id (128 random bits).
-func newRegistration() string {
-	return rand.Text()
-}
-
-// checkClaimNames refuses extra claims whose name is, or folds to, a
-// registered claim or a JOSE header name in any spelling: Go's encoding/json
-// reads "SUB", "Sub" and "ſub" (U+017F) as sub. Registration and the cache
-// (for entries stored by older releases) both use it.
-func checkClaimNames(claims map[string]string) string {
-	names := make([]string, 0, len(claims))
-	for k := range claims {
-		names = append(names, k)
-	}
-	slices.Sort(names)
-	for _, k := range names {
-		if r := meshtoken.FoldsTo(k, meshtoken.ReservedNames); r != "" {
-			if r == k {
-				return fmt.Sprintf("claims may not set the registered claim %q", k)
-			}
-			return fmt.Sprintf("claims may not set %q: JSON readers such as Go's match it to the registered name %q", k, r)
-		}
-	}
-	return ""
-}
-
-// serviceEntry is one registered service, stored at storageServicePrefix+name.
-// Everything about a service, its API keys included, is this one entry, so
-// every write of a service is atomic.
-type serviceEntry struct {
-	// Version is the layout version of this entry.
-	Version int `json:"version"`
-	// Name is the normalised service name, the tokens' sub claim.
-	Name string `json:"name"`
-	// Certificate is the PEM leaf client certificate pinned for the service.
-	Certificate string `json:"certificate,omitempty"`
-	// CAChain is the PEM bundle that issues the service's client certificates.
-	CAChain string `json:"ca_chain,omitempty"`
-	// Hostnames must each be covered by the client certificate's DNS SANs.
-	Hostnames []string `json:"hostnames,omitempty"`
-	// PinnedSPKI lists base64 SHA-256 SPKI pins the client certificate must match.
-	PinnedSPKI []string `json:"pinned_spki,omitempty"`
-	// RequireMTLS makes login fail without a verified client certificate.
-	RequireMTLS bool `json:"require_mtls"`
-	// AllowedAudiences bounds the aud a login may ask for.
-	AllowedAudiences []string `json:"allowed_audiences,omitempty"`
-	// DefaultAudience is the aud when a login names none.
-	DefaultAudience string `json:"default_audience,omitempty"`
-	// TokenTTL is the service's default token lifetime; 0 uses the engine's.
-	TokenTTL time.Duration `json:"token_ttl"`
-	// TokenMaxTTL is the service's ceiling on token lifetime; 0 uses the engine's.
-	TokenMaxTTL time.Duration `json:"token_max_ttl"`
-	// Claims are extra string claims put into every token.
-	Claims map[string]string `json:"claims,omitempty"`
-	// Disabled refuses logins and makes the service's tokens fail verify.
-	Disabled bool `json:"disabled"`
-	// Metadata is free-form operator data, never put into tokens.
-	Metadata map[string]string `json:"metadata,omitempty"`
-	// APIKeys are the service's live API keys, newest last, as hashes only.
-	APIKeys []apiKeyEntry `json:"api_keys"`
-	// SPIFFEIDs are the SPIFFE IDs (exact, or prefixes ending in /*) the
-	// client certificate's single URI SAN must match; set instead of Hostnames.
-	SPIFFEIDs []string `json:"spiffe_ids,omitempty"`
-	// TrustDomains lists trust domains besides config trust_domain that
-	// SPIFFEIDs may belong to.
-	TrustDomains []string `json:"trust_domains,omitempty"`
-	// TokenSubject is what sub is: "name" ("" in older entries) or
-	// "spiffe_id" (a JWT-SVID).
-	TokenSubject string `json:"token_subject,omitempty"`
-	// Registration identifies this registration of the name: random, made
-	// when the service is created (or, for an entry stored before it
-	// existed, at its first revoke or disable), never reused. Tokens carry it in their gen claim,
-	// so deleting and re-registering a name never revives its old tokens.
-	Registration string `json:"registration,omitempty"`
-	// RevocationEpoch counts services/:name/revoke calls on this
-	// registration. Tokens carry the epoch they were minted in; a revoke
-	// advances it, so every token issued before the revoke stops verifying
-	// while tokens minted after it carry their real iat.
-	RevocationEpoch int `json:"revocation_epoch,omitempty"`
-	// RevokedBefore is the Unix time in seconds of the last revoke, for
-	// operators; entries written before Registration existed also refuse
-	// tokens without gen whose iat is not after it.
-	RevokedBefore int64 `json:"revoked_before,omitempty"`
-	// CreatedAt is when the service was registered.
-	CreatedAt time.Time `json:"created_at"`
-	// UpdatedAt is the last write.
-	UpdatedAt time.Time `json:"updated_at"`
-}
 
 // pathServices declares the list and item paths of services.
 func pathServices(b *backend) []*framework.Path {
@@ -244,21 +128,6 @@ func (b *backend) serviceExists(ctx context.Context, req *logical.Request, d *fr
 	}
 	entry, err := readService(ctx, req.Storage, name)
 	return entry != nil, err
-}
-
-// readService reads one service from storage, or (nil, nil) when absent.
-func readService(ctx context.Context, s logical.Storage, name string) (*serviceEntry, error) {
-	return readEntry[serviceEntry](ctx, s, storageServicePrefix+name, fmt.Sprintf("service %q", name))
-}
-
-// putService writes one service and drops every cache built from it.
-func (b *backend) putService(ctx context.Context, s logical.Storage, entry *serviceEntry) error {
-	entry.Version = serviceVersion
-	if err := writeEntry(ctx, s, storageServicePrefix+entry.Name, fmt.Sprintf("service %q", entry.Name), entry, false); err != nil {
-		return err
-	}
-	b.dropService(entry.Name)
-	return nil
 }
 
 func (b *backend) pathServicesList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {

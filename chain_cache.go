@@ -1,15 +1,11 @@
 package meshauth
 
 import (
-	"context"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
-	"errors"
 	"sync"
 	"time"
-
-	"github.com/hashicorp/vault/sdk/logical"
 )
 
 // chainCacheSize bounds the verified-chain results kept across all services.
@@ -18,50 +14,6 @@ const chainCacheSize = 4096
 // failedChainTTL is how long a failed verification is remembered, so that a
 // caller repeating a bad chain costs one chain build a minute, not one a login.
 const failedChainTTL = time.Minute
-
-// cachedService is a service entry with its trust material parsed, as the
-// login and verify paths use it.
-type cachedService struct {
-	// entry is the stored service; never modified once cached.
-	entry *serviceEntry
-	// trust is the parsed certificate material; nil when trustErr is set.
-	trust *serviceTrust
-	// trustErr records stored trust material that does not parse; mTLS then
-	// fails closed.
-	trustErr error
-	// claimsErr records stored extra claims that registration would refuse
-	// today (an entry written by an older release); logins then fail closed
-	// rather than mint a token that verifiers could read as another service.
-	claimsErr error
-	// claimsOnce guards claimsJSON, the service's extra claims encoded once.
-	claimsOnce sync.Once
-	claimsJSON []byte
-}
-
-// getService returns the cached service, loading it from storage on a miss,
-// or nil when it is not registered. Absent names are not cached, so a caller
-// trying random names cannot grow the cache.
-func (b *backend) getService(ctx context.Context, s logical.Storage, name string) (*cachedService, error) {
-	cs, epoch, ok := b.services.get(name)
-	if ok {
-		return cs, nil
-	}
-	entry, err := readService(ctx, s, name)
-	if err != nil || entry == nil {
-		return nil, err
-	}
-	cs = &cachedService{entry: entry}
-	cs.trust, cs.trustErr = buildTrust(entry)
-	if cs.trustErr != nil {
-		b.Logger().Error("stored trust material of service does not parse; its mTLS logins will fail", "service", name, "error", cs.trustErr)
-	}
-	if msg := checkClaimNames(entry.Claims); msg != "" {
-		cs.claimsErr = errors.New(msg)
-		b.Logger().Error("stored claims of service shadow a registered claim; its logins will fail until the claims are rewritten", "service", name, "error", msg)
-	}
-	b.services.fill(name, cs, epoch)
-	return cs, nil
-}
 
 // chainKey identifies a presented chain: the SHA-256 of every certificate in
 // order, each length-prefixed, so a cached result is never reused for a

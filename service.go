@@ -1,0 +1,297 @@
+package meshauth
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/locksutil"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
+)
+
+// The service aggregate: how a service is stored, named, loaded, cached,
+// locked and written. Its paths are in path_services.go and
+// path_service_actions.go; its certificate checks in tls.go.
+
+// serviceVersion is the current layout of serviceEntry.
+const serviceVersion = 1
+
+// serviceEntry is one registered service, stored at storageServicePrefix+name.
+// Everything about a service, its API keys included, is this one entry, so
+// every write of a service is atomic.
+type serviceEntry struct {
+	// Version is the layout version of this entry.
+	Version int `json:"version"`
+	// Name is the service name (lower case, its one spelling), the tokens'
+	// sub claim unless the service issues JWT-SVIDs.
+	Name string `json:"name"`
+	// Certificate is the PEM leaf client certificate pinned for the service.
+	Certificate string `json:"certificate,omitempty"`
+	// CAChain is the PEM bundle that issues the service's client certificates.
+	CAChain string `json:"ca_chain,omitempty"`
+	// Hostnames must each be covered by the client certificate's DNS SANs.
+	Hostnames []string `json:"hostnames,omitempty"`
+	// PinnedSPKI lists base64 SHA-256 SPKI pins the client certificate must match.
+	PinnedSPKI []string `json:"pinned_spki,omitempty"`
+	// RequireMTLS makes login fail without a verified client certificate.
+	RequireMTLS bool `json:"require_mtls"`
+	// AllowedAudiences bounds the aud a login may ask for.
+	AllowedAudiences []string `json:"allowed_audiences,omitempty"`
+	// DefaultAudience is the aud when a login names none.
+	DefaultAudience string `json:"default_audience,omitempty"`
+	// TokenTTL is the service's default token lifetime; 0 uses the engine's.
+	TokenTTL time.Duration `json:"token_ttl"`
+	// TokenMaxTTL is the service's ceiling on token lifetime; 0 uses the engine's.
+	TokenMaxTTL time.Duration `json:"token_max_ttl"`
+	// Claims are extra string claims put into every token.
+	Claims map[string]string `json:"claims,omitempty"`
+	// Disabled refuses logins and makes the service's tokens fail verify.
+	Disabled bool `json:"disabled"`
+	// Metadata is free-form operator data, never put into tokens.
+	Metadata map[string]string `json:"metadata,omitempty"`
+	// APIKeys are the service's live API keys, newest last, as hashes only.
+	APIKeys []apiKeyEntry `json:"api_keys"`
+	// SPIFFEIDs are the SPIFFE IDs (exact, or prefixes ending in /*) the
+	// client certificate's single URI SAN must match; set instead of Hostnames.
+	SPIFFEIDs []string `json:"spiffe_ids,omitempty"`
+	// TrustDomains lists trust domains besides config trust_domain that
+	// SPIFFEIDs may belong to.
+	TrustDomains []string `json:"trust_domains,omitempty"`
+	// TokenSubject is what sub is: "name" ("" in older entries) or
+	// "spiffe_id" (a JWT-SVID).
+	TokenSubject string `json:"token_subject,omitempty"`
+	// Registration identifies this registration of the name: random, made
+	// when the service is created (or, for an entry stored before it
+	// existed, at its first revoke or disable), never reused. Tokens carry it in their gen claim,
+	// so deleting and re-registering a name never revives its old tokens.
+	Registration string `json:"registration,omitempty"`
+	// RevocationEpoch counts services/:name/revoke calls on this
+	// registration. Tokens carry the epoch they were minted in; a revoke
+	// advances it, so every token issued before the revoke stops verifying
+	// while tokens minted after it carry their real iat.
+	RevocationEpoch int `json:"revocation_epoch,omitempty"`
+	// RevokedBefore is the Unix time in seconds of the last revoke, for
+	// operators; entries written before Registration existed also refuse
+	// tokens without gen whose iat is not after it.
+	RevokedBefore int64 `json:"revoked_before,omitempty"`
+	// CreatedAt is when the service was registered.
+	CreatedAt time.Time `json:"created_at"`
+	// UpdatedAt is the last write.
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// generation is what a token's gen claim must equal for the token to verify:
+// this registration of the name and its revocation epoch. Entries stored
+// before registrations existed have none until their first revoke.
+func (e *serviceEntry) generation() string {
+	if e.Registration == "" {
+		return ""
+	}
+	return e.Registration + "." + strconv.Itoa(e.RevocationEpoch)
+}
+
+// advanceEpoch ends every token minted so far for this registration.
+// Entries stored before registrations existed get one now, which also ends
+// their tokens that carry no gen.
+func (e *serviceEntry) advanceEpoch() {
+	if e.Registration == "" {
+		e.Registration = newRegistration()
+	}
+	e.RevocationEpoch++
+}
+
+// newRegistration returns a fresh registration id (128 random bits).
+func newRegistration() string {
+	return rand.Text()
+}
+
+// serviceNamePattern is the contract's service-name syntax, for path patterns.
+const serviceNamePattern = `(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})`
+
+// serviceNameRe checks a whole name against the contract's syntax; the
+// upper-case letters it admits are then refused by serviceName with the
+// lower-case path, so a caller learns the spelling instead of a 404.
+var serviceNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// serviceName reads and checks the name path parameter. Names are lower
+// case and have exactly one spelling: Vault checks ACL policies on the path
+// as written, so if "login/PAYMENTS" reached the service "payments", a glob
+// grant could walk around a deny written for "login/payments". A name with
+// an upper-case letter is refused on every path, with the one path that
+// reaches the service, and is never served.
+func serviceName(req *logical.Request, d *framework.FieldData) (string, *logical.Response) {
+	name := d.Get("name").(string)
+	if !serviceNameRe.MatchString(name) {
+		return "", logical.ErrorResponse("service name must match [a-z0-9][a-z0-9._-]{0,127} (lower case)")
+	}
+	if lower := strings.ToLower(name); lower != name {
+		return "", logical.ErrorResponse(fmt.Sprintf("service names are lower case and have one spelling; use %s", canonicalPath(req, name, lower)))
+	}
+	return name, nil
+}
+
+// canonicalPath is the request's path with the service name in its one
+// spelling, mount included, for error messages.
+func canonicalPath(req *logical.Request, name, lower string) string {
+	path := req.Path
+	if i := strings.Index(path, name); i >= 0 {
+		path = path[:i] + lower + path[i+len(name):]
+	}
+	return req.MountPoint + path
+}
+
+// checkClaimNames refuses extra claims whose name is, or folds to, a
+// registered claim or a JOSE header name in any spelling: Go's encoding/json
+// reads "SUB", "Sub" and "ſub" (U+017F) as sub. Registration and the cache
+// (for entries stored by older releases) both use it.
+func checkClaimNames(claims map[string]string) string {
+	names := make([]string, 0, len(claims))
+	for k := range claims {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	for _, k := range names {
+		if r := meshtoken.FoldsTo(k, meshtoken.ReservedNames); r != "" {
+			if r == k {
+				return fmt.Sprintf("claims may not set the registered claim %q", k)
+			}
+			return fmt.Sprintf("claims may not set %q: JSON readers such as Go's match it to the registered name %q", k, r)
+		}
+	}
+	return ""
+}
+
+// readService reads one service from storage, or (nil, nil) when absent.
+func readService(ctx context.Context, s logical.Storage, name string) (*serviceEntry, error) {
+	return readEntry[serviceEntry](ctx, s, storageServicePrefix+name, fmt.Sprintf("service %q", name))
+}
+
+// putService writes one service and drops every cache built from it.
+func (b *backend) putService(ctx context.Context, s logical.Storage, entry *serviceEntry) error {
+	entry.Version = serviceVersion
+	if err := writeEntry(ctx, s, storageServicePrefix+entry.Name, fmt.Sprintf("service %q", entry.Name), entry, false); err != nil {
+		return err
+	}
+	b.dropService(entry.Name)
+	return nil
+}
+
+// dropService forgets one service's cached entry, trust material and the
+// verified-chain results that depended on it.
+func (b *backend) dropService(name string) {
+	b.services.drop(name)
+	b.verifiedChains.dropService(name)
+}
+
+// serviceLock returns the lock that serialises writes to one service.
+func (b *backend) serviceLock(name string) *locksutil.LockEntry {
+	return locksutil.LockForKey(b.serviceLocks, name)
+}
+
+// errServiceNotFound answers an action on a service that is not registered.
+func errServiceNotFound(name string) error {
+	return logical.CodedError(http.StatusNotFound, fmt.Sprintf("service %q is not registered; list services/ to see those that are", name))
+}
+
+// mutateService runs one action on a registered service: it reads the entry
+// under the service's lock, lets mutate change it, and stores it before the
+// action's answer is returned, so a failed write never hands out a key that
+// was not stored. An error response from mutate stores nothing.
+func (b *backend) mutateService(ctx context.Context, req *logical.Request, d *framework.FieldData, mutate func(e *serviceEntry, now time.Time) (*logical.Response, error)) (*logical.Response, error) {
+	name, errResp := serviceName(req, d)
+	if errResp != nil {
+		return errResp, nil
+	}
+	if resp := rejectUnknownFields(req, d); resp != nil {
+		return resp, nil
+	}
+	lock := b.serviceLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+	entry, err := readService(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if entry == nil {
+		return nil, errServiceNotFound(name)
+	}
+	now := b.now().UTC()
+	resp, err := mutate(entry, now)
+	if err != nil || resp.IsError() {
+		return resp, err
+	}
+	entry.UpdatedAt = now
+	if err := b.putService(ctx, req.Storage, entry); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// cachedService is a service entry with its trust material parsed, as the
+// login and verify paths use it.
+type cachedService struct {
+	// entry is the stored service; never modified once cached.
+	entry *serviceEntry
+	// trust is the parsed certificate material; nil when trustErr is set.
+	trust *serviceTrust
+	// trustErr records stored trust material that does not parse; mTLS then
+	// fails closed.
+	trustErr error
+	// claimsErr records stored extra claims that registration would refuse
+	// today (an entry written by an older release); logins then fail closed
+	// rather than mint a token that verifiers could read as another service.
+	claimsErr error
+	// claimsOnce guards claimsJSON, the service's extra claims encoded once.
+	claimsOnce sync.Once
+	claimsJSON []byte
+}
+
+// getService returns the cached service, loading it from storage on a miss,
+// or nil when it is not registered. Absent names are not cached, so a caller
+// trying random names cannot grow the cache.
+func (b *backend) getService(ctx context.Context, s logical.Storage, name string) (*cachedService, error) {
+	cs, epoch, ok := b.services.get(name)
+	if ok {
+		return cs, nil
+	}
+	entry, err := readService(ctx, s, name)
+	if err != nil || entry == nil {
+		return nil, err
+	}
+	cs = &cachedService{entry: entry}
+	cs.trust, cs.trustErr = buildTrust(entry)
+	if cs.trustErr != nil {
+		b.Logger().Error("stored trust material of service does not parse; its mTLS logins will fail", "service", name, "error", cs.trustErr)
+	}
+	if msg := checkClaimNames(entry.Claims); msg != "" {
+		cs.claimsErr = errors.New(msg)
+		b.Logger().Error("stored claims of service shadow a registered claim; its logins will fail until the claims are rewritten", "service", name, "error", msg)
+	}
+	b.services.fill(name, cs, epoch)
+	return cs, nil
+}
+
+// serviceIsCurrent reports whether svc is still what storage holds for name:
+// the cache still holds it, or the stored entry is the same write. Only a
+// login that raced a write of its service reads storage here.
+func (b *backend) serviceIsCurrent(ctx context.Context, s logical.Storage, name string, svc *cachedService) (bool, error) {
+	if cached, _, ok := b.services.get(name); ok {
+		return cached == svc, nil
+	}
+	stored, err := readService(ctx, s, name)
+	if err != nil || stored == nil {
+		return false, err
+	}
+	return stored.UpdatedAt.Equal(svc.entry.UpdatedAt) && stored.Registration == svc.entry.Registration, nil
+}
