@@ -1,6 +1,7 @@
 package meshauth
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
@@ -58,5 +59,24 @@ func TestEveryOperationHasAnOpenAPIName(t *testing.T) {
 		if _, ok := seen[want]; !ok {
 			t.Errorf("no operation %s among %v", want, seen)
 		}
+	}
+}
+
+func TestInvalidateDropsOnlyWhatChanged(t *testing.T) {
+	e := getTestBackend(t)
+	key := e.register(t, "orders", nil)
+	e.mustLogin(t, "orders", key)
+	// Another node changes the service in shared storage and Vault tells us.
+	entry, _ := readService(t.Context(), e.storage, "orders")
+	entry.Disabled = true
+	raw, _ := logical.StorageEntryJSON(storageServicePrefix+"orders", entry)
+	_ = e.storage.Storage.Put(t.Context(), raw)
+	e.mustLogin(t, "orders", key) // cache still holds the old entry
+	e.b.invalidate(t.Context(), storageServicePrefix+"orders")
+	if _, err := e.login(t, "orders", key, nil); !errors.Is(err, logical.ErrPermissionDenied) {
+		t.Fatalf("after invalidate: %v", err)
+	}
+	if !e.b.keyRing.current(func(*keyRing) bool { return true }) {
+		t.Fatal("invalidating a service dropped the key ring")
 	}
 }

@@ -2,9 +2,7 @@ package meshauth
 
 import (
 	"encoding/json"
-	"errors"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -95,83 +93,6 @@ func TestPeriodicRotatesOncePerPeriod(t *testing.T) {
 	if got := e.b.metrics.keyRotations.Load() - rotations; current() == first || got != 1 {
 		t.Fatalf("rotations = %d; want exactly 1", got)
 	}
-}
-
-func TestJWKSCacheControlNeverPastNextRotation(t *testing.T) {
-	e := getTestBackend(t)
-	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"key_rotation_period": "10m", "max_ttl": "2h"})
-	e.mustOK(t, logical.UpdateOperation, "keys/rotate", nil)
-	e.clock.advance(5 * time.Minute)
-	for range 20 {
-		resp := e.mustOK(t, logical.ReadOperation, "jwks", nil)
-		cc := resp.Data[logical.HTTPCacheControlHeader].(string)
-		var age int
-		if _, err := fmtSscanf(cc, "max-age=%d", &age); err != nil {
-			t.Fatal(err)
-		}
-		if age > 300 || age < 270 {
-			t.Fatalf("max-age %d with 300s to the next rotation", age)
-		}
-		if resp.Data[logical.HTTPContentType] != "application/json" {
-			t.Fatal("jwks is not application/json")
-		}
-	}
-}
-
-func TestDiscoveryDocument(t *testing.T) {
-	e := getTestBackend(t)
-	doc := func() map[string]any {
-		var d map[string]any
-		_ = json.Unmarshal(e.mustOK(t, logical.ReadOperation, ".well-known/openid-configuration", nil).Data[logical.HTTPRawBody].([]byte), &d)
-		return d
-	}
-	if d := doc(); d["issuer"] != "meshauth" || d["jwks_uri"] != "/v1/meshauth/jwks" {
-		t.Fatalf("discovery %#v", d)
-	}
-	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"issuer": "https://127.0.0.1:8200/v1/mesh/"})
-	if d := doc(); !strings.HasSuffix(d["jwks_uri"].(string), "/v1/mesh/jwks") || !strings.HasPrefix(d["jwks_uri"].(string), "https://") {
-		t.Fatalf("discovery %#v", d)
-	}
-}
-
-func TestInvalidateDropsOnlyWhatChanged(t *testing.T) {
-	e := getTestBackend(t)
-	key := e.register(t, "orders", nil)
-	e.mustLogin(t, "orders", key)
-	// Another node changes the service in shared storage and Vault tells us.
-	entry, _ := readService(t.Context(), e.storage, "orders")
-	entry.Disabled = true
-	raw, _ := logical.StorageEntryJSON(storageServicePrefix+"orders", entry)
-	_ = e.storage.Storage.Put(t.Context(), raw)
-	e.mustLogin(t, "orders", key) // cache still holds the old entry
-	e.b.invalidate(t.Context(), storageServicePrefix+"orders")
-	if _, err := e.login(t, "orders", key, nil); !errors.Is(err, logical.ErrPermissionDenied) {
-		t.Fatalf("after invalidate: %v", err)
-	}
-	if !e.b.keyRing.current(func(*keyRing) bool { return true }) {
-		t.Fatal("invalidating a service dropped the key ring")
-	}
-}
-
-func TestMetricsPrometheus(t *testing.T) {
-	e := getTestBackend(t)
-	key := e.register(t, "orders", nil)
-	e.mustLogin(t, "orders", key)
-	_, _ = e.login(t, "ghost", key, nil)
-	e.verify(t, "x.y.z", nil)
-	resp := e.mustOK(t, logical.ReadOperation, "metrics", map[string]any{"format": "prometheus"})
-	body := string(resp.Data[logical.HTTPRawBody].([]byte))
-	for _, want := range []string{
-		`meshauth_logins_total{service="orders",result="success"} 1`,
-		`meshauth_logins_total{service="_unknown",result="failure"} 1`,
-		`meshauth_verifications_total{result="malformed"} 1`,
-		"# TYPE meshauth_key_rotations_total counter",
-	} {
-		if !strings.Contains(body, want) {
-			t.Errorf("prometheus output lacks %q:\n%s", want, body)
-		}
-	}
-	e.mustFail(t, logical.ReadOperation, "metrics", map[string]any{"format": "xml"}, "json or prometheus")
 }
 
 func TestKeyEntrySizes(t *testing.T) {

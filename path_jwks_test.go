@@ -1,6 +1,8 @@
 package meshauth
 
 import (
+	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,5 +27,42 @@ func TestJWKSCacheControlHasAFloor(t *testing.T) {
 				t.Fatalf("%s: %s while the rotation is due; want at least 60s", path, cc)
 			}
 		}
+	}
+}
+
+func TestJWKSCacheControlNeverPastNextRotation(t *testing.T) {
+	e := getTestBackend(t)
+	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"key_rotation_period": "10m", "max_ttl": "2h"})
+	e.mustOK(t, logical.UpdateOperation, "keys/rotate", nil)
+	e.clock.advance(5 * time.Minute)
+	for range 20 {
+		resp := e.mustOK(t, logical.ReadOperation, "jwks", nil)
+		cc := resp.Data[logical.HTTPCacheControlHeader].(string)
+		var age int
+		if _, err := fmtSscanf(cc, "max-age=%d", &age); err != nil {
+			t.Fatal(err)
+		}
+		if age > 300 || age < 270 {
+			t.Fatalf("max-age %d with 300s to the next rotation", age)
+		}
+		if resp.Data[logical.HTTPContentType] != "application/json" {
+			t.Fatal("jwks is not application/json")
+		}
+	}
+}
+
+func TestDiscoveryDocument(t *testing.T) {
+	e := getTestBackend(t)
+	doc := func() map[string]any {
+		var d map[string]any
+		_ = json.Unmarshal(e.mustOK(t, logical.ReadOperation, ".well-known/openid-configuration", nil).Data[logical.HTTPRawBody].([]byte), &d)
+		return d
+	}
+	if d := doc(); d["issuer"] != "meshauth" || d["jwks_uri"] != "/v1/meshauth/jwks" {
+		t.Fatalf("discovery %#v", d)
+	}
+	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"issuer": "https://127.0.0.1:8200/v1/mesh/"})
+	if d := doc(); !strings.HasSuffix(d["jwks_uri"].(string), "/v1/mesh/jwks") || !strings.HasPrefix(d["jwks_uri"].(string), "https://") {
+		t.Fatalf("discovery %#v", d)
 	}
 }
