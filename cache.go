@@ -57,23 +57,6 @@ func (c *epochCache[K, V]) dropAll() {
 	clear(c.items)
 }
 
-// load returns the cached value for k, or calls loader and caches its result.
-// Concurrent misses may each call loader; they read the same storage, so the
-// duplicate work is harmless, and loaders here are cheap reads.
-func (c *epochCache[K, V]) load(k K, loader func() (V, error)) (V, error) {
-	v, epoch, ok := c.get(k)
-	if ok {
-		return v, nil
-	}
-	var err error
-	v, err = loader()
-	if err != nil {
-		return v, err
-	}
-	c.fill(k, v, epoch)
-	return v, nil
-}
-
 // epochValue is a single lazily loaded value (the config, the key ring) with
 // the same discipline as epochCache: a drop advances the epoch, and a load
 // that began before the drop is not kept.

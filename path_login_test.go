@@ -265,7 +265,7 @@ func TestHeaderLoginIsTheSameLoginInOneRoundTrip(t *testing.T) {
 	// Off by default: read capability alone must not mint tokens.
 	if _, err := get(map[string][]string{"X-Meshauth-Api-Key": {key}}, nil); err == nil || !strings.Contains(err.Error(), "allow_get_login") {
 		t.Fatalf("GET login while allow_get_login is off: %v", err)
-	} else if coded, ok := err.(logical.HTTPCodedError); !ok || coded.Code() != 405 {
+	} else if coded := logical.HTTPCodedError(nil); !errors.As(err, &coded) || coded.Code() != 405 {
 		t.Fatalf("GET login while off answered %v; want a 405", err)
 	}
 	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"allow_get_login": true})

@@ -345,7 +345,7 @@ func mtlsOnUpdate(old, e *serviceEntry, d *framework.FieldData) string {
 	hadTrust := old.Certificate != "" || old.CAChain != ""
 	hasTrust := e.Certificate != "" || e.CAChain != ""
 	switch {
-	case named || !(certGiven || caGiven) || !hasTrust:
+	case named || (!certGiven && !caGiven) || !hasTrust:
 		return ""
 	case !hadTrust:
 		e.RequireMTLS = true

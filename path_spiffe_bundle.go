@@ -96,7 +96,7 @@ func spiffeBundleJSON(ring *keyRing, cfg *configEntry, now time.Time) ([]byte, e
 // last, a key leaving raises gone, so every change of the key set raises the
 // sequence and nothing else moves it.
 func bundleSequence(lastKeyVersion, served int) uint64 {
-	return uint64(max(2*lastKeyVersion-served, 0)) //nolint:gosec // clamped at 0, so the conversion cannot wrap
+	return uint64(max(2*lastKeyVersion-served, 0))
 }
 
 // bundleRefreshHint is how often consumers should refetch, from the rotation

@@ -33,7 +33,7 @@ const (
 	// tokenSubjectName makes sub the service name (the default).
 	tokenSubjectName = "name"
 	// tokenSubjectSPIFFEID makes sub the verified SPIFFE ID: a JWT-SVID.
-	tokenSubjectSPIFFEID = "spiffe_id"
+	tokenSubjectSPIFFEID = "spiffe_id" //nolint:gosec // a field value, not a credential
 
 	// serviceClaim names the service in a JWT-SVID, whose sub is a SPIFFE ID
 	// that one or more services may match: verify finds the service by it,
@@ -112,7 +112,7 @@ func checkTrustDomain(td string) error {
 	}
 	for i := 0; i < len(td); i++ {
 		c := td[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '.' && c != '-' && c != '_' {
 			return fmt.Errorf("has %s in its trust domain; a trust domain allows only lower-case ASCII letters, digits, '.', '-' and '_'", describeByte(c))
 		}
 	}
