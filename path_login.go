@@ -88,6 +88,11 @@ func (b *backend) pathLogin(ctx context.Context, req *logical.Request, d *framew
 // GET costs one. The key comes from a header, never from the URL: a query
 // parameter would land in access logs and the audit log's request path.
 func (b *backend) pathLoginRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	// The one spelling of the name is checked first, whatever else is
+	// wrong with the request, so the refusal names the path to use.
+	if _, errResp := serviceName(req, d); errResp != nil {
+		return errResp, nil
+	}
 	cfg, err := b.getConfig(ctx, req.Storage)
 	if err != nil {
 		return nil, err

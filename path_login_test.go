@@ -268,6 +268,13 @@ func TestHeaderLoginIsTheSameLoginInOneRoundTrip(t *testing.T) {
 	} else if coded := logical.HTTPCodedError(nil); !errors.As(err, &coded) || coded.Code() != 405 {
 		t.Fatalf("GET login while off answered %v; want a 405", err)
 	}
+	// Another spelling is refused first, with the path to use.
+	if resp, err := e.b.HandleRequest(t.Context(), &logical.Request{
+		Operation: logical.ReadOperation, Path: "login/ORDERS", Storage: e.storage, MountPoint: "meshauth/",
+		Headers: map[string][]string{"X-Meshauth-Api-Key": {key}}, Connection: &logical.Connection{RemoteAddr: "127.0.0.1"},
+	}); err != nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "meshauth/login/orders") {
+		t.Fatalf("GET login/ORDERS: %v %#v", err, resp)
+	}
 	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"allow_get_login": true})
 	e.mustLogin(t, "orders", key) // warm the caches
 	warm := e.b.metrics.loginStorageOps.Load()
