@@ -171,6 +171,7 @@ func TestRevocationFeedIsIdenticalOnEveryNode(t *testing.T) {
 	same("fresh")
 	key := e.register(t, "orders", nil)
 	standby.invalidate(t.Context(), storageServicePrefix+"orders")
+	same("after a registration")
 	tok := e.mustLogin(t, "orders", key)
 	_, claims := decodeJWT(t, tok)
 	e.mustOK(t, logical.UpdateOperation, "revoke", map[string]any{"token": tok})
