@@ -126,7 +126,7 @@ func TestHACluster(t *testing.T) {
 	}
 	c.sameJWKS(t, "after logins", all...)
 
-	vaultlab.Write(t, c.clientFor(1, nil), "meshauth/keys/rotate", nil)
+	vaultlab.Write(t, c.clientFor(1, nil), "meshauth/keys/rotate", map[string]any{"force": true})
 	c.sameJWKS(t, "after rotation through a standby", all...)
 	kid := vaultlab.Read(t, c.clientFor(2, nil), "meshauth/keys").Data["current_kid"]
 	for _, i := range all {
