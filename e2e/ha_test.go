@@ -41,11 +41,11 @@ func (c *cluster) clientFor(i int, cert *vaultlab.Cert) *api.Client {
 	return cl
 }
 
-// sameJWKS fails unless every live node serves byte-identical jwks, and
-// SPIFFE bundle, with status 200.
+// sameJWKS fails unless every live node serves byte-identical jwks, SPIFFE
+// bundle and revocations feed, with status 200.
 func (c *cluster) sameJWKS(t *testing.T, stage string, live ...int) {
 	t.Helper()
-	for _, path := range []string{"jwks", "spiffe/bundle"} {
+	for _, path := range []string{"jwks", "spiffe/bundle", "revocations"} {
 		var first []byte
 		for _, i := range live {
 			resp, body := c.nodes[i].RawGet("/v1/meshauth/" + path)
@@ -217,7 +217,7 @@ func TestHACluster(t *testing.T) {
 		t.Skip("the periodic-rotation check watches the cluster for 2.5 minutes")
 	}
 	t.Run("periodic rotation happens once per period across the cluster", func(t *testing.T) {
-		vaultlab.Write(t, c.clientFor(0, nil), "meshauth/config", map[string]any{"key_rotation_period": "1m", "max_ttl": "2m", "default_ttl": "1m"})
+		vaultlab.Write(t, c.clientFor(0, nil), "meshauth/config", map[string]any{"key_rotation_period": "1m", "max_ttl": "2m", "default_ttl": "1m", "min_publication_age": "1m"})
 		start := time.Now()
 		// Vault runs the periodic function about once a minute on the active
 		// node only; watch for a bit over two periods.

@@ -250,7 +250,8 @@ func (v *Verifier) checkRevoked(ctx context.Context, c *Claims) error {
 	}
 	list := rs.list.Load()
 	now := v.now()
-	if !now.Before(list.freshUntil) {
+	// MaxStaleness may be shorter than the feed's max-age: it wins.
+	if !now.Before(list.freshUntil) || now.Sub(list.confirmed) > rs.cfg.MaxStaleness {
 		done := v.refetchRevocations(ctx)
 		if now.Sub(list.confirmed) > rs.cfg.MaxStaleness && done != nil {
 			select {
