@@ -102,4 +102,7 @@ mount allows them:
 
   vault secrets tune -allowed-response-headers=ETag \
     -passthrough-request-headers=If-None-Match meshauth/
+
+A tune replaces the whole list: with the GET login on, repeat
+-passthrough-request-headers=X-Meshauth-Api-Key in the same command.
 `
