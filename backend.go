@@ -77,6 +77,8 @@ type backend struct {
 	lockout *lockoutTracker
 	// metrics counts logins, verifications and rotations on this node.
 	metrics *metrics
+	// adoption counts distinct fetchers of jwks holding the next key.
+	adoption *keyAdoption
 	// verifiedChains caches the result of verifying a presented client
 	// certificate chain, keyed by the SHA-256 of the whole chain.
 	verifiedChains *chainCache
@@ -102,6 +104,7 @@ func newBackend() *backend {
 		revoked:        newRevocationSet(),
 		lockout:        newLockoutTracker(),
 		metrics:        newMetrics(),
+		adoption:       newKeyAdoption(),
 		verifiedChains: newChainCache(chainCacheSize),
 		now:            time.Now,
 	}

@@ -152,6 +152,16 @@ func (k *signingKey) usableAt(now time.Time) bool {
 	return k.entry.State != keyStateRetired || now.Before(k.entry.RetiresAt)
 }
 
+// nextKID is the kid of the next key, or "".
+func (r *keyRing) nextKID() string {
+	for _, k := range r.keys {
+		if k.entry.State == keyStateNext {
+			return k.entry.KID
+		}
+	}
+	return ""
+}
+
 // verifyingKey returns the key a token names by kid, if it may verify at now.
 func (r *keyRing) verifyingKey(kid string, now time.Time) *signingKey {
 	k := r.byKID[kid]
