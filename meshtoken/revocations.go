@@ -114,12 +114,16 @@ func (v *Verifier) startRevocations(ctx context.Context) error {
 }
 
 // RevocationsAge is how long ago Vault last served or confirmed the feed
-// this Verifier uses; 0 when it enforces no feed.
+// this Verifier uses; 0 when it enforces no feed or holds no copy yet.
 func (v *Verifier) RevocationsAge() time.Duration {
 	if v.revocations == nil {
 		return 0
 	}
-	return v.now().Sub(v.revocations.list.Load().confirmed)
+	list := v.revocations.list.Load()
+	if list == nil {
+		return 0
+	}
+	return v.now().Sub(list.confirmed)
 }
 
 // fetchRevocations downloads the feed (or has it confirmed by ETag),

@@ -161,6 +161,21 @@ func TestVerifierAllowStaleKeepsVerifying(t *testing.T) {
 	}
 }
 
+func TestVerifierWithoutAFeedDoesNotStart(t *testing.T) {
+	j := newJWKSServer(t)
+	j.addKey("ES256")
+	feed := newFeedServer(t, j, j.addKey("ES256"), map[string]any{"iss": "meshauth"})
+	feed.down.Store(true)
+	var reported error
+	_, err := NewVerifier(t.Context(), VerifierConfig{
+		DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration", AllowAnyAudience: true, HTTPClient: j.srv.Client(),
+		Revocations: &RevocationConfig{URL: feed.srv.URL, OnAge: func(_ time.Duration, err error) { reported = err }},
+	})
+	if err == nil || reported == nil {
+		t.Fatalf("a verifier started without its revocations feed: %v, OnAge saw %v", err, reported)
+	}
+}
+
 func TestVerifierRefusesAForgedFeed(t *testing.T) {
 	j := newJWKSServer(t)
 	kid := j.addKey("ES256")
