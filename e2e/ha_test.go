@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -142,6 +143,21 @@ func TestHACluster(t *testing.T) {
 		}
 	}
 	c.sameJWKS(t, "after revoke", all...)
+
+	// The key lifecycle through a standby: an early rotation is refused with
+	// its time, and an emergency removal (of the next key, which signed
+	// nothing) reaches every node's jwks and feed at once.
+	if _, err := c.clientFor(1, nil).Logical().Write("meshauth/keys/rotate", nil); err == nil || !strings.Contains(err.Error(), "it may sign from") {
+		t.Fatalf("early rotation through a standby: %v", err)
+	}
+	nextKID := vaultlab.Read(t, c.clientFor(2, nil), "meshauth/keys").Data["next_kid"].(string)
+	vaultlab.Write(t, c.clientFor(1, nil), "meshauth/keys/"+nextKID+"/revoke", nil)
+	c.sameJWKS(t, "after a key removal through a standby", all...)
+	for _, i := range all {
+		if _, body := c.nodes[i].RawGet("/v1/meshauth/jwks"); strings.Contains(string(body), nextKID) {
+			t.Fatalf("node%d still serves the removed key", i+1)
+		}
+	}
 	before := tokens[1]
 
 	t.Run("failover under login load", func(t *testing.T) {

@@ -114,10 +114,18 @@ func TestVerifierRefusesWhatTheFeedRevokes(t *testing.T) {
 	if _, err := v.Verify(t.Context(), good, nil); err != nil {
 		t.Fatal(err)
 	}
+	// The background fetch is done once the copy is renewed.
 	deadline := time.Now().Add(5 * time.Second)
-	for feed.notChanged.Load() == 0 && time.Now().Before(deadline) {
+	for v.RevocationsAge() > time.Second && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
+	v.revocations.mu.Lock()
+	for v.revocations.fetching != nil && time.Now().Before(deadline) {
+		v.revocations.mu.Unlock()
+		time.Sleep(10 * time.Millisecond)
+		v.revocations.mu.Lock()
+	}
+	v.revocations.mu.Unlock()
 	if feed.notChanged.Load() != 1 || feed.full.Load() != 1 {
 		t.Fatalf("revalidation: %d full fetches, %d 304s", feed.full.Load(), feed.notChanged.Load())
 	}
