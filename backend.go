@@ -68,12 +68,17 @@ type backend struct {
 	keyRing epochValue[*keyRing]
 	// revoked is the set of revoked jtis, applied one entry at a time.
 	revoked *revocationSet
+	// feed caches the rendered revocations feed; every change to what it
+	// is rendered from drops it (revocation_feed.go).
+	feed feedCache
 
 	// lockout tracks failed logins per service and caller, in memory only: a
 	// login must never write to storage.
 	lockout *lockoutTracker
 	// metrics counts logins, verifications and rotations on this node.
 	metrics *metrics
+	// adoption counts distinct fetchers of jwks holding the next key.
+	adoption *keyAdoption
 	// verifiedChains caches the result of verifying a presented client
 	// certificate chain, keyed by the SHA-256 of the whole chain.
 	verifiedChains *chainCache
@@ -99,6 +104,7 @@ func newBackend() *backend {
 		revoked:        newRevocationSet(),
 		lockout:        newLockoutTracker(),
 		metrics:        newMetrics(),
+		adoption:       newKeyAdoption(),
 		verifiedChains: newChainCache(chainCacheSize),
 		now:            time.Now,
 	}
@@ -107,7 +113,7 @@ func newBackend() *backend {
 		BackendType:    logical.TypeLogical,
 		RunningVersion: version,
 		PathsSpecial: &logical.Paths{
-			Unauthenticated: []string{"jwks", ".well-known/openid-configuration", "spiffe/bundle"},
+			Unauthenticated: []string{"jwks", ".well-known/openid-configuration", "spiffe/bundle", "revocations"},
 			SealWrapStorage: []string{storageKeyRing},
 		},
 		Paths: framework.PathAppend(
@@ -120,6 +126,7 @@ func newBackend() *backend {
 			pathKeys(b),
 			pathJWKS(b),
 			pathSPIFFEBundle(b),
+			pathRevocations(b),
 			pathMetrics(b),
 			pathTidy(b),
 		),
@@ -181,14 +188,17 @@ func (b *backend) invalidate(_ context.Context, key string) {
 	switch {
 	case key == storageConfig:
 		b.config.drop()
+		b.feed.drop()
 	case key == storageKeyRing:
 		b.keyRing.drop()
+		b.feed.drop()
 	case strings.HasPrefix(key, storageServicePrefix):
 		b.dropService(strings.TrimPrefix(key, storageServicePrefix))
 	case strings.HasPrefix(key, storageRevokedPrefix):
 		// One token's revocation changed: re-read that entry alone, on
 		// its next lookup.
 		b.revoked.invalidate(strings.TrimPrefix(key, storageRevokedPrefix))
+		b.feed.drop()
 	}
 }
 
@@ -198,6 +208,7 @@ func (b *backend) cleanup(_ context.Context) {
 	b.config.drop()
 	b.keyRing.drop()
 	b.revoked.reset()
+	b.feed.drop()
 	b.verifiedChains.dropAll()
 }
 
@@ -213,6 +224,9 @@ mesh can be registered by SPIFFE ID and get JWT-SVIDs; spiffe/bundle
 (unauthenticated) serves the keys as a SPIFFE bundle.
 
 Signing keys rotate on a schedule (config key_rotation_period), with the next
-key published in jwks before it signs anything. Emergency revocation of every
+key published in jwks for min_publication_age before it signs anything; a
+compromised key is removed at keys/<kid>/revoke. Emergency revocation of every
 token of a service is at services/<name>/revoke, of one token at revoke.
+Offline verifiers learn of revocations from the signed feed at revocations
+(unauthenticated).
 `

@@ -233,3 +233,58 @@ func BenchmarkVerifyRevoked(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRevocationFeed is the revocations feed with 1,000 and 20,000
+// (the most the engine keeps) revoked tokens: rendering and signing it after
+// a change (render), serving it from the node's cache (read), and answering
+// a revalidation with 304 (not-modified). The baseline is the jwks read,
+// the other raw body every verifier fetches. feed-bytes is its size.
+func BenchmarkRevocationFeed(b *testing.B) {
+	for _, n := range []int{1000, maxRevocations} {
+		e, _, _ := benchEnv(b, algES256, nil)
+		fillRevocations(b, e, 0, n, time.Now().Add(time.Hour))
+		read := func(b *testing.B, inm string) *logical.Response {
+			req := &logical.Request{Operation: logical.ReadOperation, Path: "revocations", Storage: e.storage, MountPoint: "meshauth/"}
+			if inm != "" {
+				req.Headers = map[string][]string{"If-None-Match": {inm}}
+			}
+			resp, err := e.b.HandleRequest(b.Context(), req)
+			if err != nil || resp.IsError() {
+				b.Fatal(err, resp)
+			}
+			return resp
+		}
+		first := read(b, "")
+		size := len(first.Data[logical.HTTPRawBody].([]byte))
+		b.Run(fmt.Sprintf("revoked=%d/render", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				e.b.feed.drop()
+				read(b, "")
+			}
+			b.ReportMetric(float64(size), "feed-bytes")
+		})
+		b.Run(fmt.Sprintf("revoked=%d/read", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				read(b, "")
+			}
+		})
+		b.Run(fmt.Sprintf("revoked=%d/not-modified", n), func(b *testing.B) {
+			etag := first.Headers["ETag"][0]
+			b.ReportAllocs()
+			for b.Loop() {
+				if read(b, etag).Data[logical.HTTPStatusCode] != 304 {
+					b.Fatal("no 304")
+				}
+			}
+		})
+	}
+	b.Run("jwks", func(b *testing.B) {
+		e, _, _ := benchEnv(b, algES256, nil)
+		b.ReportAllocs()
+		for b.Loop() {
+			e.mustOK(b, logical.ReadOperation, "jwks", nil)
+		}
+	})
+}

@@ -110,7 +110,11 @@ func getTestBackendLogging(tb testing.TB, logs io.Writer) *testEnv {
 	if err := b.Initialize(context.Background(), &logical.InitializationRequest{Storage: storage}); err != nil {
 		tb.Fatal(err)
 	}
-	return &testEnv{b: b, storage: storage, clock: clock}
+	e := &testEnv{b: b, storage: storage, clock: clock}
+	// Most tests rotate at will; the tests of min_publication_age set it
+	// back themselves (keys_publication_test.go).
+	e.mustOK(tb, logical.UpdateOperation, "config", map[string]any{"min_publication_age": 0})
+	return e
 }
 
 // request runs one request through the framework, as Vault would.

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -80,6 +81,9 @@ type keyRingEntry struct {
 	LastKeyVersion int `json:"last_key_version"`
 	// Keys holds every key still in the ring, oldest first.
 	Keys []*signingKeyEntry `json:"keys"`
+	// Removed lists keys taken out at keys/<kid>/revoke while the
+	// revocation feed names them (removeKeyLocked says how long).
+	Removed []*removedKeyEntry `json:"removed,omitempty"`
 }
 
 // signingKeyEntry is one signing key version.
@@ -117,6 +121,8 @@ type keyRing struct {
 	byKID map[string]*signingKey
 	// current signs new tokens.
 	current *signingKey
+	// removed lists the removed keys the revocation feed still names.
+	removed []*removedKeyEntry
 	// lastKeyVersion is the stored LastKeyVersion; spiffe/bundle derives its
 	// sequence from it.
 	lastKeyVersion int
@@ -144,6 +150,16 @@ type signingKey struct {
 // usableAt reports whether the key may verify tokens at now.
 func (k *signingKey) usableAt(now time.Time) bool {
 	return k.entry.State != keyStateRetired || now.Before(k.entry.RetiresAt)
+}
+
+// nextKID is the kid of the next key, or "".
+func (r *keyRing) nextKID() string {
+	for _, k := range r.keys {
+		if k.entry.State == keyStateNext {
+			return k.entry.KID
+		}
+	}
+	return ""
 }
 
 // verifyingKey returns the key a token names by kid, if it may verify at now.
@@ -183,7 +199,7 @@ func (r *keyRing) jwksJSON(now time.Time) []byte {
 
 // parseKeyRing turns the stored ring into signers and JWKs.
 func parseKeyRing(entry *keyRingEntry) (*keyRing, error) {
-	ring := &keyRing{byKID: make(map[string]*signingKey, len(entry.Keys)), lastKeyVersion: entry.LastKeyVersion}
+	ring := &keyRing{byKID: make(map[string]*signingKey, len(entry.Keys)), lastKeyVersion: entry.LastKeyVersion, removed: entry.Removed}
 	for _, e := range entry.Keys {
 		k, err := parseSigningKey(e)
 		if err != nil {
@@ -335,12 +351,19 @@ func (b *backend) ensureKeyRing(ctx context.Context, s logical.Storage) (*keyRin
 	if err != nil {
 		return nil, err
 	}
-	return b.rotateKeyRingLocked(ctx, s, cfg, rotationCreated)
+	res, err := b.rotateKeyRingLocked(ctx, s, cfg, rotationCreated, false)
+	if err != nil {
+		return nil, err
+	}
+	return res.entry, nil
 }
 
 // rotateKeyRingIfDue rotates when the current key has been current for a
 // whole key_rotation_period, or signs with an algorithm the config no longer
-// names. Running it twice rotates once: the second run sees the new key.
+// names, and the next key has been published min_publication_age. Running it
+// twice rotates once: the second run sees the new key. A rotation that is
+// due while the next key is too young waits for a later run, silently: that
+// is the schedule working, not a fault.
 func (b *backend) rotateKeyRingIfDue(ctx context.Context, s logical.Storage) (bool, error) {
 	// The config is read under the lock: config writes hold it too, so the
 	// rotation sees the config in force, not one from before a write.
@@ -361,16 +384,20 @@ func (b *backend) rotateKeyRingIfDue(ctx context.Context, s logical.Storage) (bo
 	if entry == nil {
 		reason = rotationCreated
 	}
-	if _, err := b.rotateKeyRingLocked(ctx, s, cfg, reason); err != nil {
-		var full *keyRingFullError
-		if errors.As(err, &full) {
-			// Signing goes on with the current key; the next run retries.
-			b.Logger().Warn("scheduled key rotation skipped", "error", err.Error())
-			return false, nil
-		}
+	res, err := b.rotateKeyRingLocked(ctx, s, cfg, reason, false)
+	var full *keyRingFullError
+	var early *notYetPublishedError
+	switch {
+	case errors.As(err, &early):
+		return false, nil
+	case errors.As(err, &full):
+		// Signing goes on with the current key; the next run retries.
+		b.Logger().Warn("scheduled key rotation skipped", "error", err.Error())
+		return false, nil
+	case err != nil:
 		return false, err
 	}
-	return true, nil
+	return res.promoted, nil
 }
 
 // rotationDue reports whether the periodic function should rotate now.
@@ -396,19 +423,51 @@ const (
 	rotationCreated   rotationReason = "created"
 	rotationScheduled rotationReason = "schedule"
 	rotationRequested rotationReason = "requested"
+	rotationForced    rotationReason = "forced"
 	rotationAlgorithm rotationReason = "algorithm_changed"
+	rotationRemoval   rotationReason = "key_removed"
 )
+
+// rotation is what rotateKeyRingLocked did.
+type rotation struct {
+	// entry is the ring as written.
+	entry *keyRingEntry
+	// promoted says a key became current. It is false when only a next key
+	// of a new algorithm was published, which signs from signsAt.
+	promoted bool
+	signsAt  time.Time
+}
+
+// notYetPublishedError refuses to promote a next key that has not been in
+// jwks for min_publication_age.
+type notYetPublishedError struct {
+	kid         string
+	publishedAt time.Time
+	at          time.Time
+	minAge      time.Duration
+}
+
+func (e *notYetPublishedError) Error() string {
+	return fmt.Sprintf("cannot rotate yet: the next key %s has been in jwks since %s, and no key signs before it has been "+
+		"published for min_publication_age (%s), so that verifiers which cache the key set (istiod refetches every 20 minutes "+
+		"and not on an unknown kid) hold it first; it may sign from %s. Rotate then, or, if the current key is compromised, "+
+		"rotate with force=true (verifiers that have not fetched the new key refuse new tokens until they refetch) or remove "+
+		"it at keys/<kid>/revoke; nothing was changed",
+		e.kid, e.publishedAt.UTC().Format(time.RFC3339), e.minAge, e.at.UTC().Format(time.RFC3339))
+}
 
 // rotateKeyRingLocked promotes the next key to current, retires the current
 // key for verification_ttl, publishes a fresh next key and drops retired keys
 // whose time is up, all in one write. The caller holds keyRingLock.
 //
 // Publication order matters: a key is generated as "next" and served in jwks
-// a whole rotation period before it signs anything, so verifiers that cache
-// the JWKS already hold it. Only when the algorithm changes does a key that was
-// never published start signing at once; verifiers then refetch on the
-// unknown kid.
-func (b *backend) rotateKeyRingLocked(ctx context.Context, s logical.Storage, cfg *configEntry, reason rotationReason) (*keyRingEntry, error) {
+// before it signs anything, and it is promoted only once it has been there
+// min_publication_age, so verifiers that cache the JWKS (and never refetch on
+// an unknown kid, as istiod) already hold it. A change of algorithm goes
+// through the same slot: a next key of the new algorithm replaces the old
+// next key (which never signed) and is promoted when old enough. Only force
+// (compromise) promotes early, or makes a key sign that was never published.
+func (b *backend) rotateKeyRingLocked(ctx context.Context, s logical.Storage, cfg *configEntry, reason rotationReason, force bool) (*rotation, error) {
 	old, err := readKeyRingEntry(ctx, s)
 	if err != nil {
 		return nil, err
@@ -426,31 +485,60 @@ func (b *backend) rotateKeyRingLocked(ctx context.Context, s logical.Storage, cf
 	}
 	ttl := max(cfg.verificationTTL(), inForce.verificationTTL())
 	now := b.now().UTC()
-	entry := &keyRingEntry{Version: keyRingVersion, LastKeyVersion: old.LastKeyVersion}
+	creating := len(old.Keys) == 0
+	entry := &keyRingEntry{Version: keyRingVersion, LastKeyVersion: old.LastKeyVersion, Removed: pruneRemoved(old.Removed, now)}
 	var next *signingKeyEntry
+	var others []*signingKeyEntry
 	for _, k := range old.Keys {
 		k := *k
-		switch k.State {
-		case keyStateNext:
+		if k.State == keyStateNext {
 			next = &k
 			continue
-		case keyStateCurrent:
+		}
+		if k.State == keyStateRetired && !now.Before(k.RetiresAt) {
+			continue
+		}
+		others = append(others, &k)
+	}
+	published := false
+	if !creating && (next == nil || next.Algorithm != cfg.SigningAlgorithm) {
+		// A next key of another algorithm never signed: it simply leaves.
+		if next, err = entry.newKey(old, cfg.SigningAlgorithm, now); err != nil {
+			return nil, err
+		}
+		published = true
+	}
+	if !creating && !force {
+		signsAt := next.CreatedAt.Add(cfg.MinPublicationAge)
+		if now.Before(signsAt) {
+			if !published {
+				return nil, &notYetPublishedError{kid: next.KID, publishedAt: next.CreatedAt, at: signsAt, minAge: cfg.MinPublicationAge}
+			}
+			entry.Keys = append(others, next)
+			if len(entry.Keys) > maxRingKeys {
+				return nil, newKeyRingFullError(entry.Keys)
+			}
+			if err := b.writeKeyRingLocked(ctx, s, entry); err != nil {
+				return nil, err
+			}
+			b.Logger().Info("published next signing key", "reason", string(reason), "next_kid", next.KID, "algorithm", next.Algorithm, "signs_at", signsAt.Format(time.RFC3339))
+			return &rotation{entry: entry, signsAt: signsAt}, nil
+		}
+	}
+	if creating {
+		if next, err = entry.newKey(old, cfg.SigningAlgorithm, now); err != nil {
+			return nil, err
+		}
+	}
+	for _, k := range others {
+		if k.State == keyStateCurrent {
 			// Every token it signed expires within the longest
 			// verification_ttl in force while it signed.
 			k.State = keyStateRetired
 			k.RetiresAt = now.Add(max(ttl, k.MaxVerificationTTL))
 		}
-		if k.State == keyStateRetired && !now.Before(k.RetiresAt) {
-			continue
-		}
-		entry.Keys = append(entry.Keys, &k)
 	}
-	if next == nil || next.Algorithm != cfg.SigningAlgorithm {
-		entry.LastKeyVersion++
-		if next, err = generateSigningKey(cfg.SigningAlgorithm, entry.LastKeyVersion, now); err != nil {
-			return nil, err
-		}
-	}
+	entry.Keys = others
 	next.State = keyStateCurrent
 	next.PromotedAt = now
 	next.MaxVerificationTTL = ttl
@@ -460,23 +548,58 @@ func (b *backend) rotateKeyRingLocked(ctx context.Context, s logical.Storage, cf
 	if len(entry.Keys)+1 > maxRingKeys {
 		return nil, newKeyRingFullError(entry.Keys)
 	}
-
-	entry.LastKeyVersion++
-	upcoming, err := generateSigningKey(cfg.SigningAlgorithm, entry.LastKeyVersion, now)
+	upcoming, err := entry.newKey(old, cfg.SigningAlgorithm, now)
 	if err != nil {
 		return nil, err
 	}
 	entry.Keys = append(entry.Keys, upcoming)
 
-	if err := putKeyRing(ctx, s, entry); err != nil {
+	if err := b.writeKeyRingLocked(ctx, s, entry); err != nil {
 		return nil, err
 	}
-	b.keyRing.drop()
-	if len(old.Keys) > 0 {
+	if !creating {
 		b.metrics.keyRotated()
 	}
+	if force && reason == rotationRequested {
+		reason = rotationForced
+	}
 	b.Logger().Info("rotated signing key", "reason", string(reason), "kid", next.KID, "algorithm", next.Algorithm, "next_kid", upcoming.KID)
-	return entry, nil
+	return &rotation{entry: entry, promoted: true}, nil
+}
+
+// newKey generates a key of alg with the next key version. Its kid is a
+// thumbprint of a fresh random key, so it cannot be the kid of a key in the
+// ring or of a removed key; the check below makes that a rule rather than a
+// probability, so a removed kid can never name a key again.
+func (e *keyRingEntry) newKey(old *keyRingEntry, alg string, now time.Time) (*signingKeyEntry, error) {
+	taken := func(kid string) bool {
+		for _, k := range old.Keys {
+			if k.KID == kid {
+				return true
+			}
+		}
+		return slices.ContainsFunc(e.Removed, func(r *removedKeyEntry) bool { return r.KID == kid })
+	}
+	for range 3 {
+		e.LastKeyVersion++
+		k, err := generateSigningKey(alg, e.LastKeyVersion, now)
+		if err != nil || !taken(k.KID) {
+			return k, err
+		}
+	}
+	return nil, errors.New("generated keys kept repeating a kid in use; the random source is broken")
+}
+
+// writeKeyRingLocked stores the ring and drops this node's cached copy (and
+// the revocation feed rendered from it); other nodes drop theirs in
+// Invalidate.
+func (b *backend) writeKeyRingLocked(ctx context.Context, s logical.Storage, entry *keyRingEntry) error {
+	if err := putKeyRing(ctx, s, entry); err != nil {
+		return err
+	}
+	b.keyRing.drop()
+	b.feed.drop()
+	return nil
 }
 
 // putKeyRing writes the whole ring in one entry.
@@ -574,9 +697,5 @@ func (b *backend) raiseCurrentKeyTTLLocked(ctx context.Context, s logical.Storag
 	if !changed {
 		return nil
 	}
-	if err := putKeyRing(ctx, s, entry); err != nil {
-		return err
-	}
-	b.keyRing.drop()
-	return nil
+	return b.writeKeyRingLocked(ctx, s, entry)
 }

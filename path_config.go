@@ -2,6 +2,7 @@ package meshauth
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -26,6 +27,25 @@ const (
 	defaultLockoutDuration     = 15 * time.Minute
 	defaultLockoutCounterReset = 15 * time.Minute
 	defaultAPIKeyGracePeriod   = 24 * time.Hour
+	// defaultMinPublicationAge is how long a key is in jwks before it may
+	// sign. istiod refetches a jwksUri every 20 minutes and pushes the keys
+	// inline to Envoy, which never refetches on an unknown kid; Envoy's own
+	// remote_jwks cache keeps a set 10 minutes by default; and jwks itself
+	// lets any HTTP cache keep it up to maxJWKSCacheAge (1h). An hour covers
+	// all three, and one failed istiod fetch besides.
+	defaultMinPublicationAge = time.Hour
+	// defaultRevocationMaxStaleness is how old a verifier's copy of the
+	// revocation feed may be: the longest a revoked token is still accepted
+	// offline. The feed's max-age is half of it, so one failed refetch still
+	// leaves a verifier within it.
+	defaultRevocationMaxStaleness = 5 * time.Minute
+	// Bounds of revocation_max_staleness: under 10s every verifier polls
+	// Vault several times a minute; over 1h revocation means little.
+	minRevocationStaleness = 10 * time.Second
+	maxRevocationStaleness = time.Hour
+	// maxMinPublicationAge bounds the wait: past a week, keys/rotate
+	// without force would in effect never work.
+	maxMinPublicationAge = 7 * 24 * time.Hour
 	// maxLeeway bounds the clock skew an operator may allow: more than this
 	// turns expiry into a suggestion.
 	maxLeeway = 10 * time.Minute
@@ -70,6 +90,13 @@ type configEntry struct {
 	AllowGetLogin bool `json:"allow_get_login,omitempty"`
 	// TrustDomain is the engine's SPIFFE trust domain; "" is none.
 	TrustDomain string `json:"trust_domain,omitempty"`
+	// MinPublicationAge is how long a key is in jwks before it may sign;
+	// 0 turns the wait off. Never omitted when stored: a config written
+	// before the field existed decodes to the default, one that set 0 keeps 0.
+	MinPublicationAge time.Duration `json:"min_publication_age"`
+	// RevocationMaxStaleness bounds the revocation feed's Cache-Control
+	// max-age (half of it) and is the age past which verifiers refuse.
+	RevocationMaxStaleness time.Duration `json:"revocation_max_staleness"`
 }
 
 // defaultConfig is the configuration of a freshly mounted engine.
@@ -86,6 +113,9 @@ func defaultConfig() *configEntry {
 		LockoutDuration:     defaultLockoutDuration,
 		LockoutCounterReset: defaultLockoutCounterReset,
 		APIKeyGracePeriod:   defaultAPIKeyGracePeriod,
+
+		MinPublicationAge:      defaultMinPublicationAge,
+		RevocationMaxStaleness: defaultRevocationMaxStaleness,
 	}
 }
 
@@ -111,7 +141,7 @@ func pathConfig(b *backend) []*framework.Path {
 			},
 			"signing_algorithm": {
 				Type:          framework.TypeString,
-				Description:   "Signing algorithm: ES256, ES384, EdDSA or RS256. Changing it rotates to a new key of that kind. Default: ES256.",
+				Description:   "Signing algorithm: ES256, ES384, EdDSA or RS256. Changing it publishes a new next key of that kind at once, which starts signing once it has been in jwks for min_publication_age (at once when that is 0). Default: ES256.",
 				AllowedValues: []any{algES256, algES384, algEdDSA, algRS256},
 			},
 			"default_ttl": {
@@ -162,6 +192,14 @@ func pathConfig(b *backend) []*framework.Path {
 				Type:        framework.TypeString,
 				Description: "The engine's SPIFFE trust domain, as a bare name (example.org, no spiffe://): services' spiffe_ids belong to it unless a service lists others in trust_domains. Default: empty (none).",
 			},
+			"min_publication_age": {
+				Type:        framework.TypeDurationSecond,
+				Description: "How long a key is published in jwks as the next key before it may sign (duration or seconds). Applies to every promotion: the schedule, keys/rotate and a change of signing_algorithm; a rotation that is due earlier waits. The default covers istiod (refetches every 20m and never on an unknown kid), Envoy's remote_jwks cache (10m) and jwks' own max-age (at most 1h). 0 turns the wait off, for engines whose verifiers all refetch on an unknown kid. Default: 1h.",
+			},
+			"revocation_max_staleness": {
+				Type:        framework.TypeDurationSecond,
+				Description: "The longest an offline verifier may use its copy of the revocations feed, so the longest a revoked token is still accepted offline (duration or seconds, 10s to 1h). The feed is served with Cache-Control max-age of half of it. Default: 5m.",
+			},
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.ReadOperation: &framework.PathOperation{
@@ -176,7 +214,7 @@ func pathConfig(b *backend) []*framework.Path {
 			},
 		},
 		HelpSynopsis:    "Engine settings: issuer, signing algorithm, token lifetimes, key rotation, lockout, API key policy.",
-		HelpDescription: "Read or update the engine's settings. An update changes only the fields it names. Changing signing_algorithm rotates to a new signing key of that algorithm at once.",
+		HelpDescription: "Read or update the engine's settings. An update changes only the fields it names. Changing signing_algorithm publishes a next key of that algorithm, which signs once it has been in jwks for min_publication_age; until then the current key keeps signing.",
 	}}
 }
 
@@ -212,6 +250,9 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"api_key_max_age":       seconds(cfg.APIKeyMaxAge),
 		"allow_get_login":       cfg.AllowGetLogin,
 		"trust_domain":          cfg.TrustDomain,
+
+		"min_publication_age":      seconds(cfg.MinPublicationAge),
+		"revocation_max_staleness": seconds(cfg.RevocationMaxStaleness),
 	}}, nil
 }
 
@@ -251,10 +292,20 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		return nil, err
 	}
 	b.config.drop()
+	b.feed.drop()
 
 	if cfg.SigningAlgorithm != old.SigningAlgorithm {
-		if _, err := b.rotateKeyRingLocked(ctx, req.Storage, &cfg, rotationAlgorithm); err != nil {
-			return nil, fmt.Errorf("config saved, but rotating to a %s key failed (run keys/rotate to retry): %w", cfg.SigningAlgorithm, err)
+		// The new algorithm's key goes through the next slot like any
+		// other: published now, signing after min_publication_age.
+		res, err := b.rotateKeyRingLocked(ctx, req.Storage, &cfg, rotationAlgorithm, false)
+		var early *notYetPublishedError
+		switch {
+		case errors.As(err, &early):
+			warnings = append(warnings, fmt.Sprintf("a %s key is published as the next key; it starts signing at %s (min_publication_age), until then the current %s key signs", cfg.SigningAlgorithm, early.at.UTC().Format(time.RFC3339), old.SigningAlgorithm))
+		case err != nil:
+			return nil, fmt.Errorf("config saved, but publishing a %s key failed (run keys/rotate to retry): %w", cfg.SigningAlgorithm, err)
+		case res != nil && !res.promoted:
+			warnings = append(warnings, fmt.Sprintf("a %s key is published as the next key; it starts signing at %s (min_publication_age)", cfg.SigningAlgorithm, res.signsAt.UTC().Format(time.RFC3339)))
 		}
 	}
 	if len(warnings) > 0 {
@@ -285,6 +336,8 @@ func applyConfigFields(cfg *configEntry, d *framework.FieldData) string {
 		{"lockout_counter_reset", &cfg.LockoutCounterReset},
 		{"api_key_grace_period", &cfg.APIKeyGracePeriod},
 		{"api_key_max_age", &cfg.APIKeyMaxAge},
+		{"min_publication_age", &cfg.MinPublicationAge},
+		{"revocation_max_staleness", &cfg.RevocationMaxStaleness},
 	}
 	for _, f := range durations {
 		if v, ok := d.GetOk(f.field); ok {
@@ -329,6 +382,10 @@ func (c *configEntry) validate() string {
 		return fmt.Sprintf("verification_ttl (%s) must not be shorter than max_ttl (%s): tokens would outlive their key", c.VerificationTTL, c.MaxTTL)
 	case c.Leeway > maxLeeway:
 		return "leeway must be at most 10m"
+	case c.MinPublicationAge > maxMinPublicationAge:
+		return fmt.Sprintf("min_publication_age must be at most %s", maxMinPublicationAge)
+	case c.RevocationMaxStaleness < minRevocationStaleness || c.RevocationMaxStaleness > maxRevocationStaleness:
+		return fmt.Sprintf("revocation_max_staleness must be between %s and %s", minRevocationStaleness, maxRevocationStaleness)
 	case c.LockoutThreshold < 0:
 		return "lockout_threshold must be 0 (off) or positive"
 	case c.LockoutThreshold > 0 && c.LockoutDuration <= 0:

@@ -71,6 +71,9 @@ func (b *backend) pathJWKSRead(ctx context.Context, req *logical.Request, _ *fra
 		return nil, err
 	}
 	now := b.now()
+	if req.Connection != nil {
+		b.adoption.fetched(ring.nextKID(), req.Connection.RemoteAddr, now)
+	}
 	return rawJSON(ring.jwksJSON(now), cacheAge(ring, cfg, now)), nil
 }
 

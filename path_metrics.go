@@ -33,7 +33,7 @@ func pathMetrics(b *backend) []*framework.Path {
 			},
 		},
 		HelpSynopsis:    "Engine counters, as JSON or Prometheus text.",
-		HelpDescription: "Counters are kept per node since the plugin process started: logins by service and result, lockouts, tokens issued, verifications by result and reason, key rotations. Logins for unregistered names count under _unknown. Read with format=prometheus for the Prometheus text exposition format.",
+		HelpDescription: "Counters are kept per node since the plugin process started: logins by service and result, lockouts, tokens issued, verifications by result and reason, key rotations; next_key_fetchers counts the distinct fetchers (remote addresses, hashed with a key made at plugin start; behind a proxy, the proxy) that read jwks while it held the next key, so an operator can see verifiers hold a key before it signs. Logins for unregistered names count under _unknown. Read with format=prometheus for the Prometheus text exposition format.",
 	}}
 }
 
@@ -41,12 +41,14 @@ func (b *backend) pathMetricsRead(_ context.Context, _ *logical.Request, d *fram
 	locked := b.lockout.locked(b.now())
 	switch d.Get("format").(string) {
 	case "json", "":
-		return &logical.Response{Data: b.metrics.snapshot(locked)}, nil
+		data := b.metrics.snapshot(locked)
+		b.adoption.addTo(data)
+		return &logical.Response{Data: data}, nil
 	case "prometheus":
 		return &logical.Response{Data: map[string]any{
 			logical.HTTPStatusCode:  http.StatusOK,
 			logical.HTTPContentType: prometheusContentType,
-			logical.HTTPRawBody:     []byte(b.metrics.prometheus(locked)),
+			logical.HTTPRawBody:     []byte(b.metrics.prometheus(locked) + b.adoption.prometheus()),
 		}}, nil
 	}
 	return logical.ErrorResponse("format must be json or prometheus"), nil

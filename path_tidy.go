@@ -74,12 +74,13 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage) (tidyResult, erro
 		}
 		kept = append(kept, k)
 	}
-	if res.keys > 0 {
-		entry.Keys = kept
-		if err := putKeyRing(ctx, s, entry); err != nil {
+	removed := pruneRemoved(entry.Removed, now)
+	if res.keys > 0 || len(removed) != len(entry.Removed) {
+		// Removed keys stay removed: only their listing in the feed ends.
+		entry.Keys, entry.Removed = kept, removed
+		if err := b.writeKeyRingLocked(ctx, s, entry); err != nil {
 			return res, err
 		}
-		b.keyRing.drop()
 	}
 	if res.keys+res.revocations > 0 {
 		b.Logger().Debug("tidy removed expired state", "revocations", res.revocations, "keys", res.keys)

@@ -271,6 +271,7 @@ func (b *backend) pathRevoke(ctx context.Context, req *logical.Request, d *frame
 	}
 	// Only this jti changes: the set takes it in place, no reload.
 	b.revoked.set(parsed.claims.ID, entry.ExpiresAt)
+	b.feed.drop()
 	b.Logger().Info("token revoked", "service", entry.Service, "jti", parsed.claims.ID)
 	return &logical.Response{Data: map[string]any{
 		"revoked":    true,
@@ -304,7 +305,8 @@ service still lists a spiffe_ids entry matching sub.
 
 const revokeHelp = `
 The token must carry a valid meshauth signature. Its jti fails verify until the
-token's exp, after which tidy drops the record. An expired token needs no
+token's exp, after which tidy drops the record. Offline verifiers learn of it
+from the revocations feed. An expired token needs no
 revocation and is acknowledged as such; revoking a revoked token again is a
 no-op.
 

@@ -327,6 +327,7 @@ func (b *backend) tidyRevocations(ctx context.Context, s logical.Storage, now ti
 			return i, earliest, fmt.Errorf("deleting revocation: %w", err)
 		}
 		b.revoked.forget(jti)
+		b.feed.drop()
 	}
 	return len(gone), earliest, nil
 }

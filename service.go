@@ -187,11 +187,13 @@ func (b *backend) putService(ctx context.Context, s logical.Storage, entry *serv
 	return nil
 }
 
-// dropService forgets one service's cached entry, trust material and the
-// verified-chain results that depended on it.
+// dropService forgets one service's cached entry, trust material, the
+// verified-chain results that depended on it, and the revocation feed (which
+// lists revoked and disabled services).
 func (b *backend) dropService(name string) {
 	b.services.drop(name)
 	b.verifiedChains.dropService(name)
+	b.feed.drop()
 }
 
 // serviceLock returns the lock that serialises writes to one service.

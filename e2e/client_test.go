@@ -73,7 +73,7 @@ func TestClientLibraryAgainstVault(t *testing.T) {
 	}
 
 	// After a rotation, the verifier picks up the new key on first sight.
-	s.MustCLI(t, "write", "-f", mount+"/keys/rotate")
+	s.MustCLI(t, "write", mount+"/keys/rotate", "force=true")
 	source2, _ := client.NewTokenSource(client.TokenSourceConfig{Vault: vault, Mount: mount, Service: "orders", APIKey: key})
 	rotated, err := source2.Token(t.Context())
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -41,11 +42,11 @@ func (c *cluster) clientFor(i int, cert *vaultlab.Cert) *api.Client {
 	return cl
 }
 
-// sameJWKS fails unless every live node serves byte-identical jwks, and
-// SPIFFE bundle, with status 200.
+// sameJWKS fails unless every live node serves byte-identical jwks, SPIFFE
+// bundle and revocations feed, with status 200.
 func (c *cluster) sameJWKS(t *testing.T, stage string, live ...int) {
 	t.Helper()
-	for _, path := range []string{"jwks", "spiffe/bundle"} {
+	for _, path := range []string{"jwks", "spiffe/bundle", "revocations"} {
 		var first []byte
 		for _, i := range live {
 			resp, body := c.nodes[i].RawGet("/v1/meshauth/" + path)
@@ -126,7 +127,7 @@ func TestHACluster(t *testing.T) {
 	}
 	c.sameJWKS(t, "after logins", all...)
 
-	vaultlab.Write(t, c.clientFor(1, nil), "meshauth/keys/rotate", nil)
+	vaultlab.Write(t, c.clientFor(1, nil), "meshauth/keys/rotate", map[string]any{"force": true})
 	c.sameJWKS(t, "after rotation through a standby", all...)
 	kid := vaultlab.Read(t, c.clientFor(2, nil), "meshauth/keys").Data["current_kid"]
 	for _, i := range all {
@@ -142,6 +143,21 @@ func TestHACluster(t *testing.T) {
 		}
 	}
 	c.sameJWKS(t, "after revoke", all...)
+
+	// The key lifecycle through a standby: an early rotation is refused with
+	// its time, and an emergency removal (of the next key, which signed
+	// nothing) reaches every node's jwks and feed at once.
+	if _, err := c.clientFor(1, nil).Logical().Write("meshauth/keys/rotate", nil); err == nil || !strings.Contains(err.Error(), "it may sign from") {
+		t.Fatalf("early rotation through a standby: %v", err)
+	}
+	nextKID := vaultlab.Read(t, c.clientFor(2, nil), "meshauth/keys").Data["next_kid"].(string)
+	vaultlab.Write(t, c.clientFor(1, nil), "meshauth/keys/"+nextKID+"/revoke", nil)
+	c.sameJWKS(t, "after a key removal through a standby", all...)
+	for _, i := range all {
+		if _, body := c.nodes[i].RawGet("/v1/meshauth/jwks"); strings.Contains(string(body), nextKID) {
+			t.Fatalf("node%d still serves the removed key", i+1)
+		}
+	}
 	before := tokens[1]
 
 	t.Run("failover under login load", func(t *testing.T) {
@@ -217,7 +233,7 @@ func TestHACluster(t *testing.T) {
 		t.Skip("the periodic-rotation check watches the cluster for 2.5 minutes")
 	}
 	t.Run("periodic rotation happens once per period across the cluster", func(t *testing.T) {
-		vaultlab.Write(t, c.clientFor(0, nil), "meshauth/config", map[string]any{"key_rotation_period": "1m", "max_ttl": "2m", "default_ttl": "1m"})
+		vaultlab.Write(t, c.clientFor(0, nil), "meshauth/config", map[string]any{"key_rotation_period": "1m", "max_ttl": "2m", "default_ttl": "1m", "min_publication_age": "1m"})
 		start := time.Now()
 		// Vault runs the periodic function about once a minute on the active
 		// node only; watch for a bit over two periods.

@@ -23,7 +23,7 @@ func TestPersistenceRestartAndUpgrade(t *testing.T) {
 	}
 	kept, revoked := login(), login()
 	vaultlab.Write(t, root, "meshauth/revoke", map[string]any{"token": revoked})
-	vaultlab.Write(t, root, "meshauth/keys/rotate", nil)
+	vaultlab.Write(t, root, "meshauth/keys/rotate", map[string]any{"force": true})
 	kid := vaultlab.Read(t, root, "meshauth/keys").Data["current_kid"]
 	verify := func(tok string) (bool, string) {
 		sec := vaultlab.Write(t, root, "meshauth/verify", map[string]any{"token": tok})

@@ -146,7 +146,7 @@ func TestSPIFFEIdentity(t *testing.T) {
 	})
 
 	t.Run("across a key rotation", func(t *testing.T) {
-		s.MustCLI(t, "write", "-f", spiffeMount+"/keys/rotate")
+		s.MustCLI(t, "write", spiffeMount+"/keys/rotate", "force=true")
 		data, err := login("orders", ordersKey, orders)
 		if err != nil {
 			t.Fatal(err)

@@ -35,7 +35,7 @@ func (v *Verifier) Middleware(next http.Handler) http.Handler {
 			peer = r.TLS.PeerCertificates[0]
 		}
 		claims, err := v.Verify(r.Context(), token, peer)
-		if errors.Is(err, ErrKeysStale) {
+		if errors.Is(err, ErrKeysStale) || errors.Is(err, ErrRevocationsStale) {
 			// Failing closed on our side, not the caller's fault: a 401
 			// would send it to log in again for nothing.
 			http.Error(w, "token verification unavailable", http.StatusServiceUnavailable)

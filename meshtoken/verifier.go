@@ -78,6 +78,9 @@ type VerifierConfig struct {
 	MaxStaleness time.Duration
 	// HTTPClient fetches discovery and JWKS; configure it to trust Vault's CA.
 	HTTPClient *http.Client
+	// Revocations, when set, makes Verify refuse what the engine's
+	// revocations feed lists (revocations.go).
+	Revocations *RevocationConfig
 }
 
 // keySet is one JWKS answer. It is immutable once published.
@@ -118,6 +121,9 @@ type Verifier struct {
 	lastAttempt time.Time
 	// lastErr is the error of the last fetch, nil after a success.
 	lastErr error
+
+	// revocations is the revocations feed; nil when not enforced.
+	revocations *revocationState
 }
 
 // NewVerifier resolves discovery (if configured) and fetches the keys once.
@@ -157,6 +163,9 @@ func NewVerifier(ctx context.Context, cfg VerifierConfig) (*Verifier, error) {
 	}
 	v.lastAttempt = v.now()
 	if err := v.fetch(ctx, v.lastAttempt); err != nil {
+		return nil, err
+	}
+	if err := v.startRevocations(ctx); err != nil {
 		return nil, err
 	}
 	return v, nil
@@ -374,6 +383,9 @@ func (v *Verifier) Verify(ctx context.Context, token string, peer *x509.Certific
 		if subtle.ConstantTimeCompare([]byte(CertificateThumbprint(peer)), []byte(cnf.X5tS256)) != 1 {
 			return nil, ErrCertMismatch
 		}
+	}
+	if err := v.checkRevoked(ctx, claims); err != nil {
+		return nil, err
 	}
 	return claims, nil
 }

@@ -52,6 +52,9 @@ sha=$(sha256sum "$dev/plugins/$plugin" | cut -d' ' -f1)
 echo "==> Registering meshauth (command $plugin, sha256 $sha) and mounting it at meshauth/"
 "$vault" plugin register -sha256="$sha" -command="$plugin" secret meshauth >/dev/null
 "$vault" secrets enable meshauth >/dev/null
+# Let the revocations feed's ETag reach clients and If-None-Match reach the
+# engine (Vault drops both unless the mount lists them).
+"$vault" secrets tune -allowed-response-headers=ETag -passthrough-request-headers=If-None-Match meshauth/ >/dev/null
 
 echo "==> Making a demo mesh CA and a client certificate for the service 'orders' in $dev/certs"
 (
@@ -88,11 +91,13 @@ meshauth is running. In another shell:
   # Verify the token online, or fetch the public keys (no token needed)
   vault write meshauth/verify token=<token>
   curl --cacert \$VAULT_CACERT \$VAULT_ADDR/v1/meshauth/jwks
+  curl -i --cacert \$VAULT_CACERT \$VAULT_ADDR/v1/meshauth/revocations   # ETag; If-None-Match gives 304
 
   vault path-help meshauth/login/orders     # every path documents its fields
 
   # The example: orders calls payments over mutual TLS with a meshauth JWT
-  vault secrets tune -passthrough-request-headers=X-Meshauth-Api-Key meshauth
+  # (a tune replaces the header list, so it names the feed's If-None-Match again)
+  vault secrets tune -passthrough-request-headers=X-Meshauth-Api-Key -passthrough-request-headers=If-None-Match meshauth
   go run ./examples/payments &
   MESHAUTH_API_KEY=<api_key> go run ./examples/orders
 

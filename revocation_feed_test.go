@@ -1,0 +1,211 @@
+package meshauth
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// readFeedOn reads revocations from b, with If-None-Match when inm is set.
+func readFeedOn(t *testing.T, b *backend, s logical.Storage, inm string) *logical.Response {
+	t.Helper()
+	req := &logical.Request{Operation: logical.ReadOperation, Path: "revocations", Storage: s, MountPoint: "meshauth/"}
+	if inm != "" {
+		req.Headers = map[string][]string{"If-None-Match": {inm}}
+	}
+	resp, err := b.HandleRequest(context.Background(), req)
+	if err != nil || resp == nil || resp.IsError() {
+		t.Fatalf("read revocations: %v %#v", err, resp)
+	}
+	return resp
+}
+
+// feedOf checks the feed's signature against jwks and returns its payload.
+func feedOf(t *testing.T, e *testEnv, resp *logical.Response) *feedDocument {
+	t.Helper()
+	if resp.Data[logical.HTTPStatusCode] != http.StatusOK || resp.Data[logical.HTTPContentType] != "application/jwt" {
+		t.Fatalf("feed answered %v %v", resp.Data[logical.HTTPStatusCode], resp.Data[logical.HTTPContentType])
+	}
+	raw := string(resp.Data[logical.HTTPRawBody].([]byte))
+	ring, err := e.b.getKeyRing(t.Context(), e.storage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := jwt.Parse(raw, func(tok *jwt.Token) (any, error) {
+		if tok.Header["typ"] != feedType {
+			t.Fatalf("feed typ %v", tok.Header["typ"])
+		}
+		k := ring.byKID[tok.Header["kid"].(string)]
+		if k == nil || !strings.Contains(string(jwksJSONOf(t, e)), k.entry.KID) {
+			t.Fatal("feed signed by a key not in jwks")
+		}
+		return k.signer.Public(), nil
+	}, jwt.WithValidMethods(supportedAlgorithms))
+	if err != nil || !tok.Valid {
+		t.Fatalf("feed signature: %v", err)
+	}
+	payload, _ := base64.RawURLEncoding.DecodeString(strings.Split(raw, ".")[1])
+	var doc feedDocument
+	if err := json.Unmarshal(payload, &doc); err != nil {
+		t.Fatal(err)
+	}
+	return &doc
+}
+
+func jwksJSONOf(t *testing.T, e *testEnv) []byte {
+	return e.mustOK(t, logical.ReadOperation, "jwks", nil).Data[logical.HTTPRawBody].([]byte)
+}
+
+func TestRevocationFeedListsEveryKindOfRevocation(t *testing.T) {
+	e := getTestBackend(t)
+	key := e.register(t, "orders", nil)
+	e.register(t, "billing", nil)
+	e.register(t, "quiet", nil)
+	doc := feedOf(t, e, readFeedOn(t, e.b, e.storage, ""))
+	if len(doc.Tokens)+len(doc.Services)+len(doc.Disabled)+len(doc.Keys) != 0 || doc.Issuer != defaultIssuer {
+		t.Fatalf("feed of a fresh engine: %#v", doc)
+	}
+
+	tok := e.mustLogin(t, "orders", key)
+	_, claims := decodeJWT(t, tok)
+	e.mustOK(t, logical.UpdateOperation, "revoke", map[string]any{"token": tok})
+	e.mustOK(t, logical.UpdateOperation, "services/orders/revoke", nil)
+	e.mustOK(t, logical.UpdateOperation, "services/billing", map[string]any{"disabled": true})
+	cur := ringKey(t, e, keyStateCurrent)
+	e.mustOK(t, logical.UpdateOperation, "keys/"+cur.KID+"/revoke", nil)
+
+	doc = feedOf(t, e, readFeedOn(t, e.b, e.storage, ""))
+	if doc.Tokens[claims["jti"].(string)] != int64(claims["exp"].(float64)) {
+		t.Fatalf("revoked token missing: %v", doc.Tokens)
+	}
+	svc, _ := e.b.getService(t.Context(), e.storage, "orders")
+	if doc.Services["orders"].Gen != svc.entry.generation() || doc.Services["orders"].Gen == claims["gen"] {
+		t.Fatalf("orders in feed %#v; its tokens carry %v", doc.Services["orders"], claims["gen"])
+	}
+	if _, ok := doc.Disabled["billing"]; !ok {
+		t.Fatalf("disabled services: %v", doc.Disabled)
+	}
+	if _, ok := doc.Services["billing"]; !ok {
+		t.Fatal("disabling ended billing's tokens but the feed does not say so")
+	}
+	if _, ok := doc.Keys[cur.KID]; !ok {
+		t.Fatalf("removed keys: %v", doc.Keys)
+	}
+	if _, ok := doc.Services["quiet"]; ok {
+		t.Fatal("a service never revoked is in the feed")
+	}
+}
+
+func TestRevocationFeedETagAndMaxAge(t *testing.T) {
+	e := getTestBackend(t)
+	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"revocation_max_staleness": "2m"})
+	first := readFeedOn(t, e.b, e.storage, "")
+	etag := first.Headers["ETag"][0]
+	if !strings.HasPrefix(etag, `"`) || first.Data[logical.HTTPCacheControlHeader] != "max-age=60" {
+		t.Fatalf("ETag %q, Cache-Control %v", etag, first.Data[logical.HTTPCacheControlHeader])
+	}
+	for _, inm := range []string{etag, "W/" + etag, `"other", ` + etag, "*"} {
+		resp := readFeedOn(t, e.b, e.storage, inm)
+		if resp.Data[logical.HTTPStatusCode] != http.StatusNotModified || resp.Data[logical.HTTPRawBody] != nil || resp.Headers["ETag"][0] != etag {
+			t.Fatalf("If-None-Match %s: %#v", inm, resp.Data)
+		}
+	}
+	if resp := readFeedOn(t, e.b, e.storage, `"other"`); resp.Data[logical.HTTPStatusCode] != http.StatusOK {
+		t.Fatal("a non-matching If-None-Match got no body")
+	}
+	// Any revocation changes the validator.
+	key := e.register(t, "orders", nil)
+	e.mustOK(t, logical.UpdateOperation, "revoke", map[string]any{"token": e.mustLogin(t, "orders", key)})
+	if resp := readFeedOn(t, e.b, e.storage, etag); resp.Data[logical.HTTPStatusCode] != http.StatusOK || resp.Headers["ETag"][0] == etag {
+		t.Fatal("after a revoke the old ETag still matched")
+	}
+	e.mustFail(t, logical.UpdateOperation, "config", map[string]any{"revocation_max_staleness": "5s"}, "between 10s and 1h0m0s")
+}
+
+func TestRevocationFeedEntriesLeaveWhenTheirTokensExpire(t *testing.T) {
+	e := getTestBackend(t)
+	key := e.register(t, "orders", nil)
+	resp, err := e.login(t, "orders", key, map[string]any{"ttl": "10m"})
+	if err != nil || resp.IsError() {
+		t.Fatal(err, resp)
+	}
+	tok := resp.Data["token"].(string)
+	e.mustOK(t, logical.UpdateOperation, "revoke", map[string]any{"token": tok})
+	if doc := feedOf(t, e, readFeedOn(t, e.b, e.storage, "")); len(doc.Tokens) != 1 {
+		t.Fatal("revoked token not listed")
+	}
+	// Without tidy: the feed is rendered anew when an entry's time is up.
+	e.clock.advance(10*time.Minute + defaultLeeway + 2*feedGranularity)
+	if doc := feedOf(t, e, readFeedOn(t, e.b, e.storage, "")); len(doc.Tokens) != 0 {
+		t.Fatalf("an expired token's revocation stayed: %v", doc.Tokens)
+	}
+}
+
+// Two nodes over one storage: each renders the feed from stored data, and
+// Invalidate drops the other's cached copy. The check fails if Invalidate
+// of a revoked/ key leaves the feed cache alone.
+func TestRevocationFeedIsIdenticalOnEveryNode(t *testing.T) {
+	e := getTestBackend(t)
+	standby := newBackend()
+	conf := logical.TestBackendConfig()
+	conf.StorageView = e.storage
+	if err := standby.Setup(t.Context(), conf); err != nil {
+		t.Fatal(err)
+	}
+	standby.now = e.clock.now
+	same := func(when string) {
+		t.Helper()
+		a := readFeedOn(t, e.b, e.storage, "")
+		b := readFeedOn(t, standby, e.storage, "")
+		if string(a.Data[logical.HTTPRawBody].([]byte)) != string(b.Data[logical.HTTPRawBody].([]byte)) || a.Headers["ETag"][0] != b.Headers["ETag"][0] {
+			t.Fatalf("%s: the nodes serve different feeds", when)
+		}
+	}
+	same("fresh")
+	key := e.register(t, "orders", nil)
+	standby.invalidate(t.Context(), storageServicePrefix+"orders")
+	same("after a registration")
+	tok := e.mustLogin(t, "orders", key)
+	_, claims := decodeJWT(t, tok)
+	e.mustOK(t, logical.UpdateOperation, "revoke", map[string]any{"token": tok})
+	standby.invalidate(t.Context(), storageRevokedPrefix+claims["jti"].(string))
+	same("after a revoke")
+	e.mustOK(t, logical.UpdateOperation, "services/orders/revoke", nil)
+	standby.invalidate(t.Context(), storageServicePrefix+"orders")
+	same("after a service revoke")
+	cur := ringKey(t, e, keyStateCurrent)
+	e.mustOK(t, logical.UpdateOperation, "keys/"+cur.KID+"/revoke", nil)
+	standby.invalidate(t.Context(), storageKeyRing)
+	same("after a key removal")
+	// Rendering again from scratch gives the same bytes (deterministic
+	// signatures), for every algorithm.
+	for _, alg := range supportedAlgorithms {
+		e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"signing_algorithm": alg})
+		standby.invalidate(t.Context(), storageConfig)
+		standby.invalidate(t.Context(), storageKeyRing)
+		same(alg)
+	}
+}
+
+// A render that began before a write must not be cached past it.
+func TestRevocationFeedRenderRacingAWriteIsNotKept(t *testing.T) {
+	e := getTestBackend(t)
+	_, epoch := e.b.feed.get(e.clock.now())
+	stale, err := e.b.renderFeed(t.Context(), e.storage, e.clock.now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := e.register(t, "orders", nil)
+	e.mustOK(t, logical.UpdateOperation, "revoke", map[string]any{"token": e.mustLogin(t, "orders", key)})
+	e.b.feed.fill(stale, epoch)
+	if doc := feedOf(t, e, readFeedOn(t, e.b, e.storage, "")); len(doc.Tokens) != 1 {
+		t.Fatal("a feed rendered before the revoke was served after it")
+	}
+}
