@@ -105,7 +105,7 @@ func (b *backend) pathLoginRead(ctx context.Context, req *logical.Request, d *fr
 	}
 	key := headerValue(req.Headers, apiKeyHeader)
 	if key == "" {
-		return logical.ErrorResponse("a GET login needs the API key in the " + apiKeyHeader + " header; an operator enables it with: vault secrets tune -passthrough-request-headers=" + apiKeyHeader + " " + strings.TrimSuffix(req.MountPoint, "/")), nil
+		return logical.ErrorResponse("a GET login needs the API key in the " + apiKeyHeader + " header; an operator enables it with: vault secrets tune -allowed-response-headers=ETag -passthrough-request-headers=" + apiKeyHeader + " -passthrough-request-headers=If-None-Match " + strings.TrimSuffix(req.MountPoint, "/") + " (a tune replaces the whole list, so it names the revocation feed's headers too)"), nil
 	}
 	return b.login(ctx, req, d, key)
 }
@@ -398,9 +398,11 @@ A GET does the same in one round trip to the plugin instead of two, when an
 operator turned it on (config allow_get_login=true; off, a GET answers 405).
 A GET is a read: with it on, read capability on login/<name> mints tokens of
 that service. The key travels in the X-Meshauth-Api-Key header, which the
-mount must pass through (vault secrets tune
--passthrough-request-headers=X-Meshauth-Api-Key <mount>), never in the URL;
-audience and ttl are query parameters.
+mount must pass through (vault secrets tune -allowed-response-headers=ETag
+-passthrough-request-headers=X-Meshauth-Api-Key
+-passthrough-request-headers=If-None-Match <mount>: a tune replaces the whole
+list, so it keeps the revocation feed's headers), never in the URL; audience
+and ttl are query parameters.
 
 Every failure answers the same "permission denied", whichever factor failed,
 and counts toward lockout of this caller (its verified client certificate, or

@@ -294,7 +294,7 @@ func TestHeaderLoginIsTheSameLoginInOneRoundTrip(t *testing.T) {
 		t.Fatalf("key in the URL: %#v", resp)
 	}
 	resp, _ = get(nil, nil)
-	if resp == nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "passthrough-request-headers=X-Meshauth-Api-Key meshauth") {
+	if resp == nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "passthrough-request-headers=X-Meshauth-Api-Key -passthrough-request-headers=If-None-Match meshauth") {
 		t.Fatalf("no header: %#v", resp)
 	}
 	if _, err := get(map[string][]string{"X-Meshauth-Api-Key": {"mak_wrong"}}, nil); !errors.Is(err, logical.ErrPermissionDenied) {

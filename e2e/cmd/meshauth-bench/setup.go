@@ -55,7 +55,7 @@ func setup(l *lab) *env {
 	ca := vaultlab.NewCA(l, s.Dir, "mesh")
 	cert := ca.Issue(l, s.Dir, "orders", []string{"orders.mesh"}, nil, x509.ExtKeyUsageClientAuth)
 	e.apiKey = vaultlab.JSONData(l, s.MustCLI(l, "write", "meshauth/services/orders", "ca_chain=@"+ca.File, "hostnames=orders.mesh"))["api_key"].(string)
-	s.MustCLI(l, "secrets", "tune", "-passthrough-request-headers=X-Meshauth-Api-Key", "meshauth")
+	s.MustCLI(l, "secrets", "tune", "-allowed-response-headers=ETag", "-passthrough-request-headers=X-Meshauth-Api-Key", "-passthrough-request-headers=If-None-Match", "meshauth")
 	s.MustCLI(l, "write", "meshauth/config", "allow_get_login=true")
 
 	// Vault's native flow: AppRole login, then an identity token.
