@@ -31,6 +31,10 @@ const (
 	storageKeyRing = "keyring"
 	// storageRevokedPrefix prefixes one revocationEntry per revoked token jti.
 	storageRevokedPrefix = "revoked/"
+	// storageDeletedPrefix prefixes one deletedService per deleted service
+	// name, kept until the last token of the deleted registration expired,
+	// so that the revocation feed keeps refusing them offline.
+	storageDeletedPrefix = "deleted/"
 )
 
 // operationPrefix starts every OpenAPI operation name of the engine
@@ -194,6 +198,8 @@ func (b *backend) invalidate(_ context.Context, key string) {
 		b.feed.drop()
 	case strings.HasPrefix(key, storageServicePrefix):
 		b.dropService(strings.TrimPrefix(key, storageServicePrefix))
+	case strings.HasPrefix(key, storageDeletedPrefix):
+		b.feed.drop()
 	case strings.HasPrefix(key, storageRevokedPrefix):
 		// One token's revocation changed: re-read that entry alone, on
 		// its next lookup.

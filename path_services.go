@@ -393,6 +393,19 @@ func (b *backend) pathServiceDelete(ctx context.Context, req *logical.Request, d
 	lock := b.serviceLock(name)
 	lock.Lock()
 	defer lock.Unlock()
+	old, err := readService(ctx, req.Storage, name)
+	if err != nil || old == nil {
+		return nil, err
+	}
+	// The tombstone is written first: a crash before the delete leaves a
+	// tombstone beside a live entry, which the feed reads as the live
+	// registration (harmless); the other order could lose the record that
+	// the deleted registration's tokens must be refused offline.
+	tomb := &deletedService{Version: deletedVersion, Name: name, Registration: old.Registration, DeletedAt: b.now().UTC()}
+	if err := writeEntry(ctx, req.Storage, storageDeletedPrefix+name, fmt.Sprintf("tombstone of service %q", name), tomb, false); err != nil {
+		return nil, err
+	}
+	b.feed.drop()
 	if err := req.Storage.Delete(ctx, storageServicePrefix+name); err != nil {
 		return nil, fmt.Errorf("deleting service %q: %w", name, err)
 	}

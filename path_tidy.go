@@ -2,6 +2,8 @@ package meshauth
 
 import (
 	"context"
+	"fmt"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -28,6 +30,7 @@ func pathTidy(b *backend) []*framework.Path {
 type tidyResult struct {
 	revocations int
 	keys        int
+	tombstones  int
 }
 
 func (b *backend) pathTidy(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
@@ -38,6 +41,7 @@ func (b *backend) pathTidy(ctx context.Context, req *logical.Request, _ *framewo
 	return &logical.Response{Data: map[string]any{
 		"revocations_removed": res.revocations,
 		"keys_removed":        res.keys,
+		"tombstones_removed":  res.tombstones,
 	}}, nil
 }
 
@@ -57,6 +61,10 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage) (tidyResult, erro
 	res.revocations, _, err = b.tidyRevocations(ctx, s, now, cfg.Leeway)
 	b.revokeLock.Unlock()
 	if err != nil {
+		return res, err
+	}
+
+	if res.tombstones, err = b.tidyDeletedServices(ctx, s, cfg, now); err != nil {
 		return res, err
 	}
 
@@ -82,8 +90,42 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage) (tidyResult, erro
 			return res, err
 		}
 	}
-	if res.keys+res.revocations > 0 {
-		b.Logger().Debug("tidy removed expired state", "revocations", res.revocations, "keys", res.keys)
+	if res.keys+res.revocations+res.tombstones > 0 {
+		b.Logger().Debug("tidy removed expired state", "revocations", res.revocations, "keys", res.keys, "tombstones", res.tombstones)
 	}
 	return res, nil
+}
+
+// tidyDeletedServices deletes the tombstones of deleted services whose last
+// tokens have expired: the longest verification_ttl any key recorded, plus
+// leeway, after the delete (the bound the revocation feed lists them for).
+func (b *backend) tidyDeletedServices(ctx context.Context, s logical.Storage, cfg *configEntry, now time.Time) (int, error) {
+	names, err := s.List(ctx, storageDeletedPrefix)
+	if err != nil || len(names) == 0 {
+		return 0, err
+	}
+	ttl := cfg.verificationTTL()
+	if ring, err := b.getKeyRing(ctx, s); err == nil {
+		for _, k := range ring.keys {
+			ttl = max(ttl, k.entry.MaxVerificationTTL)
+		}
+	}
+	removed := 0
+	for _, name := range names {
+		tomb, err := readEntry[deletedService](ctx, s, storageDeletedPrefix+name, fmt.Sprintf("tombstone of service %q", name))
+		if err != nil {
+			return removed, err
+		}
+		if tomb == nil || now.Before(tomb.DeletedAt.Add(ttl+cfg.Leeway)) {
+			continue
+		}
+		if err := s.Delete(ctx, storageDeletedPrefix+name); err != nil {
+			return removed, fmt.Errorf("deleting tombstone of service %q: %w", name, err)
+		}
+		removed++
+	}
+	if removed > 0 {
+		b.feed.drop()
+	}
+	return removed, nil
 }

@@ -205,6 +205,38 @@ func (b *backend) renderFeed(ctx context.Context, s logical.Storage, now time.Ti
 		}
 	}
 
+	// A deleted service: until its tokens have expired, a token of that
+	// name is refused (Disabled) while the name is free, and one of another
+	// registration is refused (Services) once the name is registered anew.
+	deleted, err := s.List(ctx, storageDeletedPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing deleted services: %w", err)
+	}
+	for _, name := range deleted {
+		tomb, err := readEntry[deletedService](ctx, s, storageDeletedPrefix+name, fmt.Sprintf("tombstone of service %q", name))
+		if err != nil {
+			return nil, err
+		}
+		if tomb == nil {
+			continue
+		}
+		exp := tomb.DeletedAt.Add(ttl)
+		if !live(exp) {
+			continue
+		}
+		svc, err := b.getService(ctx, s, name)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case svc == nil:
+			doc.Disabled[name] = max(doc.Disabled[name], exp.Unix())
+		case svc.entry.Registration != "":
+			listed := doc.Services[name]
+			doc.Services[name] = feedService{Gen: svc.entry.generation(), Exp: max(listed.Exp, exp.Unix())}
+		}
+	}
+
 	for _, r := range ring.removed {
 		// ListedUntil already covers every token; leeway is added like
 		// any other entry's.

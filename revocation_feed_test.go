@@ -209,3 +209,30 @@ func TestRevocationFeedRenderRacingAWriteIsNotKept(t *testing.T) {
 		t.Fatal("a feed rendered before the revoke was served after it")
 	}
 }
+
+// A deleted service's tokens stay refused offline until they expire, also
+// once the name is registered anew; tidy then forgets the tombstone.
+func TestRevocationFeedListsDeletedServices(t *testing.T) {
+	e := getTestBackend(t)
+	e.register(t, "orders", nil)
+	e.mustOK(t, logical.DeleteOperation, "services/orders", nil)
+	doc := feedOf(t, e, readFeedOn(t, e.b, e.storage, ""))
+	if _, ok := doc.Disabled["orders"]; !ok {
+		t.Fatalf("a deleted service's tokens are not refused offline: %#v", doc)
+	}
+	e.register(t, "orders", nil)
+	doc = feedOf(t, e, readFeedOn(t, e.b, e.storage, ""))
+	svc, _ := e.b.getService(t.Context(), e.storage, "orders")
+	if _, ok := doc.Disabled["orders"]; ok || doc.Services["orders"].Gen != svc.entry.generation() {
+		t.Fatalf("after re-registration the feed must refuse only the old registration's tokens: %#v", doc)
+	}
+	e.clock.advance(25 * time.Hour)
+	resp := e.mustOK(t, logical.UpdateOperation, "tidy", nil)
+	if resp.Data["tombstones_removed"] != 1 {
+		t.Fatalf("tidy answered %#v", resp.Data)
+	}
+	doc = feedOf(t, e, readFeedOn(t, e.b, e.storage, ""))
+	if _, ok := doc.Services["orders"]; ok {
+		t.Fatalf("the tombstone outlived the tokens it names: %#v", doc)
+	}
+}

@@ -24,6 +24,26 @@ import (
 // locked and written. Its paths are in path_services.go and
 // path_service_actions.go; its certificate checks in tls.go.
 
+// deletedVersion is the current layout of deletedService.
+const deletedVersion = 1
+
+// deletedService records a deleted service until every token of its last
+// registration has expired, stored at storageDeletedPrefix+name: online
+// verify already refuses those tokens (the name is unknown, or registered
+// anew with another registration id), and the revocation feed lists them
+// so offline verifiers refuse them too.
+type deletedService struct {
+	// Version is the layout version of this entry.
+	Version int `json:"version"`
+	// Name is the deleted service's name.
+	Name string `json:"name"`
+	// Registration is the deleted registration's id; "" for entries stored
+	// before registrations existed.
+	Registration string `json:"registration,omitempty"`
+	// DeletedAt is when the service was deleted.
+	DeletedAt time.Time `json:"deleted_at"`
+}
+
 // serviceVersion is the current layout of serviceEntry.
 const serviceVersion = 1
 
