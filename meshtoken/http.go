@@ -53,7 +53,7 @@ func (v *Verifier) Middleware(next http.Handler) http.Handler {
 			http.Error(w, "invalid token", http.StatusUnauthorized)
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), claimsKey{}, claims)))
+		next.ServeHTTP(w, r.WithContext(NewContext(r.Context(), claims)))
 	})
 }
 
@@ -64,20 +64,41 @@ func (v *Verifier) requestPeer(r *http.Request) (string, error) {
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		direct = r.TLS.PeerCertificates[0]
 	}
-	p := v.cfg.TrustedProxies
 	var addr net.Addr
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		addr = net.TCPAddrFromAddrPort(ap)
 	}
-	if !p.Trusts(direct, addr) {
+	if !v.cfg.TrustedProxies.Trusts(direct, addr) {
 		// Whatever an untrusted peer claims about certificates, nothing
 		// after this middleware should read it as a proxy's word.
 		r.Header.Del(HeaderXFCC)
 		r.Header.Del(HeaderClientCert)
-		if direct == nil {
-			return "", nil
-		}
-		return CertificateThumbprint(direct), nil
 	}
-	return p.PeerThumbprint(direct, addr, r.Header.Values(p.Header))
+	return v.PeerThumbprint(direct, addr, r.Header.Values)
+}
+
+// PeerThumbprint returns the x5t#S256 of the client certificate behind a
+// request whose direct peer presented direct (nil for none) from addr:
+// read from the forwarded-certificate header (header returns its values by
+// name) when the peer is one of VerifierConfig.TrustedProxies, else
+// direct's own; "" for none. An error (wrapping ErrForwardedCert) means a
+// trusted proxy sent a header that does not read as one certificate. The
+// gRPC interceptors use it with the call's metadata.
+func (v *Verifier) PeerThumbprint(direct *x509.Certificate, addr net.Addr, header func(name string) []string) (string, error) {
+	p := v.cfg.TrustedProxies
+	var values []string
+	if p.Trusts(direct, addr) {
+		values = header(p.Header)
+	}
+	return p.PeerThumbprint(direct, addr, values)
+}
+
+// TrustedProxies returns the proxies whose forwarded-certificate header
+// this Verifier believes (VerifierConfig.TrustedProxies); nil for none.
+func (v *Verifier) TrustedProxies() *TrustedProxies { return v.cfg.TrustedProxies }
+
+// NewContext returns ctx carrying verified claims, as the Middleware and
+// the gRPC interceptors do; ClaimsFromContext reads them.
+func NewContext(ctx context.Context, c *Claims) context.Context {
+	return context.WithValue(ctx, claimsKey{}, c)
 }
