@@ -140,7 +140,12 @@ func addrIP(addr net.Addr) (netip.Addr, bool) {
 // proxy that sends no header forwards no certificate: the direct peer's
 // own is never taken for the client's.
 func (p *TrustedProxies) PeerThumbprint(cert *x509.Certificate, addr net.Addr, values []string) (string, error) {
-	if !p.Trusts(cert, addr) {
+	return p.peerThumbprint(p.Trusts(cert, addr), cert, values)
+}
+
+// peerThumbprint is PeerThumbprint once the peer's trust is known.
+func (p *TrustedProxies) peerThumbprint(trusted bool, cert *x509.Certificate, values []string) (string, error) {
+	if !trusted {
 		if cert == nil {
 			return "", nil
 		}

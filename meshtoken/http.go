@@ -68,13 +68,16 @@ func (v *Verifier) requestPeer(r *http.Request) (string, error) {
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		addr = net.TCPAddrFromAddrPort(ap)
 	}
-	if !v.cfg.TrustedProxies.Trusts(direct, addr) {
+	p := v.cfg.TrustedProxies
+	trusted := p.Trusts(direct, addr)
+	if !trusted {
 		// Whatever an untrusted peer claims about certificates, nothing
 		// after this middleware should read it as a proxy's word.
 		r.Header.Del(HeaderXFCC)
 		r.Header.Del(HeaderClientCert)
+		return p.peerThumbprint(false, direct, nil)
 	}
-	return v.PeerThumbprint(direct, addr, r.Header.Values)
+	return p.peerThumbprint(true, direct, r.Header.Values(p.Header))
 }
 
 // PeerThumbprint returns the x5t#S256 of the client certificate behind a
@@ -86,11 +89,10 @@ func (v *Verifier) requestPeer(r *http.Request) (string, error) {
 // gRPC interceptors use it with the call's metadata.
 func (v *Verifier) PeerThumbprint(direct *x509.Certificate, addr net.Addr, header func(name string) []string) (string, error) {
 	p := v.cfg.TrustedProxies
-	var values []string
-	if p.Trusts(direct, addr) {
-		values = header(p.Header)
+	if !p.Trusts(direct, addr) {
+		return p.peerThumbprint(false, direct, nil)
 	}
-	return p.PeerThumbprint(direct, addr, values)
+	return p.peerThumbprint(true, direct, header(p.Header))
 }
 
 // TrustedProxies returns the proxies whose forwarded-certificate header

@@ -82,7 +82,7 @@ type VerifierConfig struct {
 	// MaxCachedTokens bounds how many verified tokens the Verifier
 	// remembers, so a caller that reuses its token for many requests costs
 	// one signature check, not one per request; default
-	// DefaultMaxCachedTokens (about 2 KiB each for a typical token),
+	// DefaultMaxCachedTokens (about 1.1 KiB each for a 450-byte token),
 	// negative to remember none. A remembered token still has its time,
 	// audience and binding checked on every request, is forgotten at its
 	// exp, and stops answering as soon as a key set without its signing key
