@@ -70,7 +70,9 @@ func (ts *TokenSource) ensureVaultToken(ctx context.Context) error {
 	}
 	ts.session.watcher = w
 	go w.Start()
-	go ts.watch(w)
+	// The watcher outlives the login that started it: it follows the
+	// Vault token until renewal ends or the source stops.
+	go ts.watch(context.WithoutCancel(ctx), w)
 	return nil
 }
 
@@ -78,7 +80,7 @@ func (ts *TokenSource) ensureVaultToken(ctx context.Context) error {
 // ends, marks the Vault token unusable and logs in again at once (a failure
 // is retried by the next meshauth login, within its backoff). It ends with
 // the source (Stop) or when a newer login replaced its watcher.
-func (ts *TokenSource) watch(w *api.LifetimeWatcher) {
+func (ts *TokenSource) watch(ctx context.Context, w *api.LifetimeWatcher) {
 	for {
 		select {
 		case <-w.RenewCh():
@@ -99,7 +101,7 @@ func (ts *TokenSource) watch(w *api.LifetimeWatcher) {
 			} else {
 				ts.log().Info("meshauth client: Vault token reached the end of its renewals; logging in to Vault again", "service", ts.cfg.Service)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), ts.cfg.LoginTimeout)
+			ctx, cancel := context.WithTimeout(ctx, ts.cfg.LoginTimeout)
 			err = ts.ensureVaultToken(ctx)
 			cancel()
 			ts.report(err)

@@ -233,7 +233,7 @@ func TestCredentialsRequireTransportSecurity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	_, err = healthpb.NewHealthClient(conn).Check(t.Context(), &healthpb.HealthCheckRequest{}, grpc.PerRPCCredentials(creds))
 	if err == nil || asked {
 		t.Fatalf("per-call credentials on an insecure channel: err %v, token read %v", err, asked)

@@ -235,18 +235,18 @@ func xfccCert(v string) (string, error) {
 	// space.
 	text, err := url.PathUnescape(v)
 	if err != nil {
-		return "", errors.New("Cert is not URL-encoded")
+		return "", errors.New("the Cert field is not URL-encoded")
 	}
 	block, rest := pem.Decode([]byte(text))
 	if block == nil || block.Type != "CERTIFICATE" || len(block.Headers) != 0 {
-		return "", errors.New("Cert is not a PEM certificate")
+		return "", errors.New("the Cert field is not a PEM certificate")
 	}
 	if strings.TrimSpace(string(rest)) != "" {
-		return "", errors.New("Cert holds more than one PEM block")
+		return "", errors.New("the Cert field holds more than one PEM block")
 	}
 	c, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
-		return "", fmt.Errorf("Cert does not parse: %w", err)
+		return "", fmt.Errorf("the Cert field does not parse: %w", err)
 	}
 	return CertificateThumbprint(c), nil
 }
