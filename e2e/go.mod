@@ -9,7 +9,6 @@ require (
 	github.com/davecgh/go-spew v1.1.2-0.20180830191138-d8f796af33cc // indirect
 	github.com/fatih/color v1.19.0 // indirect
 	github.com/go-jose/go-jose/v4 v4.1.5 // indirect
-	github.com/golang-jwt/jwt/v5 v5.3.1 // indirect
 	github.com/hashicorp/errwrap v1.1.0 // indirect
 	github.com/hashicorp/go-cleanhttp v0.5.2 // indirect
 	github.com/hashicorp/go-multierror v1.1.1 // indirect
@@ -36,6 +35,7 @@ require (
 	github.com/datapunk/vault-plugin-secrets-meshauth/client v0.0.0
 	github.com/datapunk/vault-plugin-secrets-meshauth/grpcauth v0.0.0
 	github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken v0.0.0
+	github.com/golang-jwt/jwt/v5 v5.3.1
 	github.com/spiffe/go-spiffe/v2 v2.9.0
 	google.golang.org/grpc v1.83.2
 )
