@@ -236,3 +236,28 @@ func flip(s string) string {
 	}
 	return "A" + s[1:]
 }
+
+// A remembered token obeys the key set's staleness like any other: past
+// max-age + MaxStaleness with Vault down, it fails closed.
+func TestVerifierRememberedTokenFailsClosedWhenKeysStale(t *testing.T) {
+	j := newJWKSServer(t)
+	kid := j.addKey("ES256")
+	v := j.verifier(t, "payments")
+	clock := clocked(v)
+	v.cfg.MaxStaleness = time.Minute
+	n := clock.now().Unix()
+	tok := j.sign(t, kid, map[string]any{"iat": n, "nbf": n, "exp": n + 3600})
+	if _, err := v.Verify(t.Context(), tok, nil); err != nil {
+		t.Fatal(err)
+	}
+	j.down.Store(true)
+	clock.advance(301 * time.Second)
+	if _, err := v.Verify(t.Context(), tok, nil); err != nil {
+		t.Fatalf("within MaxStaleness: %v", err)
+	}
+	waitNoFetch(t, v)
+	clock.advance(2 * time.Minute)
+	if _, err := v.Verify(t.Context(), tok, nil); !errors.Is(err, ErrKeysStale) {
+		t.Fatalf("remembered token past MaxStaleness: %v; want ErrKeysStale", err)
+	}
+}
