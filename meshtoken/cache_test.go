@@ -244,9 +244,10 @@ func TestVerifierRememberedTokenFailsClosedWhenKeysStale(t *testing.T) {
 	kid := j.addKey("ES256")
 	v := j.verifier(t, "payments")
 	clock := clocked(v)
-	v.cfg.MaxStaleness = time.Minute
+	// The set was fetched with max-age=300 and the default MaxStaleness
+	// (1h) at about clock start.
 	n := clock.now().Unix()
-	tok := j.sign(t, kid, map[string]any{"iat": n, "nbf": n, "exp": n + 3600})
+	tok := j.sign(t, kid, map[string]any{"iat": n, "nbf": n, "exp": n + 3*3600})
 	if _, err := v.Verify(t.Context(), tok, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +257,7 @@ func TestVerifierRememberedTokenFailsClosedWhenKeysStale(t *testing.T) {
 		t.Fatalf("within MaxStaleness: %v", err)
 	}
 	waitNoFetch(t, v)
-	clock.advance(2 * time.Minute)
+	clock.advance(time.Hour)
 	if _, err := v.Verify(t.Context(), tok, nil); !errors.Is(err, ErrKeysStale) {
 		t.Fatalf("remembered token past MaxStaleness: %v; want ErrKeysStale", err)
 	}
