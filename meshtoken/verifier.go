@@ -230,6 +230,12 @@ func (v *Verifier) get(ctx context.Context, u string, limit int64) ([]byte, time
 	}
 	resp, err := v.cfg.HTTPClient.Do(req)
 	if err != nil {
+		var unknown x509.UnknownAuthorityError
+		if errors.As(err, &unknown) {
+			// The usual first stumble against a Vault with its own CA
+			// (make dev's included): say what to do about it.
+			return nil, 0, fmt.Errorf("%w (Vault's certificate is not signed by a CA this Verifier trusts: set VerifierConfig.HTTPClient to a client whose TLS RootCAs hold Vault's CA, the file VAULT_CACERT names)", err)
+		}
 		return nil, 0, err
 	}
 	defer resp.Body.Close()
