@@ -61,7 +61,7 @@ func checkMembersJSON(payload []byte, reserved []string, inner map[string][]stri
 	dec.UseNumber()
 	tok, err := dec.Token()
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrAmbiguousMembers, err)
+		return fmt.Errorf("%w: %w", ErrAmbiguousMembers, err)
 	}
 	if d, ok := tok.(json.Delim); !ok || d != '{' {
 		return fmt.Errorf("%w: not a JSON object", ErrAmbiguousMembers)
@@ -86,7 +86,7 @@ func checkObject(dec *json.Decoder, reserved []string, inner map[string][]string
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
-			return fmt.Errorf("%w: %v", ErrAmbiguousMembers, err)
+			return fmt.Errorf("%w: %w", ErrAmbiguousMembers, err)
 		}
 		name, _ := tok.(string)
 		if _, dup := seen[name]; dup {
@@ -106,7 +106,7 @@ func checkObject(dec *json.Decoder, reserved []string, inner map[string][]string
 	}
 	_, err := dec.Token() // the closing '}'
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrAmbiguousMembers, err)
+		return fmt.Errorf("%w: %w", ErrAmbiguousMembers, err)
 	}
 	return nil
 }
@@ -115,7 +115,7 @@ func checkObject(dec *json.Decoder, reserved []string, inner map[string][]string
 func checkValue(dec *json.Decoder, reserved []string, depth int) error {
 	tok, err := dec.Token()
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrAmbiguousMembers, err)
+		return fmt.Errorf("%w: %w", ErrAmbiguousMembers, err)
 	}
 	d, ok := tok.(json.Delim)
 	if !ok {
@@ -131,7 +131,7 @@ func checkValue(dec *json.Decoder, reserved []string, depth int) error {
 			}
 		}
 		if _, err := dec.Token(); err != nil {
-			return fmt.Errorf("%w: %v", ErrAmbiguousMembers, err)
+			return fmt.Errorf("%w: %w", ErrAmbiguousMembers, err)
 		}
 	}
 	return nil
