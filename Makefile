@@ -46,11 +46,13 @@ dev: ## build everything and run a dev Vault (TLS) with meshauth mounted; Ctrl-C
 # Fuzz targets: a name is in the root package; <package>:<name> elsewhere.
 # Targets are <module dir>:<name>; the module's own go.mod decides its build.
 FUZZ_TARGETS := .:FuzzParseToken .:FuzzParseCertificates .:FuzzServiceWrite .:FuzzLoginFields \
-  .:FuzzParseSPIFFEID meshtoken:FuzzParse meshtoken:FuzzCheckMembers meshtoken:FuzzVerifierSigned
+  .:FuzzParseSPIFFEID meshtoken:FuzzParse meshtoken:FuzzCheckMembers meshtoken:FuzzVerifierSigned \
+  meshtoken:FuzzForwardedCert
 
 # Go modules of the repository: the plugin, the token contract services
-# import (meshtoken), the client library, and the end-to-end suite.
-LIB_MODULES := meshtoken client
+# import (meshtoken), the client library, gRPC credentials and interceptors
+# (grpcauth), and the end-to-end suite.
+LIB_MODULES := meshtoken client grpcauth
 
 test: test-unit fuzz-short test-e2e ## run every test: unit (-race), a short fuzz of each target, end-to-end against real Vault
 

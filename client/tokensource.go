@@ -1,7 +1,8 @@
-// Package client is the service side of meshauth: a TokenSource that logs a
-// service in through Vault and keeps its JWT fresh, a Verifier that checks
-// peers' tokens offline from the engine's JWKS, and net/http glue for both.
-// It depends only on the standard library, vault/api and golang-jwt.
+// Package client is the calling side of meshauth: a TokenSource that logs a
+// service in through Vault (keeping its own Vault login alive) and keeps its
+// JWT fresh, and a net/http Transport that sends it. Verifying peers' tokens
+// is meshtoken's (Verifier, Middleware); gRPC is grpcauth's. It depends only
+// on the standard library, vault/api and meshtoken.
 package client
 
 import (
@@ -9,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -53,6 +55,21 @@ type TokenSourceConfig struct {
 	// with the service's client certificate: logins of services that require
 	// mTLS present it, and the token is bound to it.
 	Vault *api.Client
+	// Auth logs the source into Vault (AppRole, Kubernetes, TLS certificate
+	// from vault/api/auth/..., or StaticToken for development). The source
+	// then owns its Vault token: it logs in on first use, keeps the token
+	// alive with Vault's LifetimeWatcher, and logs in again when renewal
+	// ends (max TTL reached, token revoked). Without Auth, every login uses
+	// whatever token Vault carries at that moment, so a token the caller
+	// renews or replaces is picked up.
+	Auth api.AuthMethod
+	// Logger receives one line per failed login (with its kind), per
+	// recovery, and per Vault login and renewal end; nil logs nothing.
+	// Tokens, API keys and Vault tokens are never logged.
+	Logger *slog.Logger
+	// OnError, when set, is called with the error of every failed login
+	// (meshauth or Vault), outside any lock.
+	OnError func(error)
 	// Mount is the engine's mount path; default "meshauth".
 	Mount string
 	// Service is the service's name.
@@ -128,6 +145,14 @@ type TokenSource struct {
 	stop    chan struct{}
 	stopped sync.Once
 	now     func() time.Time
+
+	// vault logs in to meshauth with POST: cfg.Vault, or with Auth a clone
+	// carrying the source's own Vault token.
+	vault *api.Client
+	// session is the source's own Vault login (with Auth).
+	session vaultSession
+	// stats are the counters Stats reports.
+	stats counters
 }
 
 // NewTokenSource checks the configuration and returns a source; call Start
@@ -149,7 +174,14 @@ func NewTokenSource(cfg TokenSourceConfig) (*TokenSource, error) {
 	if cfg.LoginTimeout <= 0 {
 		cfg.LoginTimeout = defaultLoginTimeout
 	}
-	ts := &TokenSource{cfg: cfg, stop: make(chan struct{}), now: time.Now}
+	ts := &TokenSource{cfg: cfg, stop: make(chan struct{}), now: time.Now, vault: cfg.Vault}
+	if cfg.Auth != nil {
+		c, err := cfg.Vault.Clone()
+		if err != nil {
+			return nil, err
+		}
+		ts.vault = c
+	}
 	if !cfg.UsePOST {
 		c, err := cfg.Vault.Clone()
 		if err != nil {
@@ -226,14 +258,30 @@ func (ts *TokenSource) runLogin(ctx context.Context, done chan struct{}) {
 	defer cancel()
 	start := ts.now()
 	t, err := ts.safeLogin(ctx, start)
+	defer ts.report(err)
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	defer close(done)
 	ts.inflight = nil
+	ts.recordLocked(t, err, true)
+}
+
+// recordLocked records the outcome of a login: a token (kept as the
+// current one when keep is set) resets the failure state; an error sets
+// the time before which no login starts.
+func (ts *TokenSource) recordLocked(t *Token, err error, keep bool) {
 	if err == nil {
-		ts.current, ts.lastErr, ts.failures, ts.retryAt = t, nil, 0, time.Time{}
+		if ts.failures > 0 {
+			ts.log().Info("meshauth client: login recovered", "service", ts.cfg.Service, "failed_before", ts.failures)
+		}
+		ts.stats.loggedIn(ts.current, ts.now(), keep)
+		if keep {
+			ts.current = t
+		}
+		ts.lastErr, ts.failures, ts.retryAt = nil, 0, time.Time{}
 		return
 	}
+	ts.stats.failed(err)
 	ts.lastErr = err
 	ts.failures++
 	now := ts.now()
@@ -340,6 +388,9 @@ func (ts *TokenSource) login(ctx context.Context, start time.Time) (*Token, erro
 // the source uses POST, falling back to POST (for good) when the GET is
 // answered 405 (config.allow_get_login off).
 func (ts *TokenSource) send(ctx context.Context) (*api.Secret, error) {
+	if err := ts.ensureVaultToken(ctx); err != nil {
+		return nil, err
+	}
 	path := ts.cfg.Mount + "/login/" + ts.cfg.Service
 	params := map[string][]string{}
 	if len(ts.cfg.Audience) > 0 {
@@ -349,9 +400,13 @@ func (ts *TokenSource) send(ctx context.Context) (*api.Secret, error) {
 		params["ttl"] = []string{fmt.Sprintf("%ds", int64(ts.cfg.TTL/time.Second))}
 	}
 	if ts.getVault != nil && !ts.postOnly.Load() {
+		// The token of the moment: the source's own, or the caller's as it
+		// is now (renewed or replaced since construction).
+		ts.getVault.SetToken(ts.vault.Token())
 		sec, err := ts.getVault.Logical().ReadWithDataWithContext(ctx, path, params)
 		var re *api.ResponseError
 		if !errors.As(err, &re) || re.StatusCode != http.StatusMethodNotAllowed {
+			ts.checkVaultToken(err)
 			return sec, err
 		}
 		ts.postOnly.Store(true)
@@ -360,7 +415,9 @@ func (ts *TokenSource) send(ctx context.Context) (*api.Secret, error) {
 	for k, v := range params {
 		data[k] = v
 	}
-	return ts.cfg.Vault.Logical().WriteWithContext(ctx, path, data)
+	sec, err := ts.vault.Logical().WriteWithContext(ctx, path, data)
+	ts.checkVaultToken(err)
+	return sec, err
 }
 
 // lifetime reads how long the answered token lives: expires_in (seconds,
@@ -461,4 +518,29 @@ func (ts *TokenSource) sleep(ctx context.Context, d time.Duration) bool {
 // Stop ends the background refresh.
 func (ts *TokenSource) Stop() {
 	ts.stopped.Do(func() { close(ts.stop) })
+}
+
+// FreshToken logs in and returns the new token without keeping it: a call
+// never returns a token another call returned, for audiences that accept
+// each jti once. Like Token, it does not ask Vault during a backoff or a
+// lockout (it answers the failure); its failures count toward them.
+func (ts *TokenSource) FreshToken(ctx context.Context) (string, error) {
+	ts.mu.Lock()
+	if now := ts.now(); now.Before(ts.retryAt) {
+		err := fmt.Errorf("%w (next attempt after %s)", ts.lastErr, ts.retryAt.UTC().Format(time.RFC3339))
+		ts.mu.Unlock()
+		return "", err
+	}
+	ts.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, ts.cfg.LoginTimeout)
+	defer cancel()
+	t, err := ts.safeLogin(ctx, ts.now())
+	ts.mu.Lock()
+	ts.recordLocked(t, err, false)
+	ts.mu.Unlock()
+	if err != nil {
+		ts.report(err)
+		return "", err
+	}
+	return t.Value, nil
 }

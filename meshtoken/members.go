@@ -48,6 +48,15 @@ func CheckMembers(payload []byte) error {
 // names that fold to one of reserved only when equal to it, and the same for
 // the members of the top-level objects named in inner.
 func checkMembers(payload []byte, reserved []string, inner map[string][]string) error {
+	if plainMembersOK(payload, reserved, inner) {
+		return nil
+	}
+	return checkMembersJSON(payload, reserved, inner)
+}
+
+// checkMembersJSON is checkMembers by encoding/json's own tokenizer, so
+// names are unescaped exactly as every Go reader of the payload sees them.
+func checkMembersJSON(payload []byte, reserved []string, inner map[string][]string) error {
 	dec := json.NewDecoder(bytes.NewReader(payload))
 	dec.UseNumber()
 	tok, err := dec.Token()

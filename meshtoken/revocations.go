@@ -193,7 +193,7 @@ func (v *Verifier) parseRevocations(ctx context.Context, raw string) (*revocatio
 			return nil, errors.New("not a revocations feed (typ)")
 		}
 		kid, _ := t.Header["kid"].(string)
-		k, err := v.key(ctx, kid)
+		k, _, err := v.key(ctx, kid)
 		if err != nil {
 			return nil, err
 		}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -81,6 +82,20 @@ type VerifierConfig struct {
 	// Revocations, when set, makes Verify refuse what the engine's
 	// revocations feed lists (revocations.go).
 	Revocations *RevocationConfig
+	// MaxCachedTokens bounds how many verified tokens the Verifier
+	// remembers, so a caller that reuses its token for many requests costs
+	// one signature check, not one per request; default
+	// DefaultMaxCachedTokens (about 1.1 KiB each for a 450-byte token),
+	// negative to remember none. A remembered token still has its time,
+	// audience and binding checked on every request, is forgotten at its
+	// exp, and stops answering as soon as a key set without its signing key
+	// is published.
+	MaxCachedTokens int
+	// TrustedProxies says which peers may tell the Middleware (and the gRPC
+	// interceptor) the client certificate in a header, as a sidecar that
+	// terminates mutual TLS does; nil trusts no one, and the headers are
+	// ignored.
+	TrustedProxies *TrustedProxies
 }
 
 // keySet is one JWKS answer. It is immutable once published.
@@ -98,10 +113,12 @@ type keySet struct {
 // Verifier checks meshauth tokens offline. Safe for concurrent use.
 //
 // Its caches: the key set (the JWKS), replaced whole by every successful
-// fetch, so a key removed from the JWKS is gone with the next fetch; and the
+// fetch, so a key removed from the JWKS is gone with the next fetch; the
 // jwks_uri and issuer that discovery gave at NewVerifier, which hold for the
-// Verifier's life (a new issuer or mount needs a new Verifier). Verdicts are
-// never cached: every Verify checks the token against the key set it loads.
+// Verifier's life (a new issuer or mount needs a new Verifier); and the
+// tokens it verified (see MaxCachedTokens), each of which answers only while
+// the key set it was verified with, or a later one holding the same key
+// under the same kid, is current, and only until its exp.
 // The key set is trusted for its max-age and then, while fetches fail, for
 // MaxStaleness more, never longer; fetches run one at a time, so an older
 // answer can never replace a newer one.
@@ -112,6 +129,8 @@ type Verifier struct {
 
 	// set is the current key set; verifications load it without a lock.
 	set atomic.Pointer[keySet]
+	// verified remembers tokens Parse accepted; nil when disabled.
+	verified *tokenCache
 
 	// mu guards the fetch state below; it is never held during a fetch.
 	mu sync.Mutex
@@ -149,7 +168,13 @@ func NewVerifier(ctx context.Context, cfg VerifierConfig) (*Verifier, error) {
 	case cfg.Audience != "" && cfg.AllowAnyAudience:
 		return nil, errors.New(errPrefix + "Audience and AllowAnyAudience contradict each other: set one")
 	}
-	v := &Verifier{cfg: cfg, jwksURL: cfg.JWKSURL, now: time.Now}
+	if cfg.MaxCachedTokens == 0 {
+		cfg.MaxCachedTokens = DefaultMaxCachedTokens
+	}
+	if err := cfg.TrustedProxies.check(); err != nil {
+		return nil, err
+	}
+	v := &Verifier{cfg: cfg, jwksURL: cfg.JWKSURL, now: time.Now, verified: newTokenCache(cfg.MaxCachedTokens, cfg.Leeway)}
 	if cfg.DiscoveryURL != "" {
 		if err := v.discover(ctx); err != nil {
 			return nil, err
@@ -214,6 +239,12 @@ func (v *Verifier) get(ctx context.Context, u string, limit int64) ([]byte, time
 	}
 	resp, err := v.cfg.HTTPClient.Do(req)
 	if err != nil {
+		var unknown x509.UnknownAuthorityError
+		if errors.As(err, &unknown) {
+			// The usual first stumble against a Vault with its own CA
+			// (make dev's included): say what to do about it.
+			return nil, 0, fmt.Errorf("%w (Vault's certificate is not signed by a CA this Verifier trusts: set VerifierConfig.HTTPClient to a client whose TLS RootCAs hold Vault's CA, the file VAULT_CACERT names)", err)
+		}
 		return nil, 0, err
 	}
 	defer resp.Body.Close()
@@ -256,7 +287,12 @@ func (v *Verifier) fetch(ctx context.Context, start time.Time) error {
 		return err
 	}
 	fresh := start.Add(age)
-	v.set.Store(&keySet{keys: keys, freshUntil: fresh, usableUntil: fresh.Add(v.cfg.MaxStaleness)})
+	next := &keySet{keys: keys, freshUntil: fresh, usableUntil: fresh.Add(v.cfg.MaxStaleness)}
+	v.set.Store(next)
+	// Remembered tokens whose key left the set stop answering now: a key
+	// removed from the JWKS (rotated out, or revoked) ends its tokens at
+	// this fetch, remembered or not.
+	v.verified.carry(next, v.now())
 	return nil
 }
 
@@ -316,23 +352,23 @@ func parseJWKS(body []byte) (map[string]Key, error) {
 // refreshes it, so verifications never wait for Vault over a key they hold.
 // An unknown kid (a rotation not seen yet) or an unusable set waits for a
 // fetch, at most one per MinRefetchInterval; in between it is refused.
-func (v *Verifier) key(ctx context.Context, kid string) (Key, error) {
+func (v *Verifier) key(ctx context.Context, kid string) (Key, *keySet, error) {
 	s := v.set.Load()
 	now := v.now()
 	k, ok := s.keys[kid]
 	if ok && now.Before(s.freshUntil) {
-		return k, nil
+		return k, s, nil
 	}
 	usable := now.Before(s.usableUntil)
 	done := v.refetch(ctx)
 	if ok && usable {
-		return k, nil
+		return k, s, nil
 	}
 	if done != nil {
 		select {
 		case <-done:
 		case <-ctx.Done():
-			return Key{}, ctx.Err()
+			return Key{}, nil, ctx.Err()
 		}
 		s = v.set.Load()
 		k, ok = s.keys[kid]
@@ -344,13 +380,13 @@ func (v *Verifier) key(ctx context.Context, kid string) (Key, error) {
 		err := v.lastErr
 		v.mu.Unlock()
 		if err != nil {
-			return Key{}, fmt.Errorf("%w: %w", ErrKeysStale, err)
+			return Key{}, nil, fmt.Errorf("%w: %w", ErrKeysStale, err)
 		}
-		return Key{}, ErrKeysStale
+		return Key{}, nil, ErrKeysStale
 	case !ok:
-		return Key{}, ErrUnknownKey
+		return Key{}, nil, ErrUnknownKey
 	}
-	return k, nil
+	return k, s, nil
 }
 
 // Verify checks a token with Parse, the parser the engine's online verify
@@ -361,14 +397,27 @@ func (v *Verifier) key(ctx context.Context, kid string) (Key, error) {
 // certificate of the request's mutual TLS) must match it (RFC 8705): a bound
 // token presented without a certificate is refused, as is any other cnf,
 // and with RequireBinding a token without cnf.
+//
+// A token verified before (the same text) is answered from memory: the
+// signature and claim decoding are skipped, everything that depends on the
+// request (time, audience, binding to peer, the key set's freshness) is
+// checked again. The returned Claims may be shared with other callers: read
+// them, do not modify them.
 func (v *Verifier) Verify(ctx context.Context, token string, peer *x509.Certificate) (*Claims, error) {
-	opts := Options{Issuer: v.cfg.Issuer, Leeway: v.cfg.Leeway, Now: v.now()}
-	if !v.cfg.AllowAnyAudience {
-		opts.Audience = v.cfg.Audience
+	thumb := ""
+	if peer != nil {
+		thumb = CertificateThumbprint(peer)
 	}
-	claims, err := Parse(token, func(kid string) (Key, error) { return v.key(ctx, kid) }, opts)
+	return v.VerifyThumbprint(ctx, token, thumb)
+}
+
+// VerifyThumbprint is Verify for a peer known by its certificate's RFC 8705
+// thumbprint (x5t#S256) rather than the certificate itself, as a sidecar may
+// forward it; "" means no certificate was presented.
+func (v *Verifier) VerifyThumbprint(ctx context.Context, token, thumbprint string) (*Claims, error) {
+	claims, err := v.parse(ctx, token)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, err)
+		return nil, err
 	}
 	switch cnf := claims.Confirmation; {
 	case cnf == nil && v.cfg.RequireBinding:
@@ -377,10 +426,10 @@ func (v *Verifier) Verify(ctx context.Context, token string, peer *x509.Certific
 		// A confirmation this verifier cannot check must not pass as none.
 		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, errCnfUnknown)
 	case cnf != nil:
-		if peer == nil {
+		if thumbprint == "" {
 			return nil, ErrCertMissing
 		}
-		if subtle.ConstantTimeCompare([]byte(CertificateThumbprint(peer)), []byte(cnf.X5tS256)) != 1 {
+		if subtle.ConstantTimeCompare([]byte(thumbprint), []byte(cnf.X5tS256)) != 1 {
 			return nil, ErrCertMismatch
 		}
 	}
@@ -388,4 +437,62 @@ func (v *Verifier) Verify(ctx context.Context, token string, peer *x509.Certific
 		return nil, err
 	}
 	return claims, nil
+}
+
+// parse returns the claims of a token Parse accepts, from memory when this
+// text was verified before with a key the current key set still holds.
+func (v *Verifier) parse(ctx context.Context, token string) (*Claims, error) {
+	now := v.now()
+	if c, ok := v.remembered(ctx, token, now); ok {
+		return c, nil
+	}
+	opts := Options{Issuer: v.cfg.Issuer, Leeway: v.cfg.Leeway, Now: now}
+	if !v.cfg.AllowAnyAudience {
+		opts.Audience = v.cfg.Audience
+	}
+	var (
+		used    Key
+		usedSet *keySet
+	)
+	claims, err := Parse(token, func(kid string) (Key, error) {
+		k, s, err := v.key(ctx, kid)
+		used, usedSet = k, s
+		return k, err
+	}, opts)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, err)
+	}
+	v.verified.put(token, claims, used, usedSet, &v.set)
+	c := *claims
+	return &c, nil
+}
+
+// remembered answers a token verified before, when every check that could
+// come out differently now still passes: its key is in the current key set
+// (within that set's freshness, the same rules as a fresh verification),
+// and exp, nbf and iat hold at now within leeway, and aud still names the
+// audience. Anything else goes the long way, which also gives the precise
+// error.
+func (v *Verifier) remembered(ctx context.Context, token string, now time.Time) (*Claims, bool) {
+	e := v.verified.get(token)
+	if e == nil {
+		return nil, false
+	}
+	c := e.claims
+	leeway := v.cfg.Leeway
+	if now.Add(-leeway).After(c.ExpiresAt) {
+		v.verified.drop(token, e)
+		return nil, false
+	}
+	if now.Add(leeway).Before(c.NotBefore) || now.Add(leeway).Before(c.IssuedAt) {
+		return nil, false
+	}
+	if !v.cfg.AllowAnyAudience && !slices.Contains(c.Audience, v.cfg.Audience) {
+		return nil, false
+	}
+	if _, s, err := v.key(ctx, c.KeyID); err != nil || s != e.set.Load() {
+		return nil, false
+	}
+	out := *c
+	return &out, true
 }

@@ -269,3 +269,13 @@ func (c *fakeClock) advance(d time.Duration) {
 	defer c.mu.Unlock()
 	c.t = c.t.Add(d)
 }
+
+// A Verifier pointed at a Vault whose CA it does not trust says how to fix
+// it, instead of only "unknown authority".
+func TestVerifierNamesTheCAProblem(t *testing.T) {
+	j := newJWKSServer(t)
+	_, err := NewVerifier(t.Context(), VerifierConfig{DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration", Audience: "payments"})
+	if err == nil || !strings.Contains(err.Error(), "HTTPClient") || !strings.Contains(err.Error(), "VAULT_CACERT") {
+		t.Fatalf("NewVerifier against an untrusted CA: %v", err)
+	}
+}

@@ -16,6 +16,8 @@ import (
 	"math/big"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -283,38 +285,77 @@ func TestMiddlewareAndTransport(t *testing.T) {
 	}
 }
 
-func BenchmarkOfflineVerify(b *testing.B) {
-	t := b
+// BenchmarkVerifyES256 puts side by side, in one run: a raw ES256
+// signature check of the token's signing input (the floor), a cold
+// verification (nothing remembered: what a Verifier pays for a token it
+// sees for the first time), and a repeated one (the same token, as a caller
+// reuses it for many requests). Compare them with benchstat -col /mode.
+func BenchmarkVerifyES256(b *testing.B) {
 	j := newJWKSServerB(b)
 	kid := j.addKey("ES256")
-	v, err := NewVerifier(b.Context(), VerifierConfig{DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration", Audience: "payments", HTTPClient: j.srv.Client()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	tok := j.sign(t, kid, nil)
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := v.Verify(b.Context(), tok, nil); err != nil {
+	tok := j.sign(b, kid, nil)
+	mk := func(cached int) *Verifier {
+		v, err := NewVerifier(b.Context(), VerifierConfig{DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration", Audience: "payments", HTTPClient: j.srv.Client(), MaxCachedTokens: cached})
+		if err != nil {
 			b.Fatal(err)
 		}
+		return v
+	}
+	dot := strings.LastIndexByte(tok, '.')
+	input := tok[:dot]
+	sig, _ := base64.RawURLEncoding.DecodeString(tok[dot+1:])
+	pub := j.keys[kid].Public()
+	b.Run("mode=raw", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := jwt.SigningMethodES256.Verify(input, sig, pub); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	for _, c := range []struct {
+		mode   string
+		cached int
+	}{{"cold", -1}, {"repeated", 0}} {
+		v := mk(c.cached)
+		b.Run("mode="+c.mode, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := v.Verify(b.Context(), tok, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
-func BenchmarkRawVerifyES256(b *testing.B) {
-	t := b
+// BenchmarkVerifiedTokenMemory fills a Verifier's memory with distinct
+// tokens and reports the heap it holds per token (bytes/token).
+func BenchmarkVerifiedTokenMemory(b *testing.B) {
 	j := newJWKSServerB(b)
 	kid := j.addKey("ES256")
-	tok := j.sign(t, kid, nil)
-	head := len(tok) - len(tok[len(tokenHeader(tok))+1:]) - 1
-	rest := tok[head+1:]
-	dot := len(tokenHeader(rest))
-	input := tok[:head+1+dot]
-	sig, _ := base64.RawURLEncoding.DecodeString(rest[dot+1:])
-	pub := j.keys[kid].Public()
-	b.ReportAllocs()
+	const n = 2000
+	toks := make([]string, n)
+	for i := range toks {
+		toks[i] = j.sign(b, kid, map[string]any{"jti": fmt.Sprintf("jti-%08d", i), "cnf": map[string]string{"x5t#S256": strings.Repeat("A", 43)}})
+	}
 	for b.Loop() {
-		if err := jwt.SigningMethodES256.Verify(input, sig, pub); err != nil {
+		v, err := NewVerifier(b.Context(), VerifierConfig{DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration", Audience: "payments", HTTPClient: j.srv.Client(), MaxCachedTokens: n})
+		if err != nil {
 			b.Fatal(err)
 		}
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		for _, tok := range toks {
+			if _, err := v.parse(b.Context(), tok); err != nil {
+				b.Fatal(err)
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/token")
+		b.ReportMetric(float64(len(toks[0])), "token-bytes")
+		runtime.KeepAlive(v)
 	}
 }
