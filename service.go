@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -255,6 +256,10 @@ type cachedService struct {
 	// claimsOnce guards claimsJSON, the service's extra claims encoded once.
 	claimsOnce sync.Once
 	claimsJSON []byte
+	// mint holds what every token of this service repeats, encoded once
+	// (token.go). It lives and dies with this cachedService, which every
+	// write of the service replaces, so gen and claims are never stale.
+	mint atomic.Pointer[mintTemplate]
 }
 
 // getService returns the cached service, loading it from storage on a miss,
