@@ -234,9 +234,10 @@ func parseDuration(s string) (float64, bool) {
 	return 0, false
 }
 
-// profiledFlows are the two logins and their floors.
+// profiledFlows are the two logins and their floors, and the login with
+// and without a client certificate.
 func (e *env) profiledFlows() []flow {
-	want := []string{flowLoginGET, flowGET, flowLogin, flowPOST}
+	want := []string{flowLoginGET, flowGET, flowLogin, flowPOST, flowOptCert, flowOptNoCert}
 	var out []flow
 	for _, name := range want {
 		for _, f := range e.flows() {
@@ -260,8 +261,8 @@ func renderProfiles(ps []profiled, conc int) string {
 	fmt.Fprintf(&b, "The plugin registered with `-env=%s=<dir>`, one fresh process per flow, %d requests at concurrency %d; "+
 		"the profile (`go tool pprof -traces`) sorted sample by sample into the first bucket whose frames match. µs of plugin CPU per request; "+
 		"100 samples a second, so a bucket under ~5 µs is within sampling noise.\n\n", cpuProfileEnv, ps[0].requests-1, conc)
-	pairs := [][2]string{{flowLoginGET, flowGET}, {flowLogin, flowPOST}}
-	fmt.Fprintf(&b, "| bucket | login GET | trivial GET | Δ GET | login POST | trivial POST | Δ POST |\n|---|---|---|---|---|---|---|\n")
+	pairs := [][2]string{{flowLoginGET, flowGET}, {flowLogin, flowPOST}, {flowOptCert, flowOptNoCert}}
+	fmt.Fprintf(&b, "| bucket | login GET | trivial GET | Δ GET | login POST | trivial POST | Δ POST | login GET, certificate | no certificate | Δ certificate |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	row := func(name string, get func(profiled) float64) {
 		fmt.Fprintf(&b, "| %s |", name)
 		for _, pr := range pairs {
