@@ -98,6 +98,8 @@ func keptNotes(path string) string {
 type lab struct {
 	cleanups []func()
 	dir      string
+	// server is the Vault under test, whose log a failure shows.
+	server *vaultlab.Server
 }
 
 func newLab() *lab {
@@ -122,6 +124,9 @@ func (l *lab) TempDir() string {
 
 func (l *lab) Fatalf(format string, args ...any) {
 	log.Printf("meshauth-bench: "+format, args...)
+	if l.server != nil {
+		log.Printf("the end of Vault's log:\n%s", l.server.LogTail())
+	}
 	l.cleanup()
 	os.Exit(1)
 }

@@ -52,6 +52,7 @@ var identityVariants = []struct{ role, key, alg string }{
 
 func setup(l *lab) *env {
 	s := vaultlab.StartDevServer(l)
+	l.server = s
 	s.RegisterPlugin("meshauth")
 	e := &env{lab: l, s: s, roleID: map[string]string{}, secretID: map[string]string{}}
 	out, _ := exec.Command(vaultlab.VaultBin, "version").Output() //nolint:gosec // our own vault binary

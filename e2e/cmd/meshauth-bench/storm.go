@@ -28,6 +28,7 @@ const (
 // stormResult is one storm.
 type stormResult struct {
 	kind      string
+	counters  stormCounters // meshauth's counters for the service after the storm
 	wall      time.Duration
 	ok        int
 	errors    map[string]int
@@ -46,6 +47,21 @@ type rssSample struct{ before, peak int64 }
 type fleet struct {
 	clients   []*http.Client
 	secretIDs []string // AppRole: one secret ID per instance
+}
+
+// stormCounters are the plugin's own counters for the storm's service.
+type stormCounters map[string]any
+
+// fleetCounters reads them from the metrics path.
+func (e *env) fleetCounters() stormCounters {
+	var s secret
+	if err := e.call("GET", "/v1/meshauth/metrics", e.s.Token, nil, nil, &s); err != nil {
+		e.lab.Fatal(err)
+	}
+	services, _ := s.Data["services"].(map[string]any)
+	c, _ := services[stormService].(map[string]any)
+	c["locked_callers"] = s.Data["locked_callers"]
+	return c
 }
 
 // storms runs n meshauth storms and n AppRole(batch) + identity token
@@ -119,6 +135,7 @@ func (e *env) meshauthStorm(f *fleet) stormResult {
 	e.s.MustCLI(e.lab, "write", "-f", "meshauth/services/"+stormService+"/revoke")
 	r := e.storm(f, func(i int) error { return e.loginGETWith(f.clients[i], stormService, e.stormKey) })
 	r.kind = "meshauth GET login (after revoke)"
+	r.counters = e.fleetCounters()
 	return r
 }
 
@@ -239,5 +256,12 @@ func renderStorms(rs []stormResult) string {
 			r.vaultCPU, r.pluginCPU, float64(r.pluginRSS.before)/1024, float64(r.pluginRSS.peak)/1024,
 			float64(r.vaultRSS.before)/1024, float64(r.vaultRSS.peak)/1024)
 	}
+	var last stormCounters
+	for _, r := range rs {
+		if r.counters != nil {
+			last = r.counters
+		}
+	}
+	fmt.Fprintf(&b, "\nmeshauth's own counters for `%s` after the last storm (cumulative, warm-up included): %v.\n", stormService, last)
 	return b.String()
 }
