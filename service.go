@@ -283,8 +283,8 @@ func (b *backend) getService(ctx context.Context, s logical.Storage, name string
 		cs.claimsErr = errors.New(msg)
 		b.Logger().Error("stored claims of service shadow a registered claim; its logins will fail until the claims are rewritten", "service", name, "error", msg)
 	}
-	b.services.fill(name, cs, epoch)
-	return cs, nil
+	// Concurrent misses share the first load (cache.go fillFirst).
+	return b.services.fillFirst(name, cs, epoch), nil
 }
 
 // serviceIsCurrent reports whether svc is still what storage holds for name:
