@@ -41,6 +41,27 @@ func (c *epochCache[K, V]) fill(k K, v V, epoch uint64) {
 	}
 }
 
+// fillFirst stores v for k unless something was dropped since epoch was
+// read or another load of the same epoch got there first, and returns what
+// the cache holds for k now (v when nothing is cached). Loads of one epoch
+// all read storage after the last drop, so the first is as fresh as any;
+// keeping it means that concurrent misses (every instance of a service
+// logging in at once after a write) end up sharing one value instead of each
+// replacing the last, which would make every login that compares its value
+// with the cached one (serviceIsCurrent) see a change that never happened.
+func (c *epochCache[K, V]) fillFirst(k K, v V, epoch uint64) V {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.epoch != epoch {
+		return v
+	}
+	if held, ok := c.items[k]; ok {
+		return held
+	}
+	c.items[k] = v
+	return v
+}
+
 // drop forgets k and invalidates every load in flight.
 func (c *epochCache[K, V]) drop(k K) {
 	c.mu.Lock()

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -277,6 +278,10 @@ type cachedService struct {
 	// claimsOnce guards claimsJSON, the service's extra claims encoded once.
 	claimsOnce sync.Once
 	claimsJSON []byte
+	// mint holds what every token of this service repeats, encoded once
+	// (token.go). It lives and dies with this cachedService, which every
+	// write of the service replaces, so gen and claims are never stale.
+	mint atomic.Pointer[mintTemplate]
 }
 
 // getService returns the cached service, loading it from storage on a miss,
@@ -300,8 +305,8 @@ func (b *backend) getService(ctx context.Context, s logical.Storage, name string
 		cs.claimsErr = errors.New(msg)
 		b.Logger().Error("stored claims of service shadow a registered claim; its logins will fail until the claims are rewritten", "service", name, "error", msg)
 	}
-	b.services.fill(name, cs, epoch)
-	return cs, nil
+	// Concurrent misses share the first load (cache.go fillFirst).
+	return b.services.fillFirst(name, cs, epoch), nil
 }
 
 // serviceIsCurrent reports whether svc is still what storage holds for name:

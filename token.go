@@ -8,6 +8,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
@@ -43,8 +44,9 @@ type mintedToken struct {
 }
 
 // mintToken signs a token for svc with the ring's current key. The header is
-// fixed per key and the service's extra claims are encoded once per cached
-// service, so minting is one small JSON encoding plus the signature.
+// fixed per key, and what every token of the service repeats (its extra
+// claims, iss, gen) is encoded once per cached service and issuer
+// (mintTemplate), so minting appends a few numbers and strings and signs.
 //
 // iat and nbf are the real issue time, never later: verifiers such as PyJWT
 // and jose allow no clock skew by default. Revocation of a service's tokens
@@ -52,45 +54,122 @@ type mintedToken struct {
 // spiffeID is the verified SPIFFE ID of the login's certificate, or "".
 func mintToken(key *signingKey, cfg *configEntry, svc *cachedService, audience []string, ttl time.Duration, x5t, spiffeID string, now time.Time) (*mintedToken, error) {
 	iat := now.Unix()
+	exp := iat + int64(ttl/time.Second)
+	jti := rand.Text()
 	sub, service := tokenSubject(svc, spiffeID) // the service name, or a JWT-SVID's SPIFFE ID
-	claims := mintedClaims{
-		Issuer:     cfg.Issuer,
-		Subject:    sub,
-		Service:    service,
-		IssuedAt:   iat,
-		NotBefore:  iat,
-		Expiry:     iat + int64(ttl/time.Second),
-		ID:         rand.Text(),
-		Generation: svc.entry.generation(),
-	}
+	t := svc.mintTemplate(cfg.Issuer)
+
+	// The payload in the member order of mintedClaims, which checkTokenSize
+	// measures and TestMintMatchesEncodingJSON holds it to.
+	buf := payloadPool.Get().(*[]byte)
+	defer payloadPool.Put(buf)
+	p := append((*buf)[:0], t.head...)
+	p = append(p, `,"sub":`...)
+	p = appendJSONString(p, sub)
 	switch len(audience) {
 	case 0:
 	case 1:
-		claims.Audience = audience[0]
+		p = append(p, `,"aud":`...)
+		p = appendJSONString(p, audience[0])
 	default:
-		claims.Audience = audience
+		p = append(p, `,"aud":[`...)
+		for i, a := range audience {
+			if i > 0 {
+				p = append(p, ',')
+			}
+			p = appendJSONString(p, a)
+		}
+		p = append(p, ']')
 	}
+	p = append(p, `,"iat":`...)
+	p = strconv.AppendInt(p, iat, 10)
+	p = append(p, `,"nbf":`...)
+	p = strconv.AppendInt(p, iat, 10)
+	p = append(p, `,"exp":`...)
+	p = strconv.AppendInt(p, exp, 10)
+	p = append(p, `,"jti":`...)
+	p = appendJSONString(p, jti)
 	if x5t != "" {
-		claims.Cnf = &meshtoken.Confirmation{X5tS256: x5t}
+		p = append(p, `,"cnf":{"x5t#S256":`...)
+		p = appendJSONString(p, x5t)
+		p = append(p, '}')
 	}
-	registered, err := json.Marshal(claims)
-	if err != nil {
-		return nil, fmt.Errorf("encoding claims: %w", err)
+	p = append(p, t.gen...)
+	if service != "" {
+		p = append(p, `,"meshauth_service":`...)
+		p = appendJSONString(p, service)
 	}
-	payload := prependExtraClaims(svc.extraClaims(), registered)
+	p = append(p, '}')
+	// Encoded into the same buffer, after the payload.
+	encoded := base64.RawURLEncoding.AppendEncode(p[len(p):], p)
+	*buf = p
 
 	var sb strings.Builder
-	sb.Grow(len(key.headerB64) + 1 + base64.RawURLEncoding.EncodedLen(len(payload)) + 1 + 700)
+	sb.Grow(len(key.headerB64) + 1 + len(encoded) + 1 + 700)
 	sb.WriteString(key.headerB64)
 	sb.WriteByte('.')
-	sb.WriteString(base64.RawURLEncoding.EncodeToString(payload))
-	sig, err := key.method.Sign(sb.String(), key.signer)
+	sb.Write(encoded)
+	sig, err := sign(key.method, key.signer, sb.String())
 	if err != nil {
 		return nil, fmt.Errorf("signing token: %w", err)
 	}
 	sb.WriteByte('.')
 	sb.WriteString(base64.RawURLEncoding.EncodeToString(sig))
-	return &mintedToken{token: sb.String(), jti: claims.ID, kid: key.entry.KID, expiresAt: time.Unix(claims.Expiry, 0).UTC()}, nil
+	return &mintedToken{token: sb.String(), jti: jti, kid: key.entry.KID, expiresAt: time.Unix(exp, 0).UTC()}, nil
+}
+
+// payloadPool recycles the buffers payloads are built in.
+var payloadPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// mintTemplate is what every token of one cached service repeats, encoded
+// once: the opening of the payload (the service's extra claims and iss) and
+// its gen member. It depends on the service entry, which never changes
+// while cached (a write replaces the whole cachedService, and its template
+// with it), and on the issuer, which config can change on its own: a
+// template built for another issuer is rebuilt, never used.
+type mintTemplate struct {
+	issuer string
+	// head is `{` + the extra claims + `"iss":...`, without a closing brace.
+	head []byte
+	// gen is `,"gen":"..."`, or empty for an entry with no registration.
+	gen []byte
+}
+
+// mintTemplate returns the service's template for issuer, building it on
+// first use and again after the issuer changed.
+func (cs *cachedService) mintTemplate(issuer string) *mintTemplate {
+	if t := cs.mint.Load(); t != nil && t.issuer == issuer {
+		return t
+	}
+	t := &mintTemplate{issuer: issuer}
+	t.head = append(t.head, '{')
+	if extra := cs.extraClaims(); len(extra) > 0 {
+		t.head = append(t.head, extra...)
+		t.head = append(t.head, ',')
+	}
+	t.head = append(t.head, `"iss":`...)
+	t.head = appendJSONString(t.head, issuer)
+	if g := cs.entry.generation(); g != "" {
+		t.gen = appendJSONString([]byte(`,"gen":`), g)
+	}
+	cs.mint.Store(t)
+	return t
+}
+
+// appendJSONString appends s as a JSON string exactly as encoding/json
+// writes it. Names, thumbprints, ids and most audiences need no escaping
+// and are copied; anything else goes through encoding/json.
+func appendJSONString(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			quoted, _ := json.Marshal(s) // a string always marshals
+			return append(dst, quoted...)
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
 }
 
 // prependExtraClaims splices a pre-encoded object body (`"k":"v",...`, no

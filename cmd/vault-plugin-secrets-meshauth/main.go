@@ -23,10 +23,13 @@ func main() {
 	tlsConfig := meta.GetTLSConfig()
 	tlsProvider := api.VaultPluginTLSProvider(tlsConfig)
 
-	if err := plugin.ServeMultiplex(&plugin.ServeOpts{
+	stopProfile := startCPUProfile(hclog.New(&hclog.LoggerOptions{}))
+	err := plugin.ServeMultiplex(&plugin.ServeOpts{
 		BackendFactoryFunc: meshauth.Factory,
 		TLSProviderFunc:    tlsProvider,
-	}); err != nil {
+	})
+	stopProfile()
+	if err != nil {
 		fatal(err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"log"
 	"os"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -25,6 +26,9 @@ func main() {
 	conc := flag.Int("concurrency", 16, "concurrency of the throughput phase")
 	concRequests := flag.Int("concurrent-requests", 480, "requests per flow per round in the throughput phase")
 	out := flag.String("out", "BENCHMARKS.md", "where to write the report")
+	profileRequests := flag.Int("profile-requests", 20000, "requests per flow while the plugin process profiles itself")
+	profileDir := flag.String("profile-dir", "", "keep the plugin's CPU profiles in this directory (default: removed after the run)")
+	only := flag.String("only", "", "run only these phases (comma-separated: latency, profile, mtls, storm) and print, not write, the report; for trying changes")
 	flag.Parse()
 	if *rounds < 21 {
 		log.Fatal("-rounds must be at least 21: the first round is discarded and ratios need 20")
@@ -38,17 +42,35 @@ func main() {
 	log.Printf("starting a dev Vault with TLS on loopback and setting up both flows")
 	env := setup(lab)
 
-	flows := env.flows()
-	log.Printf("latency: %d rounds x %d requests per flow, interleaved, concurrency 1", *rounds, *perRound)
-	lat := measureLatency(flows, *rounds, *perRound)
-	log.Printf("throughput: %d rounds x %d requests per flow at concurrency %d", *rounds, *concRequests, *conc)
-	tput := measureThroughput(env.throughputFlows(), *rounds, *concRequests, *conc, env.sampleCPU)
-	storageOps := env.storageOpsPerLogin(200)
-	cold := env.firstLoginAfterReload(5)
-
-	report := render(env.vaultVersion, lat, tput, storageOps, cold, *rounds, *perRound, *conc, *concRequests)
-	report += keptNotes(*out)
+	run := func(phase string) bool { return *only == "" || slices.Contains(strings.Split(*only, ","), phase) }
+	var report string
+	if run("latency") {
+		flows := env.flows()
+		log.Printf("latency: %d rounds x %d requests per flow, interleaved, concurrency 1", *rounds, *perRound)
+		lat := measureLatency(flows, *rounds, *perRound)
+		log.Printf("throughput: %d rounds x %d requests per flow at concurrency %d", *rounds, *concRequests, *conc)
+		tput := measureThroughput(env.throughputFlows(), *rounds, *concRequests, *conc, env.sampleCPU)
+		storageOps := env.storageOpsPerLogin(200)
+		cold := env.firstLoginAfterReload(5)
+		report = render(env.vaultVersion, lat, tput, storageOps, cold, *rounds, *perRound, *conc, *concRequests)
+	}
+	if run("profile") {
+		log.Printf("profile: the plugin process profiles itself, %d requests per flow at concurrency %d", *profileRequests, *conc)
+		report += renderProfiles(env.profileFlows(env.profiledFlows(), *profileRequests, *conc, *profileDir), *conc)
+	}
+	if run("mtls") {
+		log.Printf("mtls: first logins of new certificates against known ones")
+		report += renderColdCerts(env.coldCertificates(60))
+	}
+	if run("storm") {
+		log.Printf("storm: re-login after a revoke, meshauth against AppRole(batch) + identity token")
+		report += renderStorms(env.storms(3))
+	}
 	fmt.Print(report)
+	if *only != "" {
+		return
+	}
+	report += keptNotes(*out)
 	if err := os.WriteFile(*out, []byte(report), 0o644); err != nil { //nolint:gosec // a report for people to read
 		lab.Fatalf("writing %s: %v", *out, err)
 	}
@@ -76,6 +98,8 @@ func keptNotes(path string) string {
 type lab struct {
 	cleanups []func()
 	dir      string
+	// server is the Vault under test, whose log a failure shows.
+	server *vaultlab.Server
 }
 
 func newLab() *lab {
@@ -100,6 +124,9 @@ func (l *lab) TempDir() string {
 
 func (l *lab) Fatalf(format string, args ...any) {
 	log.Printf("meshauth-bench: "+format, args...)
+	if l.server != nil {
+		log.Printf("the end of Vault's log:\n%s", l.server.LogTail())
+	}
 	l.cleanup()
 	os.Exit(1)
 }

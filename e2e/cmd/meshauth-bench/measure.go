@@ -119,6 +119,10 @@ const (
 	flowES256    = "AppRole(svc) + identity token ES256"
 	flowEdDSA    = "AppRole(svc) + identity token EdDSA"
 	flowBatch    = "AppRole(batch) + identity token ES256"
+	// The same GET login of the mTLS-optional service with and without a
+	// client certificate (warm verification cache).
+	flowOptCert   = "login GET, mTLS-optional service, with certificate"
+	flowOptNoCert = "login GET, mTLS-optional service, no certificate"
 )
 
 var latencyComparisons = []comparison{
@@ -133,6 +137,7 @@ var latencyComparisons = []comparison{
 	{flowLoginGET, flowGET, "≤ 1.10"},
 	{flowBatch, flowLoginGET, "≥ 1.6"},
 	{flowLogin, flowLoginGET, ""},
+	{flowOptCert, flowOptNoCert, "≤ 1.02"},
 }
 
 var throughputComparisons = []comparison{
@@ -141,6 +146,7 @@ var throughputComparisons = []comparison{
 	{flowLogin, flowBatch, "≥ 1.7"},
 	{flowLoginGET, flowBatch, ""},
 	{flowLogin, flowRS256, ""},
+	{flowOptCert, flowOptNoCert, "≥ 0.98"},
 }
 
 // render writes the Markdown report.

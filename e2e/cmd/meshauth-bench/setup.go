@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
@@ -23,6 +22,13 @@ type env struct {
 	s            *vaultlab.Server
 	http         *http.Client
 	apiKey       string
+	ca           *vaultlab.CA
+	roots        *x509.CertPool
+	noCert       *http.Client
+	optionalHTTP *http.Client
+	optionalKey  string
+	optionalCert *vaultlab.Cert
+	stormKey     string
 	validToken   string
 	roleID       map[string]string
 	secretID     map[string]string
@@ -46,6 +52,7 @@ var identityVariants = []struct{ role, key, alg string }{
 
 func setup(l *lab) *env {
 	s := vaultlab.StartDevServer(l)
+	l.server = s
 	s.RegisterPlugin("meshauth")
 	e := &env{lab: l, s: s, roleID: map[string]string{}, secretID: map[string]string{}}
 	out, _ := exec.Command(vaultlab.VaultBin, "version").Output() //nolint:gosec // our own vault binary
@@ -55,6 +62,9 @@ func setup(l *lab) *env {
 	ca := vaultlab.NewCA(l, s.Dir, "mesh")
 	cert := ca.Issue(l, s.Dir, "orders", []string{"orders.mesh"}, nil, x509.ExtKeyUsageClientAuth)
 	e.apiKey = vaultlab.JSONData(l, s.MustCLI(l, "write", "meshauth/services/orders", "ca_chain=@"+ca.File, "hostnames=orders.mesh"))["api_key"].(string)
+	e.ca = ca
+	e.optionalCert = ca.Issue(l, s.Dir, optionalService, []string{optionalHostname}, nil, x509.ExtKeyUsageClientAuth)
+	e.optionalKey = vaultlab.JSONData(l, s.MustCLI(l, "write", "meshauth/services/"+optionalService, "ca_chain=@"+ca.File, "hostnames="+optionalHostname, "require_mtls=false"))["api_key"].(string)
 	s.MustCLI(l, "secrets", "tune", "-allowed-response-headers=ETag", "-passthrough-request-headers=X-Meshauth-Api-Key", "-passthrough-request-headers=If-None-Match", "meshauth")
 	s.MustCLI(l, "write", "meshauth/config", "allow_get_login=true")
 
@@ -80,20 +90,11 @@ func setup(l *lab) *env {
 	if err != nil {
 		l.Fatal(err)
 	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(caPEM)
-	clientCert, err := tls.LoadX509KeyPair(cert.CertFile, cert.KeyFile)
-	if err != nil {
-		l.Fatal(err)
-	}
-	e.http = &http.Client{
-		Timeout: 10 * time.Second,
-		Transport: &http.Transport{
-			TLSClientConfig:     &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{clientCert}, MinVersion: tls.VersionTLS12},
-			MaxIdleConns:        64,
-			MaxIdleConnsPerHost: 64,
-		},
-	}
+	e.roots = x509.NewCertPool()
+	e.roots.AppendCertsFromPEM(caPEM)
+	e.http = e.clientFor(cert, 64)
+	e.optionalHTTP = e.clientFor(e.optionalCert, 64)
+	e.noCert = e.clientFor(nil, 64)
 	tok, err := e.meshauthLogin()
 	if err != nil {
 		l.Fatalf("first login: %v", err)
@@ -107,8 +108,14 @@ func setup(l *lab) *env {
 	return e
 }
 
-// call sends one request and decodes the JSON answer into out (if non-nil).
+// call sends one request through the main client and decodes the JSON
+// answer into out (if non-nil).
 func (e *env) call(method, path, token string, body any, headers map[string]string, out any) error {
+	return e.callWith(e.http, method, path, token, body, headers, out)
+}
+
+// callWith sends one request through client c.
+func (e *env) callWith(c *http.Client, method, path, token string, body any, headers map[string]string, out any) error {
 	var rd io.Reader
 	if body != nil {
 		raw, _ := json.Marshal(body)
@@ -124,7 +131,7 @@ func (e *env) call(method, path, token string, body any, headers map[string]stri
 	for k, v := range headers {
 		req.Header.Set(k, v)
 	}
-	resp, err := e.http.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		return err
 	}
@@ -208,6 +215,8 @@ func (e *env) flows() []flow {
 			return nil
 		}},
 		{"meshauth jwks", func() error { return e.call("GET", "/v1/meshauth/jwks", "", nil, nil, nil) }},
+		{flowOptCert, func() error { return e.loginGETWith(e.optionalHTTP, optionalService, e.optionalKey) }},
+		{flowOptNoCert, func() error { return e.loginGETWith(e.noCert, optionalService, e.optionalKey) }},
 	}
 	for _, v := range identityVariants {
 		fs = append(fs, flow{fmt.Sprintf("AppRole(%s) + identity token %s", v.role, v.alg), func() error { return e.appRoleIdentityToken(v.role, v.key) }})
@@ -221,6 +230,7 @@ func (e *env) throughputFlows() []flow {
 		"plugin GET (config)": true, "plugin POST (verify of a malformed token)": true,
 		"meshauth login (POST)": true, "meshauth login (GET, header)": true, "meshauth verify": true,
 		"AppRole(batch) + identity token ES256": true, "AppRole(svc) + identity token RS256": true,
+		flowOptCert: true, flowOptNoCert: true,
 	}
 	var out []flow
 	for _, f := range e.flows() {
