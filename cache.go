@@ -24,21 +24,12 @@ func newEpochCache[K comparable, V any]() *epochCache[K, V] {
 }
 
 // get returns the cached value for k and whether there was one. When there is
-// none it also returns the epoch to hand to fill after loading.
+// none it also returns the epoch to hand to fillFirst after loading.
 func (c *epochCache[K, V]) get(k K) (V, uint64, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	v, ok := c.items[k]
 	return v, c.epoch, ok
-}
-
-// fill stores v for k unless something was dropped since epoch was read.
-func (c *epochCache[K, V]) fill(k K, v V, epoch uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.epoch == epoch {
-		c.items[k] = v
-	}
 }
 
 // fillFirst stores v for k unless something was dropped since epoch was
