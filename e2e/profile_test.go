@@ -63,7 +63,7 @@ func TestCPUProfileSwitch(t *testing.T) {
 		t.Errorf("profile mode %v, want 0600", info.Mode().Perm())
 	}
 	// Complete: go tool pprof reads it.
-	if out, err := exec.Command("go", "tool", "pprof", "-top", profile).CombinedOutput(); err != nil { //nolint:gosec // our own file
+	if out, err := exec.Command("go", "tool", "pprof", "-top", profile).CombinedOutput(); err != nil {
 		t.Fatalf("go tool pprof cannot read the profile: %v\n%s", err, out)
 	}
 

@@ -65,7 +65,7 @@ var cpuBuckets = []cpuBucket{
 func (e *env) profileFlows(flows []flow, requests, conc int, keep string) []profiled {
 	dir := e.lab.TempDir()
 	if keep != "" {
-		if err := os.MkdirAll(keep, 0o755); err != nil {
+		if err := os.MkdirAll(keep, 0o750); err != nil {
 			e.lab.Fatal(err)
 		}
 		dir, _ = filepath.Abs(keep)
