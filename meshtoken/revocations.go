@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -83,10 +82,8 @@ type revocationState struct {
 	cfg  RevocationConfig
 	list atomic.Pointer[revocationList]
 
-	mu          sync.Mutex
-	fetching    chan struct{}
-	lastAttempt time.Time
-	lastErr     error
+	// fetch runs the feed's fetches.
+	fetch backgroundFetch
 }
 
 // startRevocations sets up the feed for v, when configured, and fetches it
@@ -109,7 +106,7 @@ func (v *Verifier) startRevocations(ctx context.Context) error {
 	}
 	v.revocations = &revocationState{cfg: rc}
 	start := v.now()
-	v.revocations.lastAttempt = start
+	v.revocations.fetch.attempted(start)
 	return v.fetchRevocations(ctx, start)
 }
 
@@ -218,29 +215,7 @@ func (v *Verifier) parseRevocations(ctx context.Context, raw string) (*revocatio
 // refetchRevocations starts one background fetch of the feed when none runs
 // and MinRefetchInterval has passed, and returns its channel (nil if none).
 func (v *Verifier) refetchRevocations(ctx context.Context) <-chan struct{} {
-	rs := v.revocations
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	if rs.fetching != nil {
-		return rs.fetching
-	}
-	now := v.now()
-	if now.Sub(rs.lastAttempt) < v.cfg.MinRefetchInterval {
-		return nil
-	}
-	rs.lastAttempt = now
-	done := make(chan struct{})
-	rs.fetching = done
-	go func() {
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), verifierHTTPTimeout)
-		defer cancel()
-		err := v.fetchRevocations(fctx, now)
-		rs.mu.Lock()
-		rs.fetching, rs.lastErr = nil, err
-		rs.mu.Unlock()
-		close(done)
-	}()
-	return done
+	return v.revocations.fetch.start(ctx, v.now(), v.cfg.MinRefetchInterval, v.fetchRevocations)
 }
 
 // checkRevoked refuses claims the feed names. A copy past its max-age is
@@ -266,10 +241,7 @@ func (v *Verifier) checkRevoked(ctx context.Context, c *Claims) error {
 			list = rs.list.Load()
 		}
 		if v.now().Sub(list.confirmed) > rs.cfg.MaxStaleness && !rs.cfg.AllowStale {
-			rs.mu.Lock()
-			err := rs.lastErr
-			rs.mu.Unlock()
-			if err != nil {
+			if err := rs.fetch.err(); err != nil {
 				return fmt.Errorf("%w: %w", ErrRevocationsStale, err)
 			}
 			return ErrRevocationsStale

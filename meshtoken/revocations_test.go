@@ -119,13 +119,7 @@ func TestVerifierRefusesWhatTheFeedRevokes(t *testing.T) {
 	for v.RevocationsAge() > time.Second && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	v.revocations.mu.Lock()
-	for v.revocations.fetching != nil && time.Now().Before(deadline) {
-		v.revocations.mu.Unlock()
-		time.Sleep(10 * time.Millisecond)
-		v.revocations.mu.Lock()
-	}
-	v.revocations.mu.Unlock()
+	v.revocations.fetch.wait()
 	if feed.notChanged.Load() != 1 || feed.full.Load() != 1 {
 		t.Fatalf("revalidation: %d full fetches, %d 304s", feed.full.Load(), feed.notChanged.Load())
 	}

@@ -13,7 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -132,14 +131,8 @@ type Verifier struct {
 	// verified remembers tokens Parse accepted; nil when disabled.
 	verified *tokenCache
 
-	// mu guards the fetch state below; it is never held during a fetch.
-	mu sync.Mutex
-	// fetching is closed when the fetch in progress ends; nil when none.
-	fetching chan struct{}
-	// lastAttempt is when the last fetch started, successful or not.
-	lastAttempt time.Time
-	// lastErr is the error of the last fetch, nil after a success.
-	lastErr error
+	// keysFetch runs the key-set fetches.
+	keysFetch backgroundFetch
 
 	// revocations is the revocations feed; nil when not enforced.
 	revocations *revocationState
@@ -186,8 +179,9 @@ func NewVerifier(ctx context.Context, cfg VerifierConfig) (*Verifier, error) {
 	if v.cfg.Issuer == "" {
 		return nil, errors.New(errPrefix + "no issuer: set Issuer, or use DiscoveryURL")
 	}
-	v.lastAttempt = v.now()
-	if err := v.fetch(ctx, v.lastAttempt); err != nil {
+	first := v.now()
+	v.keysFetch.attempted(first)
+	if err := v.fetch(ctx, first); err != nil {
 		return nil, err
 	}
 	if err := v.startRevocations(ctx); err != nil {
@@ -296,35 +290,12 @@ func (v *Verifier) fetch(ctx context.Context, start time.Time) error {
 	return nil
 }
 
-// refetch returns the channel of the fetch in progress, starting one in the
-// background when none is and MinRefetchInterval has passed since the last
-// attempt; nil when no fetch runs. The fetch is not bound to any caller's
-// context (others may wait for it), only to the HTTP timeout.
+// refetch returns the channel of the key-set fetch in progress, starting
+// one when none is and MinRefetchInterval has passed; nil when none runs. A
+// failed fetch keeps the keys we have, within MaxStaleness: an outage of the
+// JWKS endpoint must not stop verification at once.
 func (v *Verifier) refetch(ctx context.Context) <-chan struct{} {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if v.fetching != nil {
-		return v.fetching
-	}
-	now := v.now()
-	if now.Sub(v.lastAttempt) < v.cfg.MinRefetchInterval {
-		return nil
-	}
-	v.lastAttempt = now
-	done := make(chan struct{})
-	v.fetching = done
-	go func() {
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), verifierHTTPTimeout)
-		defer cancel()
-		// A failed fetch keeps the keys we have, within MaxStaleness: an
-		// outage of the JWKS endpoint must not stop verification at once.
-		err := v.fetch(fctx, now)
-		v.mu.Lock()
-		v.fetching, v.lastErr = nil, err
-		v.mu.Unlock()
-		close(done)
-	}()
-	return done
+	return v.keysFetch.start(ctx, v.now(), v.cfg.MinRefetchInterval, v.fetch)
 }
 
 // parseJWKS turns a JWK Set into keys bound to their algorithms. Keys
@@ -376,10 +347,7 @@ func (v *Verifier) key(ctx context.Context, kid string) (Key, *keySet, error) {
 	}
 	switch {
 	case !usable:
-		v.mu.Lock()
-		err := v.lastErr
-		v.mu.Unlock()
-		if err != nil {
+		if err := v.keysFetch.err(); err != nil {
 			return Key{}, nil, fmt.Errorf("%w: %w", ErrKeysStale, err)
 		}
 		return Key{}, nil, ErrKeysStale

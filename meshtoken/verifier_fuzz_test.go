@@ -63,9 +63,9 @@ func FuzzVerifierSigned(f *testing.F) {
 			Issuer: "meshauth", Audience: "payments", Leeway: DefaultLeeway,
 			MinRefetchInterval: 24 * time.Hour, MaxStaleness: time.Hour,
 		},
-		now:         time.Now,
-		lastAttempt: time.Now(), // no fetch: the verifier never goes to the network here
+		now: time.Now,
 	}
+	v.keysFetch.attempted(time.Now()) // no fetch: the verifier never goes to the network here
 	far := time.Now().Add(24 * time.Hour)
 	v.set.Store(&keySet{keys: map[string]Key{"k1": {Algorithm: EdDSA, Public: priv.Public()}}, freshUntil: far, usableUntil: far})
 

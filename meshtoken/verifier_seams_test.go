@@ -244,12 +244,7 @@ func TestVerifierRidesOutOutageWithinMaxStaleness(t *testing.T) {
 // waitNoFetch waits until no background fetch runs.
 func waitNoFetch(t *testing.T, v *Verifier) {
 	t.Helper()
-	v.mu.Lock()
-	done := v.fetching
-	v.mu.Unlock()
-	if done != nil {
-		<-done
-	}
+	v.keysFetch.wait()
 }
 
 // fakeClock is a settable clock.
