@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -179,55 +180,77 @@ func Parse(raw string, keys KeyFunc, opts Options) (*Claims, error) {
 		return nil, refuse(ReasonAmbiguousClaims, err)
 	}
 
+	// The header: its members were checked above, so decoding it into a
+	// struct reads exactly alg, kid and crit.
+	var h struct {
+		Alg  string          `json:"alg"`
+		Kid  string          `json:"kid"`
+		Crit json.RawMessage `json:"crit"`
+	}
+	if err := json.Unmarshal(header, &h); err != nil {
+		return nil, refuse(ReasonMalformed, err)
+	}
+	if !IsAlgorithm(h.Alg) {
+		return nil, refuse(ReasonAlgNotAllowed, fmt.Errorf("alg %q is not one meshauth signs with", h.Alg))
+	}
+	if h.Crit != nil {
+		return nil, refuse(ReasonCritHeader, errCritHeader)
+	}
+	k, err := keys(h.Kid)
+	if err != nil {
+		if errors.Is(err, ErrUnknownKey) {
+			return nil, refuse(ReasonUnknownKey, err)
+		}
+		return nil, refuse(ReasonMalformed, err)
+	}
+	// Each kid is bound to exactly one algorithm: a token may not choose how
+	// its key is used (no HS256 with a public key as the secret).
+	if h.Alg != k.Algorithm {
+		return nil, refuse(ReasonAlgMismatch, errAlgMismatch)
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(raw[second+1:])
+	if err != nil {
+		return nil, refuse(ReasonMalformed, err)
+	}
+	// golang-jwt checks the signature over the segments as sent; the
+	// header and payload are decoded once, here, not again by a parser.
+	if err := jwt.GetSigningMethod(h.Alg).Verify(raw[:second], sig, k.Public); err != nil {
+		return nil, refuse(ReasonBadSignature, err)
+	}
+
+	rc := &registered{}
+	if err := json.Unmarshal(payload, rc); err != nil {
+		return nil, refuse(ReasonMalformed, err)
+	}
 	now := opts.Now
 	if now.IsZero() {
 		now = time.Now()
 	}
-	var kid string
-	keyFunc := func(t *jwt.Token) (any, error) {
-		if _, ok := t.Header["crit"]; ok {
-			return nil, errCritHeader
-		}
-		kid, _ = t.Header["kid"].(string)
-		k, err := keys(kid)
-		if err != nil {
-			return nil, err
-		}
-		// Each kid is bound to exactly one algorithm: a token may not
-		// choose how its key is used.
-		if t.Method.Alg() != k.Algorithm {
-			return nil, errAlgMismatch
-		}
-		return k.Public, nil
-	}
-	parserOpts := []jwt.ParserOption{
-		jwt.WithValidMethods(Algorithms),
+	validatorOpts := []jwt.ParserOption{
 		jwt.WithIssuedAt(),
 		jwt.WithLeeway(opts.Leeway),
 		jwt.WithTimeFunc(func() time.Time { return now }),
 		jwt.WithExpirationRequired(),
 	}
 	if opts.Issuer != "" {
-		parserOpts = append(parserOpts, jwt.WithIssuer(opts.Issuer))
+		validatorOpts = append(validatorOpts, jwt.WithIssuer(opts.Issuer))
 	}
 	if opts.Audience != "" {
-		parserOpts = append(parserOpts, jwt.WithAudience(opts.Audience))
+		validatorOpts = append(validatorOpts, jwt.WithAudience(opts.Audience))
 	}
-	rc := &registered{}
-	tok, err := jwt.NewParser(parserOpts...).ParseWithClaims(raw, rc, keyFunc)
-	if err != nil {
-		reason := failureReason(tok, err)
-		// golang-jwt checks claims only after the signature verified, so an
-		// expired token here is one of ours.
+	if err := jwt.NewValidator(validatorOpts...).Validate(rc); err != nil {
+		reason := failureReason(nil, err)
+		// The signature verified above, so an expired token here is one
+		// of ours.
 		if opts.AllowExpired && reason == ReasonExpired && rc.Subject != "" && rc.ID != "" {
-			return claimsOf(rc, kid, payload), refuse(reason, err)
+			return claimsOf(rc, h.Kid, payload), refuse(reason, err)
 		}
 		return nil, refuse(reason, err)
 	}
 	if rc.Subject == "" || rc.ID == "" || rc.IssuedAt == nil || rc.NotBefore == nil {
 		return nil, refuse(ReasonMissingClaim, errors.New("sub, jti, iat and nbf are required"))
 	}
-	return claimsOf(rc, kid, payload), nil
+	return claimsOf(rc, h.Kid, payload), nil
 }
 
 func claimsOf(rc *registered, kid string, payload []byte) *Claims {
