@@ -67,7 +67,7 @@ type lockoutPool struct {
 // lockoutShard is one lock's worth of counters.
 type lockoutShard struct {
 	mu      sync.Mutex
-	entries map[string]lockoutEntry
+	entries map[lockKey]lockoutEntry
 	// saturatedUntil is set when the shard is full of live locks: until it
 	// (the earliest lock's end) a new key is not tracked, and no sweep runs.
 	saturatedUntil time.Time
@@ -90,33 +90,43 @@ func newLockoutTracker() *lockoutTracker {
 	t.unknown.perShard = maxUnknownLockoutEntriesPerShard
 	for _, p := range []*lockoutPool{&t.registered, &t.unknown} {
 		for i := range p.shards {
-			p.shards[i].entries = make(map[string]lockoutEntry)
+			p.shards[i].entries = make(map[lockKey]lockoutEntry)
 		}
 	}
 	return t
 }
 
-// lockoutKey joins a normalised service name and a caller identifier, after
-// a byte naming the pool: registered or not. The NUL cannot occur in either,
-// so two pairs never share a key.
-func lockoutKey(service, caller string, registered bool) string {
+// caller identifies who attempts a login, for lockout: "cert:" and the
+// x5t#S256 of a verified client certificate, or "addr:" and the remote
+// address (callerID).
+type caller string
+
+// lockKey names one lockout counter: a pool byte (registered service or
+// not), the service name and the caller (lockoutKey). A distinct type, so
+// that neither a service name nor a caller can be passed for it.
+type lockKey string
+
+// lockoutKey joins a service name and a caller, after a byte naming the
+// pool: registered or not. The NUL cannot occur in either, so two pairs
+// never share a key.
+func lockoutKey(service string, who caller, registered bool) lockKey {
 	pool := "u"
 	if registered {
 		pool = "r"
 	}
-	return pool + service + "\x00" + caller
+	return lockKey(pool + service + "\x00" + string(who))
 }
 
-func (t *lockoutTracker) shard(key string) (*lockoutShard, int) {
+func (t *lockoutTracker) shard(key lockKey) (*lockoutShard, int) {
 	p := &t.unknown
 	if key != "" && key[0] == 'r' {
 		p = &t.registered
 	}
-	return &p.shards[maphash.String(t.seed, key)%lockoutShards], p.perShard
+	return &p.shards[maphash.String(t.seed, string(key))%lockoutShards], p.perShard
 }
 
 // lockedUntil returns when the lock on key ends, if it is locked at now.
-func (t *lockoutTracker) lockedUntil(key string, now time.Time) (time.Time, bool) {
+func (t *lockoutTracker) lockedUntil(key lockKey, now time.Time) (time.Time, bool) {
 	s, _ := t.shard(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -128,7 +138,7 @@ func (t *lockoutTracker) lockedUntil(key string, now time.Time) (time.Time, bool
 }
 
 // fail records a failed login and reports whether it locked key, and until when.
-func (t *lockoutTracker) fail(key string, now time.Time, cfg *configEntry) (time.Time, bool) {
+func (t *lockoutTracker) fail(key lockKey, now time.Time, cfg *configEntry) (time.Time, bool) {
 	s, capacity := t.shard(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -151,7 +161,7 @@ func (t *lockoutTracker) fail(key string, now time.Time, cfg *configEntry) (time
 }
 
 // succeed forgets key's failures after a successful login.
-func (t *lockoutTracker) succeed(key string) {
+func (t *lockoutTracker) succeed(key lockKey) {
 	s, _ := t.shard(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()

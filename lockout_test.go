@@ -47,9 +47,9 @@ func TestLockoutMemoryBoundedUnderSpray(t *testing.T) {
 			before := heapInUse()
 			for i := range callers {
 				now := now.Add(time.Duration(i) * time.Microsecond)
-				caller := fmt.Sprintf("addr:2001:db8:%x:%x::1", i>>16, i&0xffff)
-				tr.fail(lockoutKey("orders", caller, true), now, cfg)
-				tr.fail(lockoutKey(fmt.Sprintf("%s%07d", longName, i), caller, false), now, cfg)
+				who := caller(fmt.Sprintf("addr:2001:db8:%x:%x::1", i>>16, i&0xffff))
+				tr.fail(lockoutKey("orders", who, true), now, cfg)
+				tr.fail(lockoutKey(fmt.Sprintf("%s%07d", longName, i), who, false), now, cfg)
 			}
 			grown := heapInUse() - before
 			t.Logf("%d callers × (one registered name + a fresh unregistered name each): %d entries, heap grew %.1f MiB (ceiling %.1f MiB)",
@@ -92,7 +92,7 @@ func TestLockoutSaturatedShardTracksAgainAfterLocksEnd(t *testing.T) {
 	tr := newLockoutTracker()
 	now := time.Now()
 	for i := range 200_000 {
-		tr.fail(lockoutKey("orders", fmt.Sprintf("addr:10.%d.%d.%d", i>>16, (i>>8)&0xff, i&0xff), true), now, cfg)
+		tr.fail(lockoutKey("orders", caller(fmt.Sprintf("addr:10.%d.%d.%d", i>>16, (i>>8)&0xff, i&0xff)), true), now, cfg)
 	}
 	if n := tr.size(); n < lockoutShards*maxLockoutEntriesPerShard*9/10 || n > lockoutShards*maxLockoutEntriesPerShard {
 		t.Fatalf("registered pool holds %d", n)

@@ -234,17 +234,17 @@ func (b *backend) authenticateCaller(ctx context.Context, req *logical.Request, 
 		// For a service registered by SPIFFE ID: its verified ID, within
 		// the trust domains config allows now (spiffe.go).
 		x5t, spiffeID, certErr := spiffeLoginID(svc, cfg, chain, x5t, certErr)
-		caller := callerID(req, x5t)
-		lockKey := lockoutKey(name, caller, svc != nil)
+		who := callerID(req, x5t)
+		key := lockoutKey(name, who, svc != nil)
 		if cfg.LockoutThreshold > 0 {
-			if until, locked := b.lockout.lockedUntil(lockKey, now); locked {
+			if until, locked := b.lockout.lockedUntil(key, now); locked {
 				b.metrics.loginLocked(metricsName(svc))
-				b.Logger().Debug("login refused: caller locked out", "service", name, "caller", caller)
+				b.Logger().Debug("login refused: caller locked out", "service", name, "caller", who)
 				return nil, errLoginLocked(until)
 			}
 		}
 		if failure, stored := authenticate(svc, apiKey, certErr, cfg, now); failure != "" {
-			return nil, b.loginFailed(svc, name, caller, lockKey, failure, !stored, cfg, now)
+			return nil, b.loginFailed(svc, name, who, key, failure, !stored, cfg, now)
 		}
 		current, err := b.serviceIsCurrent(ctx, req.Storage, name, svc)
 		if err != nil {
@@ -260,11 +260,12 @@ func (b *backend) authenticateCaller(ctx context.Context, req *logical.Request, 
 		}
 		if current {
 			if cfg.LockoutThreshold > 0 {
-				b.lockout.succeed(lockKey)
+				b.lockout.succeed(key)
 			}
 			return &loginIdentity{svc: svc, x5t: x5t, spiffeID: spiffeID, cfg: cfg}, nil
 		}
 		if attempt == maxLoginAttempts {
+			b.metrics.loginFailed(metricsName(svc))
 			b.Logger().Warn("login refused: the service kept changing while it was checked", "service", name)
 			return nil, logical.ErrPermissionDenied
 		}
@@ -302,13 +303,13 @@ func authenticate(svc *cachedService, apiKey string, certErr error, cfg *configE
 // loginFailed counts a failure toward lockout (when it is the caller's),
 // logs it without any secret, and returns the one error every failed login
 // gets.
-func (b *backend) loginFailed(svc *cachedService, name, caller, lockKey, failure string, callersFault bool, cfg *configEntry, now time.Time) error {
+func (b *backend) loginFailed(svc *cachedService, name string, who caller, key lockKey, failure string, callersFault bool, cfg *configEntry, now time.Time) error {
 	b.metrics.loginFailed(metricsName(svc))
-	b.Logger().Debug("login refused", "service", name, "caller", caller, "reason", failure)
+	b.Logger().Debug("login refused", "service", name, "caller", who, "reason", failure)
 	if callersFault && cfg.LockoutThreshold > 0 {
-		if until, locked := b.lockout.fail(lockKey, now, cfg); locked {
+		if until, locked := b.lockout.fail(key, now, cfg); locked {
 			b.metrics.loginLockedOut(metricsName(svc))
-			b.Logger().Warn("login locked out after repeated failures", "service", name, "caller", caller, "until", until.UTC().Format(time.RFC3339))
+			b.Logger().Warn("login locked out after repeated failures", "service", name, "caller", who, "until", until.UTC().Format(time.RFC3339))
 		}
 	}
 	return logical.ErrPermissionDenied
@@ -347,9 +348,9 @@ func connState(req *logical.Request) *tls.ConnectionState {
 
 // callerID identifies the caller for lockout: the verified client
 // certificate when there is one, otherwise the remote address without port.
-func callerID(req *logical.Request, x5t string) string {
+func callerID(req *logical.Request, x5t string) caller {
 	if x5t != "" {
-		return "cert:" + x5t
+		return caller("cert:" + x5t)
 	}
 	if req.Connection == nil || req.Connection.RemoteAddr == "" {
 		return "addr:unknown"
@@ -358,7 +359,7 @@ func callerID(req *logical.Request, x5t string) string {
 	if host, _, err := net.SplitHostPort(addr); err == nil {
 		addr = host
 	}
-	return "addr:" + strings.ToLower(addr)
+	return caller("addr:" + strings.ToLower(addr))
 }
 
 // loginAudience picks the token's aud: the requested audiences, each allowed
