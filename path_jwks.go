@@ -61,16 +61,25 @@ func pathJWKS(b *backend) []*framework.Path {
 	}
 }
 
+// publishedKeys loads what a read of a published key document (jwks,
+// spiffe/bundle) needs: the ring, the config and the time.
+func (b *backend) publishedKeys(ctx context.Context, s logical.Storage) (*keyRing, *configEntry, time.Time, error) {
+	ring, err := b.getKeyRing(ctx, s)
+	if err != nil {
+		return nil, nil, time.Time{}, err
+	}
+	cfg, err := b.getConfig(ctx, s)
+	if err != nil {
+		return nil, nil, time.Time{}, err
+	}
+	return ring, cfg, b.now(), nil
+}
+
 func (b *backend) pathJWKSRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	ring, err := b.getKeyRing(ctx, req.Storage)
+	ring, cfg, now, err := b.publishedKeys(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := b.getConfig(ctx, req.Storage)
-	if err != nil {
-		return nil, err
-	}
-	now := b.now()
 	if req.Connection != nil {
 		b.adoption.fetched(ring.nextKID(), req.Connection.RemoteAddr, now)
 	}

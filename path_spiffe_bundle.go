@@ -39,15 +39,10 @@ func pathSPIFFEBundle(b *backend) []*framework.Path {
 }
 
 func (b *backend) pathSPIFFEBundleRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	ring, err := b.getKeyRing(ctx, req.Storage)
+	ring, cfg, now, err := b.publishedKeys(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := b.getConfig(ctx, req.Storage)
-	if err != nil {
-		return nil, err
-	}
-	now := b.now()
 	body, err := spiffeBundleJSON(ring, cfg, now)
 	if err != nil {
 		return nil, err
