@@ -33,7 +33,7 @@ func pathMetrics(b *backend) []*framework.Path {
 			},
 		},
 		HelpSynopsis:    "Engine counters, as JSON or Prometheus text.",
-		HelpDescription: "Counters are kept per node since the plugin process started: logins by service and result, lockouts, tokens issued, verifications by result and reason, key rotations; next_key_fetchers counts the distinct fetchers (remote addresses, hashed with a key made at plugin start; behind a proxy, the proxy) that read jwks while it held the next key, so an operator can see verifiers hold a key before it signs. Logins for unregistered names count under _unknown. Read with format=prometheus for the Prometheus text exposition format.",
+		HelpDescription: "Counters are kept per node since the plugin process started: logins by service and result, lockouts, tokens issued, verifications by result and reason, key rotations; next_key_fetchers counts the distinct fetchers (remote addresses, hashed with a key made at plugin start; behind a proxy, the proxy) that read jwks, or spiffe/bundle when it carries the next key, while it held the next key, so an operator can see verifiers hold a key before it signs. Logins for unregistered names count under _unknown. Read with format=prometheus for the Prometheus text exposition format.",
 	}}
 }
 

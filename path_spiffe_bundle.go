@@ -43,6 +43,12 @@ func (b *backend) pathSPIFFEBundleRead(ctx context.Context, req *logical.Request
 	if err != nil {
 		return nil, err
 	}
+	// A bundle consumer holds the next key too, when the bundle carries it
+	// (JWT-SVID algorithms only): it counts toward next_key_fetchers, so an
+	// operator sees SPIFFE verifiers ready before the key signs.
+	if next := ring.byKID[ring.nextKID()]; req.Connection != nil && next != nil && slices.Contains(jwtSVIDAlgorithms, next.entry.Algorithm) {
+		b.adoption.fetched(next.entry.KID, req.Connection.RemoteAddr, now)
+	}
 	body, err := spiffeBundleJSON(ring, cfg, now)
 	if err != nil {
 		return nil, err
