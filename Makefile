@@ -32,7 +32,7 @@ FUZZ_TIME   ?= 30s
 BENCH_COUNT ?= 6
 BENCH_FLAGS ?=
 
-.PHONY: help build dev test test-unit fuzz fuzz-short test-e2e test-e2e-ha vault vuln bench fmt vet lint tools clean
+.PHONY: help build dev test test-unit fuzz fuzz-short test-e2e test-e2e-ha vault vuln vulndb-refresh bench fmt vet lint tools clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ FUZZ_TARGETS := .:FuzzParseToken .:FuzzParseCertificates .:FuzzServiceWrite .:Fu
 # import (meshtoken), the client library, gRPC credentials and interceptors
 # (grpcauth), and the end-to-end suite.
 LIB_MODULES := meshtoken client grpcauth
+# Every Go module that ships or tests something: vet, lint and vuln cover
+# them all, so a module added here is checked on every submission.
+GO_MODULES  := . $(LIB_MODULES) e2e
 
 test: test-unit fuzz-short test-e2e ## run every test: unit (-race), a short fuzz of each target, end-to-end against real Vault
 
@@ -89,20 +92,24 @@ fmt: tools ## format with gofumpt
 	$(TOOLS_DIR)/gofumpt -w .
 
 vet: ## go vet every module
-	@for m in . $(LIB_MODULES) e2e; do (cd $$m && go vet ./...) || exit 1; done
+	@for m in $(GO_MODULES); do (cd $$m && go vet ./...) || exit 1; done
 
 lint: tools ## golangci-lint and gofumpt, every module; every go.mod tidy
 	$(TOOLS_DIR)/golangci-lint run ./...
-	@for m in $(LIB_MODULES) e2e; do (cd $$m && $(TOOLS_DIR)/golangci-lint run --config ../.golangci.yml ./...) || exit 1; done
+	@for m in $(filter-out .,$(GO_MODULES)); do (cd $$m && $(TOOLS_DIR)/golangci-lint run --config ../.golangci.yml ./...) || exit 1; done
 	@test -z "$$($(TOOLS_DIR)/gofumpt -l .)" || { echo "gofumpt would change:"; $(TOOLS_DIR)/gofumpt -l .; exit 1; }
-	@for m in . $(LIB_MODULES) e2e tools/vault tools/vulndb; do (cd $$m && go mod tidy -diff >/dev/null) || { echo "$$m/go.mod is not tidy: run go mod tidy there (e2e follows the root module through its replace)"; exit 1; }; done
+	@for m in $(GO_MODULES) tools/vault tools/vulndb; do (cd $$m && go mod tidy -diff >/dev/null) || { echo "$$m/go.mod is not tidy: run go mod tidy there (e2e follows the root module through its replace)"; exit 1; }; done
 
 # govulncheck lives in a folder named by its version, so raising the pin
 # installs the new one (v1.1.4 panics on Go 1.27's standard library).
 GOVULNCHECK := $(TOOLS_DIR)/govulncheck-$(GOVULNCHECK_VERSION)/govulncheck
 
-vuln: $(GOVULNCHECK) ## govulncheck of the plugin, meshtoken and client modules (with GOTOOLCHAIN's standard library) against a local copy of the Go vulnerability database
-	@db=$$(./scripts/vulndb.sh) && for m in . $(LIB_MODULES); do echo "==> $$m"; (cd $$m && $(GOVULNCHECK) -db file://$$db ./...) || exit 1; done
+vuln: $(GOVULNCHECK) ## govulncheck of every Go module (with GOTOOLCHAIN's standard library) against a local copy of the Go vulnerability database
+	@db=$$(./scripts/vulndb.sh) && for m in $(GO_MODULES); do echo "==> $$m"; (cd $$m && $(GOVULNCHECK) -db file://$$db ./...) || exit 1; done
+
+vulndb-refresh: ## pin the newest Go vulnerability database in tools/vulndb (then run make vuln and commit tools/vulndb)
+	cd tools/vulndb && go get golang.org/x/vulndb@latest && go mod tidy
+	@echo "tools/vulndb now pins $$(cd tools/vulndb && go list -m -f '{{.Version}}' golang.org/x/vulndb); run make vuln, then commit tools/vulndb/go.mod and go.sum"
 
 tools: $(TOOLS_DIR)/golangci-lint $(TOOLS_DIR)/gofumpt $(TOOLS_DIR)/benchstat ## install the pinned linters and benchstat
 
