@@ -71,13 +71,11 @@ func (m *metrics) loginSucceeded(name string) {
 	c.tokensIssued.Add(1)
 }
 
-func (m *metrics) loginFailed(name string)    { m.service(name).loginsFailed.Add(1) }
-func (m *metrics) loginRefusedIdentity(name string) {
-	m.service(name).refusedIdentity.Add(1)
-}
-func (m *metrics) loginLockedOut(name string) { m.service(name).lockouts.Add(1) }
-func (m *metrics) loginLocked(name string)    { m.service(name).lockedRefusals.Add(1) }
-func (m *metrics) keyRotated()                { m.keyRotations.Add(1) }
+func (m *metrics) loginFailed(name string)          { m.service(name).loginsFailed.Add(1) }
+func (m *metrics) loginRefusedIdentity(name string) { m.service(name).refusedIdentity.Add(1) }
+func (m *metrics) loginLockedOut(name string)       { m.service(name).lockouts.Add(1) }
+func (m *metrics) loginLocked(name string)          { m.service(name).lockedRefusals.Add(1) }
+func (m *metrics) keyRotated()                      { m.keyRotations.Add(1) }
 
 // verified counts one verification by its result: "valid" or the reason.
 func (m *metrics) verified(result string) {

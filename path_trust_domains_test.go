@@ -108,8 +108,10 @@ func TestWriterOfOneServiceCannotAssertAnotherTeamsID(t *testing.T) {
 		}, "does not chain to the bundle of trust domain")
 		// Stored anyway (by an older release): the login still fails,
 		// because the bundle is checked at every login.
-		entry := &serviceEntry{Name: "evil", Certificate: certPEM, SPIFFEIDs: []string{unclaimed}, RequireMTLS: true,
-			TokenSubject: tokenSubjectSPIFFEID, DefaultAudience: "payments", Registration: newRegistration(), UpdatedAt: time.Now()}
+		entry := &serviceEntry{
+			Name: "evil", Certificate: certPEM, SPIFFEIDs: []string{unclaimed}, RequireMTLS: true,
+			TokenSubject: tokenSubjectSPIFFEID, DefaultAudience: "payments", Registration: newRegistration(), UpdatedAt: time.Now(),
+		}
 		created, err := generateAPIKey(time.Now())
 		if err != nil {
 			t.Fatal(err)
@@ -325,8 +327,10 @@ func TestStoredTrustDomainsFromAnOlderRelease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	entry := &serviceEntry{Name: "orders", CAChain: partner.pem, SPIFFEIDs: []string{id}, TrustDomains: []string{"partner.example"},
-		RequireMTLS: true, DefaultAudience: "payments", Registration: newRegistration(), APIKeys: []apiKeyEntry{created.entry}, UpdatedAt: time.Now()}
+	entry := &serviceEntry{
+		Name: "orders", CAChain: partner.pem, SPIFFEIDs: []string{id}, TrustDomains: []string{"partner.example"},
+		RequireMTLS: true, DefaultAudience: "payments", Registration: newRegistration(), APIKeys: []apiKeyEntry{created.entry}, UpdatedAt: time.Now(),
+	}
 	if err := e.b.putService(t.Context(), e.storage, entry); err != nil {
 		t.Fatal(err)
 	}

@@ -356,7 +356,7 @@ func addSPIFFEServiceFields(fields map[string]*framework.FieldSchema) {
 		Description: "SPIFFE IDs the service's client certificate may carry (list or comma-separated): spiffe://<trust-domain>/<path> exactly, " +
 			"or ending in /* for every ID strictly under that path (spiffe://td/ns/shop/* matches spiffe://td/ns/shop/sa/orders, not spiffe://td/ns/shop nor spiffe://td/ns/shopping). " +
 			"The certificate must then carry exactly one URI SAN, which must match; DNS SANs are not consulted, so hostnames may not be set too. " +
-			"Each ID's trust domain must be registered at trust_domains/<name>: the presented SVID must chain to that bundle, and to certificate or ca_chain as well when set (they can only narrow). "+
+			"Each ID's trust domain must be registered at trust_domains/<name>: the presented SVID must chain to that bundle, and to certificate or ca_chain as well when set (they can only narrow). " +
 			"An exact ID belongs to one service, and a /* entry may not cover another service's ID or entry. Removing or narrowing an entry revokes the service's tokens issued so far. Default: none.",
 	}
 	fields["trust_domains"] = &framework.FieldSchema{

@@ -180,8 +180,8 @@ func TestSPIFFEIdentity(t *testing.T) {
 		for path, want := range map[string][]string{
 			"services/orders":            {"spiffe_ids", "trust_domains", "withdrawn", "token_subject", "/*", "one registrant"},
 			"trust_domains/mesh.example": {"bundle", "operator"},
-			"config":          {"trust_domain"},
-			"spiffe/bundle":   {"jwt-svid", "spiffe_sequence", "spiffe_refresh_hint"},
+			"config":                     {"trust_domain"},
+			"spiffe/bundle":              {"jwt-svid", "spiffe_sequence", "spiffe_refresh_hint"},
 		} {
 			help, err := s.CLI([]string{"VAULT_FORMAT=table"}, "path-help", spiffeMount+"/"+path)
 			for _, w := range want {
