@@ -162,9 +162,11 @@ func (b *backend) pathServiceRead(ctx context.Context, req *logical.Request, d *
 }
 
 // identityFieldsSent reports whether a service write names a field that
-// decides who the service's tokens speak for.
+// decides who the service's tokens speak for (token_subject included, so a
+// service stored with overlapping IDs by an older release cannot start
+// minting JWT-SVIDs for them).
 func identityFieldsSent(d *framework.FieldData) bool {
-	for _, f := range []string{"spiffe_ids", "certificate", "ca_chain"} {
+	for _, f := range []string{"spiffe_ids", "certificate", "ca_chain", "token_subject"} {
 		if _, ok := d.Raw[f]; ok {
 			return true
 		}

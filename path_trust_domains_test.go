@@ -177,6 +177,15 @@ func TestOneRegistrantPerSPIFFEID(t *testing.T) {
 	e.mustOK(t, logical.UpdateOperation, "services/orders", map[string]any{"spiffe_ids": "spiffe://" + testTD + "/ns/shop/sa/orders"})
 	// An existing service cannot grow into another's IDs either.
 	e.mustFail(t, logical.UpdateOperation, "services/shopping", map[string]any{"spiffe_ids": "spiffe://" + testTD + "/ns/*"}, "holds")
+	// Overlaps stored by an older release are found at the next write of
+	// an identity field, token_subject included.
+	stored, _ := readService(t.Context(), e.storage, "shopping")
+	stored.SPIFFEIDs = append(stored.SPIFFEIDs, "spiffe://"+testTD+"/ns/shop/sa/orders")
+	if err := e.b.putService(t.Context(), e.storage, stored); err != nil {
+		t.Fatal(err)
+	}
+	e.mustFail(t, logical.UpdateOperation, "services/shopping", map[string]any{"token_subject": "spiffe_id", "default_audience": "x"}, `which service "orders" holds`)
+	e.mustOK(t, logical.UpdateOperation, "services/shopping", map[string]any{"metadata": "owner=shop"})
 	// Deleting the holder frees the ID.
 	e.mustOK(t, logical.DeleteOperation, "services/shop", nil)
 	e.register(t, "web", svc("spiffe://"+testTD+"/ns/shop/sa/web/frontend"))
