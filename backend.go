@@ -9,6 +9,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -35,6 +36,9 @@ const (
 	// name, kept until the last token of the deleted registration expired,
 	// so that the revocation feed keeps refusing them offline.
 	storageDeletedPrefix = "deleted/"
+	// storageTrustDomainPrefix prefixes one trustDomainEntry per registered
+	// SPIFFE trust domain, keyed by its (lower-case) name. Operators write it.
+	storageTrustDomainPrefix = "trust_domains/"
 )
 
 // operationPrefix starts every OpenAPI operation name of the engine
@@ -58,12 +62,23 @@ type backend struct {
 	serviceLocks []*locksutil.LockEntry
 	// keyRingLock serialises key-ring rotations and tidies.
 	keyRingLock sync.Mutex
+	// identityLock serialises every write that decides who may assert a
+	// SPIFFE ID: service writes that set or change spiffe_ids, and trust
+	// domain writes. Its holder checks that no other service claims an
+	// overlapping ID and stores, as one step (spiffe_claims.go). Vault
+	// forwards every write to the active node, so one process lock orders
+	// them cluster-wide. Lock order: service lock, identityLock, keyRingLock.
+	identityLock sync.Mutex
 	// revokeLock serialises writes of the revocation set (revoke, tidy), so
 	// the limit check and the write are one step.
 	revokeLock sync.Mutex
 
 	// services caches parsed service entries (with their trust material) by name.
 	services *epochCache[string, *cachedService]
+	// trustGen counts trust domain writes seen by this node (here or through
+	// Invalidate): a login checked against a service loaded under an older
+	// count starts over, since its bundles may be gone.
+	trustGen atomic.Uint64
 	// config caches the engine configuration; dropped by config writes and
 	// Invalidate("config").
 	config epochValue[*configEntry]
@@ -125,6 +140,7 @@ func newBackend() *backend {
 			pathServices(b),
 			pathServiceActions(b),
 			pathServiceTLS(b),
+			pathTrustDomains(b),
 			pathLogin(b),
 			pathToken(b),
 			pathKeys(b),
@@ -198,6 +214,8 @@ func (b *backend) invalidate(_ context.Context, key string) {
 		b.feed.drop()
 	case strings.HasPrefix(key, storageServicePrefix):
 		b.dropService(strings.TrimPrefix(key, storageServicePrefix))
+	case strings.HasPrefix(key, storageTrustDomainPrefix):
+		b.dropTrustDomain()
 	case strings.HasPrefix(key, storageDeletedPrefix):
 		b.feed.drop()
 	case strings.HasPrefix(key, storageRevokedPrefix):

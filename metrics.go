@@ -30,6 +30,9 @@ type serviceCounters struct {
 	lockouts       atomic.Uint64
 	lockedRefusals atomic.Uint64
 	tokensIssued   atomic.Uint64
+	// refusedIdentity counts logins refused because the service's stored
+	// SPIFFE identity no longer stands (a trust domain without an entry).
+	refusedIdentity atomic.Uint64
 }
 
 // newMetrics returns zeroed counters.
@@ -68,10 +71,11 @@ func (m *metrics) loginSucceeded(name string) {
 	c.tokensIssued.Add(1)
 }
 
-func (m *metrics) loginFailed(name string)    { m.service(name).loginsFailed.Add(1) }
-func (m *metrics) loginLockedOut(name string) { m.service(name).lockouts.Add(1) }
-func (m *metrics) loginLocked(name string)    { m.service(name).lockedRefusals.Add(1) }
-func (m *metrics) keyRotated()                { m.keyRotations.Add(1) }
+func (m *metrics) loginFailed(name string)          { m.service(name).loginsFailed.Add(1) }
+func (m *metrics) loginRefusedIdentity(name string) { m.service(name).refusedIdentity.Add(1) }
+func (m *metrics) loginLockedOut(name string)       { m.service(name).lockouts.Add(1) }
+func (m *metrics) loginLocked(name string)          { m.service(name).lockedRefusals.Add(1) }
+func (m *metrics) keyRotated()                      { m.keyRotations.Add(1) }
 
 // verified counts one verification by its result: "valid" or the reason.
 func (m *metrics) verified(result string) {
@@ -101,6 +105,9 @@ func (m *metrics) snapshot(lockedCallers int) map[string]any {
 			"lockouts":          c.lockouts.Load(),
 			"refused_as_locked": c.lockedRefusals.Load(),
 			"tokens_issued":     c.tokensIssued.Load(),
+			// A subset of logins_failed: refused because the stored SPIFFE
+			// identity lies in a trust domain without an entry.
+			"refused_trust_domain_missing": c.refusedIdentity.Load(),
 		}
 	}
 	verifications := map[string]uint64{}
@@ -135,6 +142,10 @@ func (m *metrics) prometheus(lockedCallers int) string {
 		fmt.Fprintf(&sb, "meshauth_logins_total{service=%q,result=\"success\"} %d\n", n, c.loginsOK.Load())
 		fmt.Fprintf(&sb, "meshauth_logins_total{service=%q,result=\"failure\"} %d\n", n, c.loginsFailed.Load())
 		fmt.Fprintf(&sb, "meshauth_logins_total{service=%q,result=\"locked\"} %d\n", n, c.lockedRefusals.Load())
+	}
+	family("meshauth_logins_refused_total", "Logins refused (also counted as failures) because the service's stored entry fails closed, by reason.", "counter")
+	for _, n := range names {
+		fmt.Fprintf(&sb, "meshauth_logins_refused_total{service=%q,reason=\"trust_domain_missing\"} %d\n", n, m.services[n].refusedIdentity.Load())
 	}
 	family("meshauth_lockouts_total", "Callers locked out of a service after repeated failures.", "counter")
 	for _, n := range names {

@@ -190,7 +190,7 @@ func pathConfig(b *backend) []*framework.Path {
 			},
 			"trust_domain": {
 				Type:        framework.TypeString,
-				Description: "The engine's SPIFFE trust domain, as a bare name (example.org, no spiffe://): services' spiffe_ids belong to it unless a service lists others in trust_domains. Default: empty (none).",
+				Description: "The engine's SPIFFE trust domain, as a bare name (example.org, no spiffe://): the only trust domain whose IDs get JWT-SVIDs (token_subject=spiffe_id); services with IDs in other registered trust domains get name tokens. Its CA bundle is registered at trust_domains/<name> like any other. Default: empty (none).",
 			},
 			"min_publication_age": {
 				Type:        framework.TypeDurationSecond,

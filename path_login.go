@@ -165,7 +165,7 @@ func (b *backend) login(ctx context.Context, req *logical.Request, d *framework.
 	if err != nil {
 		return nil, err
 	}
-	if msg := jwtSVIDLoginCheck(svc, ring.current, spiffeID, audience); msg != "" {
+	if msg := jwtSVIDLoginCheck(svc, cfg, ring.current, spiffeID, audience); msg != "" {
 		return logical.ErrorResponse(msg), nil
 	}
 	minted, err := mintToken(ring.current, cfg, svc, audience, ttl, x5t, spiffeID, now)
@@ -231,9 +231,8 @@ func (b *backend) authenticateCaller(ctx context.Context, req *logical.Request, 
 		// certificate-holding instances.
 		chain := peerChain(connState(req))
 		x5t, certErr := b.checkClientCertificate(svc, chain, now)
-		// For a service registered by SPIFFE ID: its verified ID, within
-		// the trust domains config allows now (spiffe.go).
-		x5t, spiffeID, certErr := spiffeLoginID(svc, cfg, chain, x5t, certErr)
+		// For a service registered by SPIFFE ID: its verified ID (spiffe.go).
+		x5t, spiffeID, certErr := spiffeLoginID(svc, chain, x5t, certErr)
 		who := callerID(req, x5t)
 		key := lockoutKey(name, who, svc != nil)
 		if cfg.LockoutThreshold > 0 {
@@ -292,6 +291,8 @@ func authenticate(svc *cachedService, apiKey string, certErr error, cfg *configE
 		return "api key did not match a live key", false
 	case svc.claimsErr != nil:
 		return "stored claims: " + svc.claimsErr.Error(), true
+	case svc.identityErr != nil:
+		return "stored identity: " + svc.identityErr.Error(), true
 	case svc.entry.RequireMTLS && svc.trustErr != nil:
 		return "stored trust material: " + svc.trustErr.Error(), true
 	case svc.entry.RequireMTLS && certErr != nil:
@@ -305,7 +306,16 @@ func authenticate(svc *cachedService, apiKey string, certErr error, cfg *configE
 // gets.
 func (b *backend) loginFailed(svc *cachedService, name string, who caller, key lockKey, failure string, callersFault bool, cfg *configEntry, now time.Time) error {
 	b.metrics.loginFailed(metricsName(svc))
-	b.Logger().Debug("login refused", "service", name, "caller", who, "reason", failure)
+	if !callersFault && svc != nil {
+		// The stored entry fails closed: an operator must act, so the
+		// reason is logged where they look and counted apart.
+		if svc.identityErr != nil {
+			b.metrics.loginRefusedIdentity(svc.entry.Name)
+		}
+		b.Logger().Warn("login refused: the service's stored entry does not pass today's checks", "service", name, "caller", who, "reason", failure)
+	} else {
+		b.Logger().Debug("login refused", "service", name, "caller", who, "reason", failure)
+	}
 	if callersFault && cfg.LockoutThreshold > 0 {
 		if until, locked := b.lockout.fail(key, now, cfg); locked {
 			b.metrics.loginLockedOut(metricsName(svc))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -147,7 +148,30 @@ func (b *backend) pathServiceRead(ctx context.Context, req *logical.Request, d *
 	if err != nil || entry == nil {
 		return nil, err
 	}
-	return &logical.Response{Data: serviceResponse(entry, b.now())}, nil
+	resp := &logical.Response{Data: serviceResponse(entry, b.now())}
+	// Say why logins of this service fail closed, if they do.
+	svc, err := b.getService(ctx, req.Storage, name)
+	if err != nil {
+		return nil, err
+	}
+	if svc != nil && svc.identityErr != nil {
+		resp.Data["identity_error"] = svc.identityErr.Error()
+		resp.AddWarning("logins of this service are refused: " + svc.identityErr.Error())
+	}
+	return resp, nil
+}
+
+// identityFieldsSent reports whether a service write names a field that
+// decides who the service's tokens speak for (token_subject included, so a
+// service stored with overlapping IDs by an older release cannot start
+// minting JWT-SVIDs for them).
+func identityFieldsSent(d *framework.FieldData) bool {
+	for _, f := range []string{"spiffe_ids", "certificate", "ca_chain", "token_subject"} {
+		if _, ok := d.Raw[f]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 // serviceResponse renders a service for read: every field but the key
@@ -230,6 +254,38 @@ func (b *backend) pathServiceWrite(ctx context.Context, req *logical.Request, d 
 	if msg := validateService(entry, cfg, now); msg != "" {
 		return logical.ErrorResponse(msg), nil
 	}
+	// Who may assert the service's SPIFFE IDs: their trust domains are
+	// registered and no other service holds them, checked and stored under
+	// identityLock (spiffe_registrants.go). A write that leaves the
+	// identity fields alone is not checked again, so a team can still
+	// disable or retune a service whose trust domain an operator removed.
+	if len(entry.SPIFFEIDs) > 0 && (old == nil || identityFieldsSent(d)) {
+		b.identityLock.Lock()
+		defer b.identityLock.Unlock()
+		msg, err := b.checkRegistrant(ctx, req.Storage, entry)
+		if err != nil {
+			return nil, err
+		}
+		if msg != "" {
+			return logical.ErrorResponse(msg), nil
+		}
+	}
+	var warnings []string
+	if warning != "" {
+		warnings = append(warnings, warning)
+	}
+	if old != nil {
+		if change := identityChange(old, entry); change != "" {
+			entry.advanceEpoch()
+			warnings = append(warnings, "the service's identity changed ("+change+"): every token issued to it so far is revoked, online and through the revocation feed")
+		}
+		if len(old.TrustDomains) > 0 {
+			// Withdrawn field stored by an older release: it granted
+			// nothing since the upgrade, and the write drops it.
+			entry.TrustDomains = nil
+			warnings = append(warnings, "the withdrawn trust_domains field ("+strings.Join(old.TrustDomains, ", ")+") was dropped; trust domains are registered at trust_domains/<name>")
+		}
+	}
 	// A JWT-SVID service is checked against signing_algorithm once more,
 	// serialised with config writes until it is stored (spiffe.go).
 	unlock, msg, err := b.lockForJWTSVID(ctx, req.Storage, entry)
@@ -253,11 +309,13 @@ func (b *backend) pathServiceWrite(ctx context.Context, req *logical.Request, d 
 		return nil, err
 	}
 	if created == nil {
-		if warning == "" {
+		if len(warnings) == 0 {
 			return nil, nil
 		}
 		resp := &logical.Response{}
-		resp.AddWarning(warning)
+		for _, w := range warnings {
+			resp.AddWarning(w)
+		}
 		return resp, nil
 	}
 	b.Logger().Info("service registered", "service", name, "api_key_id", created.entry.ID)
@@ -325,7 +383,8 @@ func applyServiceFields(e *serviceEntry, d *framework.FieldData, creating bool) 
 	if v, ok := d.GetOk("require_mtls"); ok {
 		e.RequireMTLS = v.(bool)
 	} else if creating {
-		e.RequireMTLS = e.Certificate != "" || e.CAChain != ""
+		_, spiffeIDs := d.GetOk("spiffe_ids")
+		e.RequireMTLS = e.Certificate != "" || e.CAChain != "" || spiffeIDs
 	}
 	return applySPIFFEFields(e, d)
 }
@@ -370,8 +429,8 @@ func validateService(e *serviceEntry, cfg *configEntry, now time.Time) string {
 		return fmt.Sprintf("default_audience is longer than %d characters", maxAudienceLen)
 	case e.DefaultAudience != "" && len(e.AllowedAudiences) > 0 && !slices.Contains(e.AllowedAudiences, e.DefaultAudience):
 		return fmt.Sprintf("default_audience %q is not in allowed_audiences", e.DefaultAudience)
-	case e.RequireMTLS && e.Certificate == "" && e.CAChain == "":
-		return "require_mtls is true but neither certificate nor ca_chain is set; give one, or set require_mtls=false"
+	case e.RequireMTLS && e.Certificate == "" && e.CAChain == "" && len(e.SPIFFEIDs) == 0:
+		return "require_mtls is true but neither certificate, ca_chain nor spiffe_ids is set; give one, or set require_mtls=false"
 	}
 	if msg := checkClaimNames(e.Claims); msg != "" {
 		return msg
@@ -430,9 +489,16 @@ anything and names the check that failed.
 
 A mesh workload can be registered by SPIFFE ID instead of hostnames:
 spiffe_ids (exact IDs, or prefixes ending in /*) are matched against the
-single URI SAN of the presented X.509-SVID, within config trust_domain or
-the service's trust_domains. token_subject=spiffe_id makes the tokens
-JWT-SVIDs whose sub is that verified ID.
+single URI SAN of the presented X.509-SVID. Each ID's trust domain must be
+registered by an operator at trust_domains/<name>; the SVID must chain to
+that bundle, and to certificate or ca_chain too when they are set. An ID
+has one registrant: a write that overlaps another service's spiffe_ids is
+refused and names that service. token_subject=spiffe_id makes the tokens
+JWT-SVIDs whose sub is that verified ID, for IDs in config trust_domain
+only. Removing an ID or changing the trust material revokes the tokens
+issued so far. The field trust_domains is withdrawn. A read shows
+identity_error when the service's logins are refused because of its stored
+identity (such as a trust domain without an entry).
 
 An update changes only the fields it names.
 `

@@ -97,7 +97,7 @@ func TestServiceRefusesBadInputAndWritesNothing(t *testing.T) {
 		{"empty list entry", map[string]any{"allowed_audiences": []any{"a", ""}}, "empty entry"},
 		{"duplicate list entry", map[string]any{"allowed_audiences": "a,a"}, "twice"},
 		{"oversized list entry", map[string]any{"allowed_audiences": long}, "longer than"},
-		{"require mtls without trust", map[string]any{"require_mtls": true}, "neither certificate nor ca_chain"},
+		{"require mtls without trust", map[string]any{"require_mtls": true}, "neither certificate, ca_chain nor spiffe_ids"},
 		{"unknown field", map[string]any{"token_tll": "1h"}, "unknown field(s) token_tll"},
 		{"private key as certificate", map[string]any{"certificate": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}, "private key"},
 		{"garbage certificate", map[string]any{"certificate": "not pem"}, "no PEM certificate"},

@@ -86,8 +86,9 @@ type serviceEntry struct {
 	// SPIFFEIDs are the SPIFFE IDs (exact, or prefixes ending in /*) the
 	// client certificate's single URI SAN must match; set instead of Hostnames.
 	SPIFFEIDs []string `json:"spiffe_ids,omitempty"`
-	// TrustDomains lists trust domains besides config trust_domain that
-	// SPIFFEIDs may belong to.
+	// TrustDomains is withdrawn: entries written by an older release may
+	// carry it (trust domains besides config trust_domain that SPIFFEIDs
+	// could belong to). It grants nothing now; the next write drops it.
 	TrustDomains []string `json:"trust_domains,omitempty"`
 	// TokenSubject is what sub is: "name" ("" in older entries) or
 	// "spiffe_id" (a JWT-SVID).
@@ -275,6 +276,15 @@ type cachedService struct {
 	// today (an entry written by an older release); logins then fail closed
 	// rather than mint a token that verifiers could read as another service.
 	claimsErr error
+	// identityErr records a stored SPIFFE identity that no longer stands:
+	// an ID whose trust domain has no entry at trust_domains/ (an entry
+	// written before trust domains were the operator's, or a trust domain
+	// an operator deleted). Logins then fail closed, not counted toward
+	// lockout, and services/:name read shows it.
+	identityErr error
+	// trustGen is backend.trustGen when the load began: the bundles read
+	// for it are current while the backend's count is the same.
+	trustGen uint64
 	// claimsOnce guards claimsJSON, the service's extra claims encoded once.
 	claimsOnce sync.Once
 	claimsJSON []byte
@@ -292,14 +302,27 @@ func (b *backend) getService(ctx context.Context, s logical.Storage, name string
 	if ok {
 		return cs, nil
 	}
+	// Read before anything is loaded: a trust domain write after this
+	// point makes the login start over (serviceIsCurrent).
+	trustGen := b.trustGen.Load()
 	entry, err := readService(ctx, s, name)
 	if err != nil || entry == nil {
 		return nil, err
 	}
-	cs = &cachedService{entry: entry}
+	cs = &cachedService{entry: entry, trustGen: trustGen}
 	cs.trust, cs.trustErr = buildTrust(entry)
 	if cs.trustErr != nil {
 		b.Logger().Error("stored trust material of service does not parse; its mTLS logins will fail", "service", name, "error", cs.trustErr)
+	} else {
+		// The bundles of the IDs' trust domains (path_trust_domains.go).
+		if err := loadDomainTrust(ctx, s, cs.trust); err != nil {
+			return nil, err
+		}
+		if missing := cs.trust.missingTrustDomains(); len(missing) > 0 {
+			cs.identityErr = fmt.Errorf("its spiffe_ids lie in trust domain(s) %s, which have no entry at trust_domains/; an operator registers each with its CA bundle (vault write <mount>/trust_domains/%s bundle=@bundle.pem)",
+				strings.Join(missing, ", "), missing[0])
+			b.Logger().Error("service's SPIFFE IDs lie in unregistered trust domains; its logins fail until an operator registers them", "service", name, "trust_domains", strings.Join(missing, ","))
+		}
 	}
 	if msg := checkClaimNames(entry.Claims); msg != "" {
 		cs.claimsErr = errors.New(msg)
@@ -313,6 +336,11 @@ func (b *backend) getService(ctx context.Context, s logical.Storage, name string
 // the cache still holds it, or the stored entry is the same write. Only a
 // login that raced a write of its service reads storage here.
 func (b *backend) serviceIsCurrent(ctx context.Context, s logical.Storage, name string, svc *cachedService) (bool, error) {
+	if b.trustGen.Load() != svc.trustGen {
+		// A trust domain was written since svc was loaded: its bundles
+		// may be gone.
+		return false, nil
+	}
 	if cached, _, ok := b.services.get(name); ok {
 		return cached == svc, nil
 	}

@@ -243,33 +243,19 @@ func (t *serviceTrust) matchesIdentity(leaf *x509.Certificate) error {
 	return coversHostnames(leaf, t.hostnames)
 }
 
-// allowedTrustDomains are the trust domains a service's IDs may belong to:
-// the engine's and the ones the service lists.
-func allowedTrustDomains(e *serviceEntry, cfg *configEntry) []string {
-	out := make([]string, 0, 1+len(e.TrustDomains))
-	if cfg.TrustDomain != "" {
-		out = append(out, cfg.TrustDomain)
-	}
-	return append(out, e.TrustDomains...)
-}
-
 // spiffeLoginID runs after the certificate check of a login. For a service
-// registered by SPIFFE ID it returns the verified ID of the presented leaf,
-// once more checked against the trust domains the configuration allows now
-// (config trust_domain may have changed since registration, and the verified
-// chain cache does not know the config). It passes x5t and certErr through,
+// registered by SPIFFE ID it returns the verified ID of the presented leaf
+// (the chain check already verified it against the bundle of the ID's
+// trust domain, verifyPresentedChain). It passes x5t and certErr through,
 // and drops x5t when the ID fails, so no token is bound to that certificate
 // and lockout counts the caller by address.
-func spiffeLoginID(svc *cachedService, cfg *configEntry, chain []*x509.Certificate, x5t string, certErr error) (string, string, error) {
+func spiffeLoginID(svc *cachedService, chain []*x509.Certificate, x5t string, certErr error) (string, string, error) {
 	if certErr != nil || svc == nil || svc.trust == nil || len(svc.trust.spiffe) == 0 {
 		return x5t, "", certErr
 	}
 	id, err := matchSPIFFE(chain[0], svc.trust.spiffe)
 	if err != nil {
 		return "", "", err
-	}
-	if !slices.Contains(allowedTrustDomains(svc.entry, cfg), id.trustDomain) {
-		return "", "", fmt.Errorf("SPIFFE ID %q is outside the trust domains allowed now (config trust_domain and the service's trust_domains)", id)
 	}
 	return x5t, id.String(), nil
 }
@@ -280,18 +266,29 @@ func spiffeLoginID(svc *cachedService, cfg *configEntry, chain []*x509.Certifica
 // these; this guards the moment of minting (a key ring still signing with
 // EdDSA after a failed rotation, a certificate-less login of a service with
 // require_mtls=false stored by an older release).
-func jwtSVIDLoginCheck(svc *cachedService, key *signingKey, id string, audience []string) string {
+func jwtSVIDLoginCheck(svc *cachedService, cfg *configEntry, key *signingKey, id string, audience []string) string {
 	switch {
 	case svc.entry.TokenSubject != tokenSubjectSPIFFEID:
 		return ""
 	case id == "":
 		return "this service issues JWT-SVIDs (token_subject=spiffe_id), which need a client certificate carrying its SPIFFE ID"
+	case !inEngineTrustDomain(id, cfg):
+		// config trust_domain may have moved since the service was
+		// registered: the engine mints JWT-SVIDs only for its own.
+		return fmt.Sprintf("JWT-SVIDs are minted only for IDs in config trust_domain (%q), and %s is not; an operator sets the service's token_subject=name, or moves it into the trust domain", cfg.TrustDomain, id)
 	case len(audience) == 0:
 		return "a JWT-SVID must carry an audience; request one, or set the service's default_audience"
 	case !slices.Contains(jwtSVIDAlgorithms, key.entry.Algorithm):
 		return fmt.Sprintf("the current signing key is %s, which JWT-SVIDs may not use; rotate to %s (keys/rotate after setting config signing_algorithm)", key.entry.Algorithm, strings.Join(jwtSVIDAlgorithms, ", "))
 	}
 	return ""
+}
+
+// inEngineTrustDomain reports whether a SPIFFE ID lies in config
+// trust_domain, the only trust domain the engine mints JWT-SVIDs for: the
+// engine's keys speak for its own trust domain, never a federated one.
+func inEngineTrustDomain(id string, cfg *configEntry) bool {
+	return cfg.TrustDomain != "" && strings.HasPrefix(id, spiffeScheme+cfg.TrustDomain+"/")
 }
 
 // tokenSubject returns the sub of a token minted for svc, and the service
@@ -359,17 +356,18 @@ func addSPIFFEServiceFields(fields map[string]*framework.FieldSchema) {
 		Description: "SPIFFE IDs the service's client certificate may carry (list or comma-separated): spiffe://<trust-domain>/<path> exactly, " +
 			"or ending in /* for every ID strictly under that path (spiffe://td/ns/shop/* matches spiffe://td/ns/shop/sa/orders, not spiffe://td/ns/shop nor spiffe://td/ns/shopping). " +
 			"The certificate must then carry exactly one URI SAN, which must match; DNS SANs are not consulted, so hostnames may not be set too. " +
-			"Needs certificate or ca_chain. Each ID must belong to config trust_domain or to trust_domains. Default: none.",
+			"Each ID's trust domain must be registered at trust_domains/<name>: the presented SVID must chain to that bundle, and to certificate or ca_chain as well when set (they can only narrow). " +
+			"An exact ID belongs to one service, and a /* entry may not cover another service's ID or entry. Removing or narrowing an entry revokes the service's tokens issued so far. Default: none.",
 	}
 	fields["trust_domains"] = &framework.FieldSchema{
 		Type:        framework.TypeCommaStringSlice,
-		Description: "Trust domains (bare names such as example.org, no spiffe://) besides config trust_domain that this service's spiffe_ids may belong to. Default: none.",
+		Description: "Withdrawn: a write naming it is refused. Which CAs speak for a trust domain is the operator's decision, at trust_domains/<name>; a stored value (from an older release) is ignored and dropped by the next write.",
 	}
 	fields["token_subject"] = &framework.FieldSchema{
 		Type: framework.TypeString,
 		Description: "What the tokens' sub claim is: name (the service name) or spiffe_id (the verified SPIFFE ID of the login's client certificate; the token is a JWT-SVID " +
-			"and also names the service in its meshauth_service claim). spiffe_id needs spiffe_ids, require_mtls, an audience (default_audience or allowed_audiences) " +
-			"and a signing_algorithm other than EdDSA. Default: name.",
+			"and also names the service in its meshauth_service claim). spiffe_id needs spiffe_ids all in config trust_domain (a service of a federated trust domain gets name tokens), " +
+			"require_mtls, an audience (default_audience or allowed_audiences) and a signing_algorithm other than EdDSA. Default: name.",
 		AllowedValues: []any{tokenSubjectName, tokenSubjectSPIFFEID},
 	}
 }
@@ -396,12 +394,8 @@ func applySPIFFEFields(e *serviceEntry, d *framework.FieldData) string {
 		}
 		e.SPIFFEIDs = cleaned
 	}
-	if v, ok := d.GetOk("trust_domains"); ok {
-		cleaned, msg := cleanList("trust_domains", v.([]string))
-		if msg != "" {
-			return msg
-		}
-		e.TrustDomains = cleaned
+	if _, ok := d.Raw["trust_domains"]; ok {
+		return errTrustDomainsWithdrawn
 	}
 	if v, ok := d.GetOk("token_subject"); ok {
 		e.TokenSubject = strings.TrimSpace(v.(string))
@@ -417,11 +411,6 @@ func validateServiceSPIFFE(e *serviceEntry, cfg *configEntry) string {
 			return fmt.Sprintf("claims may not set %q: meshauth sets %s itself", k, serviceClaim)
 		}
 	}
-	for _, td := range e.TrustDomains {
-		if err := checkTrustDomain(td); err != nil {
-			return fmt.Sprintf("trust_domains entry %q %v (give the bare name, such as example.org)", td, err)
-		}
-	}
 	switch e.TokenSubject {
 	case "", tokenSubjectName, tokenSubjectSPIFFEID:
 	default:
@@ -432,7 +421,7 @@ func validateServiceSPIFFE(e *serviceEntry, cfg *configEntry) string {
 		return err.Error()
 	}
 	if len(patterns) > 0 {
-		if msg := checkSPIFFETrust(e, cfg, patterns); msg != "" {
+		if msg := checkSPIFFETrust(e, patterns); msg != "" {
 			return msg
 		}
 	}
@@ -442,24 +431,12 @@ func validateServiceSPIFFE(e *serviceEntry, cfg *configEntry) string {
 	return ""
 }
 
-// checkSPIFFETrust checks spiffe_ids against the other identity fields,
-// the allowed trust domains, and the registered certificate.
-func checkSPIFFETrust(e *serviceEntry, cfg *configEntry, patterns []spiffePattern) string {
-	switch {
-	case len(e.Hostnames) > 0:
+// checkSPIFFETrust checks spiffe_ids against the other identity fields and
+// the registered certificate. Which trust domains are registered, and who
+// else claims an ID, is checked against storage (checkRegistrant).
+func checkSPIFFETrust(e *serviceEntry, patterns []spiffePattern) string {
+	if len(e.Hostnames) > 0 {
 		return "a service is matched either by spiffe_ids (the certificate's URI SAN) or by hostnames (its DNS SANs), not both; remove one"
-	case e.Certificate == "" && e.CAChain == "":
-		return "spiffe_ids need a certificate or ca_chain (the mesh CA) to check them against"
-	}
-	allowed := allowedTrustDomains(e, cfg)
-	if len(allowed) == 0 {
-		return "spiffe_ids need a trust domain: set config trust_domain, or list the service's trust_domains"
-	}
-	for i, p := range patterns {
-		if !slices.Contains(allowed, p.id.trustDomain) {
-			return fmt.Sprintf("spiffe_ids entry %q is in trust domain %q, which is neither config trust_domain nor in the service's trust_domains (allowed: %s)",
-				e.SPIFFEIDs[i], p.id.trustDomain, strings.Join(allowed, ", "))
-		}
 	}
 	if e.Certificate == "" {
 		return ""
@@ -483,6 +460,12 @@ func checkJWTSVIDService(e *serviceEntry, cfg *configEntry) string {
 		return "token_subject=spiffe_id needs require_mtls=true: sub is the SPIFFE ID of a verified client certificate"
 	case e.DefaultAudience == "" && len(e.AllowedAudiences) == 0:
 		return "token_subject=spiffe_id issues JWT-SVIDs, which must carry an audience; set default_audience or allowed_audiences"
+	}
+	for _, s := range e.SPIFFEIDs {
+		if !inEngineTrustDomain(s, cfg) {
+			return fmt.Sprintf("token_subject=spiffe_id mints JWT-SVIDs, which the engine signs only for IDs in config trust_domain (%q); spiffe_ids entry %q is not in it. "+
+				"A service of a federated trust domain logs in with token_subject=name", cfg.TrustDomain, s)
+		}
 	}
 	return jwtSVIDAlgorithmMessage(cfg.SigningAlgorithm)
 }
@@ -517,8 +500,8 @@ func (b *backend) lockForJWTSVID(ctx context.Context, s logical.Storage, e *serv
 
 // checkSPIFFEConfig runs inside a config write (keyRingLock held). It
 // refuses EdDSA while any service issues JWT-SVIDs, and warns about services
-// whose SPIFFE IDs leave the allowed trust domains when trust_domain changes
-// (their logins then fail until they list their trust domain).
+// that issue JWT-SVIDs for IDs outside trust_domain when it changes (their
+// logins are then refused until they switch to token_subject=name).
 func (b *backend) checkSPIFFEConfig(ctx context.Context, s logical.Storage, cfg, old *configEntry) (msg string, warnings []string, err error) {
 	if cfg.TrustDomain != "" {
 		if err := checkTrustDomain(cfg.TrustDomain); err != nil {
@@ -545,13 +528,11 @@ func (b *backend) checkSPIFFEConfig(ctx context.Context, s logical.Storage, cfg,
 		if e.TokenSubject == tokenSubjectSPIFFEID {
 			svids = append(svids, name)
 		}
-		patterns, perr := parseSPIFFEPatterns(e.SPIFFEIDs)
-		if perr != nil {
+		if e.TokenSubject != tokenSubjectSPIFFEID {
 			continue
 		}
-		allowed := allowedTrustDomains(e, cfg)
-		for _, p := range patterns {
-			if !slices.Contains(allowed, p.id.trustDomain) {
+		for _, id := range e.SPIFFEIDs {
+			if !inEngineTrustDomain(id, cfg) {
 				stranded = append(stranded, name)
 				break
 			}
@@ -562,15 +543,24 @@ func (b *backend) checkSPIFFEConfig(ctx context.Context, s logical.Storage, cfg,
 			cfg.SigningAlgorithm, strings.Join(svids, ", "), strings.Join(jwtSVIDAlgorithms, ", ")), nil, nil
 	}
 	if len(stranded) > 0 {
-		warnings = append(warnings, fmt.Sprintf("these services have spiffe_ids outside the allowed trust domains now, and their logins will fail until they list their trust domain in trust_domains: %s", strings.Join(stranded, ", ")))
+		warnings = append(warnings, fmt.Sprintf("these services issue JWT-SVIDs for spiffe_ids outside trust_domain now, and their logins are refused until they are set to token_subject=name: %s", strings.Join(stranded, ", ")))
 	}
 	return "", warnings, nil
 }
 
+// errTrustDomainsWithdrawn refuses a service write naming trust_domains.
+const errTrustDomainsWithdrawn = "services/<name> field trust_domains is withdrawn: which CAs speak for a trust domain is the operator's decision. " +
+	"An operator registers the trust domain and its CA bundle at trust_domains/<name> (vault write <mount>/trust_domains/example.org bundle=@bundle.pem); " +
+	"then write spiffe_ids in it without trust_domains"
+
 // addSPIFFEServiceResponse adds the SPIFFE fields to a service read.
 func addSPIFFEServiceResponse(data map[string]any, e *serviceEntry) {
 	data["spiffe_ids"] = nonNil(e.SPIFFEIDs)
-	data["trust_domains"] = nonNil(e.TrustDomains)
+	if len(e.TrustDomains) > 0 {
+		// Stored by an older release; ignored, shown so an operator sees
+		// which trust domains to register (docs/trust-domains.md).
+		data["trust_domains"] = e.TrustDomains
+	}
 	subject := e.TokenSubject
 	if subject == "" {
 		subject = tokenSubjectName

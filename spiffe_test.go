@@ -61,6 +61,16 @@ func (ca *testPKI) issueSVID(tb testing.TB, o svidOptions) (*x509.Certificate, *
 	return cert, key, pemCert(der)
 }
 
+// trustDomain registers a trust domain with the CAs' bundle, as an operator.
+func (e *testEnv) trustDomain(tb testing.TB, td string, cas ...*testPKI) {
+	tb.Helper()
+	bundle := ""
+	for _, ca := range cas {
+		bundle += ca.pem
+	}
+	e.mustOK(tb, logical.UpdateOperation, "trust_domains/"+td, map[string]any{"bundle": bundle})
+}
+
 // svidConn is a real TLS connection state in which the caller presents an SVID.
 func (ca *testPKI) svidConn(tb testing.TB, o svidOptions) *logical.Connection {
 	tb.Helper()
@@ -180,15 +190,15 @@ func TestRegistrationBySPIFFEID(t *testing.T) {
 		data     map[string]any
 		want     string
 	}{
-		{"no trust domain anywhere", "", base(nil), "spiffe_ids need a trust domain"},
-		{"other trust domain", testTD, base(map[string]any{"spiffe_ids": "spiffe://other.example/x"}), `"spiffe://other.example/x" is in trust domain "other.example"`},
+		{"trust domain not registered", "", base(map[string]any{"spiffe_ids": "spiffe://unregistered.example/x"}), `is in trust domain "unregistered.example", which is not registered: an operator registers it with its CA bundle at trust_domains/unregistered.example`},
+		{"other trust domain", testTD, base(map[string]any{"spiffe_ids": "spiffe://other.example/x"}), `trust_domains/other.example`},
 		{"malformed ID", testTD, base(map[string]any{"spiffe_ids": "spiffe://" + testTD + "/a/../b"}), `".." path segment`},
 		{"upper-case trust domain", testTD, base(map[string]any{"spiffe_ids": "spiffe://Mesh.example/a"}), `character 'M'`},
 		{"trust domain itself", testTD, base(map[string]any{"spiffe_ids": "spiffe://" + testTD}), "names a trust domain, not a workload"},
 		{"duplicate", testTD, base(map[string]any{"spiffe_ids": []string{"spiffe://" + testTD + "/a", "spiffe://" + testTD + "/a"}}), "twice"},
 		{"with hostnames", testTD, base(map[string]any{"hostnames": "orders.mesh"}), "either by spiffe_ids"},
-		{"without trust material", testTD, base(map[string]any{"ca_chain": nil, "require_mtls": false}), "need a certificate or ca_chain"},
-		{"bad trust_domains entry", testTD, base(map[string]any{"trust_domains": "spiffe://other.example"}), "give the bare name"},
+		{"trust_domains named", testTD, base(map[string]any{"trust_domains": "other.example"}), "trust_domains is withdrawn"},
+		{"trust_domains named empty", testTD, base(map[string]any{"trust_domains": ""}), "trust_domains is withdrawn"},
 		{"certificate without URI SAN", testTD, base(map[string]any{"certificate": noURI}), "0 URI SANs"},
 		{"certificate with two URI SANs", testTD, base(map[string]any{"certificate": twoURIs}), "2 URI SANs"},
 		{"certificate of another ID", testTD, base(map[string]any{"certificate": orders, "spiffe_ids": "spiffe://" + testTD + "/ns/shop/sa/payments"}), `SPIFFE ID "spiffe://` + testTD + `/ns/shop/sa/orders" matches none of spiffe_ids`},
@@ -205,6 +215,7 @@ func TestRegistrationBySPIFFEID(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := getTestBackend(t)
 			e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"trust_domain": tc.trustDom})
+			e.trustDomain(t, testTD, ca)
 			for k, v := range tc.data {
 				if v == nil {
 					delete(tc.data, k)
@@ -219,12 +230,16 @@ func TestRegistrationBySPIFFEID(t *testing.T) {
 
 	e := getTestBackend(t)
 	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"trust_domain": testTD})
+	e.trustDomain(t, testTD, ca)
+	e.trustDomain(t, "partner.example", ca)
 	e.register(t, "orders", base(map[string]any{"certificate": orders, "token_subject": "spiffe_id", "default_audience": "payments"}))
-	e.register(t, "shop", base(map[string]any{"spiffe_ids": "spiffe://" + testTD + "/ns/shop/*,spiffe://partner.example/ns/shop/*", "trust_domains": "partner.example"}))
+	e.register(t, "shop", base(map[string]any{"spiffe_ids": "spiffe://" + testTD + "/ns/shop/sa/web,spiffe://partner.example/ns/shop/*"}))
 	read := e.mustOK(t, logical.ReadOperation, "services/shop", nil).Data
-	if ids := read["spiffe_ids"].([]string); len(ids) != 2 || read["token_subject"] != "name" || read["trust_domains"].([]string)[0] != "partner.example" {
+	if ids := read["spiffe_ids"].([]string); len(ids) != 2 || read["token_subject"] != "name" || read["trust_domains"] != nil || read["identity_error"] != nil {
 		t.Fatalf("read = %#v", read)
 	}
+	// A federated trust domain gets name tokens only.
+	e.mustFail(t, logical.UpdateOperation, "services/shop", map[string]any{"token_subject": "spiffe_id", "default_audience": "x"}, `spiffe_ids entry "spiffe://partner.example/ns/shop/*" is not in it`)
 	if uris := e.mustOK(t, logical.ReadOperation, "services/orders", nil).Data["certificate_info"].(map[string]any)["uris"].([]string); len(uris) != 1 {
 		t.Fatalf("certificate_info uris = %v", uris)
 	}
@@ -239,6 +254,7 @@ func TestSPIFFELogin(t *testing.T) {
 	var logs bytes.Buffer
 	e := getTestBackendLogging(t, &logs)
 	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"trust_domain": testTD, "lockout_threshold": 0})
+	e.trustDomain(t, testTD, ca)
 	key := e.register(t, "orders", map[string]any{"ca_chain": ca.pem, "spiffe_ids": "spiffe://" + testTD + "/ns/shop/*", "default_audience": "payments"})
 
 	login := func(conn *logical.Connection) (*logical.Response, error) {
@@ -283,19 +299,31 @@ func TestSPIFFELogin(t *testing.T) {
 		})
 	}
 
-	// Changing the engine's trust domain strands the service: it is warned
-	// about, and its logins fail until it lists its trust domain.
-	resp = e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"trust_domain": "new.example"})
-	if len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "orders") {
-		t.Fatalf("warnings = %v", resp.Warnings)
-	}
+	// Deleting the trust domain fails the service's logins closed, not
+	// counted toward lockout, with the reason in the log, the metrics and
+	// the service's read; registering it again restores them.
+	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"lockout_threshold": 1})
+	e.mustOK(t, logical.DeleteOperation, "trust_domains/"+testTD, nil)
 	logs.Reset()
-	if _, err := login(good); !errors.Is(err, logical.ErrPermissionDenied) || !strings.Contains(logs.String(), "outside the trust domains allowed now") {
-		t.Fatalf("login after the trust domain moved: %v\n%s", err, logs.String())
+	for range 3 {
+		if _, err := login(good); !errors.Is(err, logical.ErrPermissionDenied) {
+			t.Fatalf("login after its trust domain was deleted: %v", err)
+		}
 	}
-	e.mustOK(t, logical.UpdateOperation, "services/orders", map[string]any{"trust_domains": testTD})
+	if !strings.Contains(logs.String(), "[WARN]") || !strings.Contains(logs.String(), "have no entry at trust_domains/") {
+		t.Fatalf("log does not say why:\n%s", logs.String())
+	}
+	read := e.mustOK(t, logical.ReadOperation, "services/orders", nil)
+	if msg, _ := read.Data["identity_error"].(string); !strings.Contains(msg, "trust_domains/"+testTD) || len(read.Warnings) != 1 {
+		t.Fatalf("read = %#v %v", read.Data["identity_error"], read.Warnings)
+	}
+	m := e.mustOK(t, logical.ReadOperation, "metrics", nil).Data["services"].(map[string]any)["orders"].(map[string]uint64)
+	if m["refused_trust_domain_missing"] != 3 || m["lockouts"] != 0 {
+		t.Fatalf("metrics %v", m)
+	}
+	e.trustDomain(t, testTD, ca)
 	if resp, err := login(good); err != nil || resp.IsError() {
-		t.Fatalf("login once the service lists its trust domain: %v %#v", err, resp)
+		t.Fatalf("login once the trust domain is registered again: %v %#v", err, resp)
 	}
 }
 
@@ -306,6 +334,7 @@ func jwtSVIDEnv(t *testing.T) (*testEnv, string, *logical.Connection, *testPKI) 
 	ca := newTestCA(t, "mesh-ca")
 	e := getTestBackend(t)
 	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"trust_domain": testTD})
+	e.trustDomain(t, testTD, ca)
 	key := e.register(t, "orders", map[string]any{
 		"ca_chain":          ca.pem,
 		"spiffe_ids":        "spiffe://" + testTD + "/ns/shop/*",
@@ -339,9 +368,9 @@ func TestJWTSVIDLoginAndVerify(t *testing.T) {
 	}
 	verifyWithJWKS(t, e, tok)
 
-	// Another service matching the same ID gives the token no second owner:
-	// verify reads the service from the token, never from sub.
-	e.register(t, "shadow", map[string]any{"ca_chain": ca.pem, "spiffe_ids": "spiffe://" + testTD + "/*", "token_subject": "spiffe_id", "default_audience": "payments"})
+	// No other service may match the same ID: a SPIFFE ID has one registrant.
+	e.mustFail(t, logical.UpdateOperation, "services/shadow", map[string]any{"ca_chain": ca.pem, "spiffe_ids": "spiffe://" + testTD + "/*", "token_subject": "spiffe_id", "default_audience": "payments"},
+		`which service "orders" holds`)
 	if v := e.mustOK(t, logical.UpdateOperation, "verify", map[string]any{"token": tok}).Data; v["service"] != "orders" {
 		t.Fatalf("verify names %v", v["service"])
 	}
@@ -588,6 +617,7 @@ func BenchmarkSPIFFEVerify(b *testing.B) {
 			e := getTestBackend(b)
 			e.b.Logger().SetLevel(hclog.Off)
 			e.mustOK(b, logical.UpdateOperation, "config", map[string]any{"trust_domain": testTD})
+			e.trustDomain(b, testTD, ca)
 			apiKey := e.register(b, "orders", map[string]any{"ca_chain": ca.pem, "spiffe_ids": "spiffe://" + testTD + "/ns/shop/*", "token_subject": subject, "default_audience": "payments", "claims": map[string]any{"team": "checkout"}})
 			resp, err := e.requestWith(b, logical.UpdateOperation, "login/orders", map[string]any{"api_key": apiKey}, conn)
 			if err != nil || resp.IsError() {
@@ -627,6 +657,7 @@ func TestSPIFFEOptionalMTLSBindsOnlyAMatchingCertificate(t *testing.T) {
 	ca := newTestCA(t, "mesh-ca")
 	e := getTestBackend(t)
 	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"trust_domain": testTD})
+	e.trustDomain(t, testTD, ca)
 	key := e.register(t, "orders", map[string]any{"ca_chain": ca.pem, "spiffe_ids": "spiffe://" + testTD + "/ns/shop/*", "require_mtls": false})
 	for name, tc := range map[string]struct {
 		id    string
@@ -646,14 +677,14 @@ func TestSPIFFEOptionalMTLSBindsOnlyAMatchingCertificate(t *testing.T) {
 			}
 		})
 	}
-	// The trust domain moves: the certificate still chains and matches, but
-	// its ID is no longer allowed, so the token is not bound to it.
-	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"trust_domain": "new.example"})
-	resp, err := mtlsLogin(t, e, "orders", key, ca.svidConn(t, svidOptions{uris: []string{"spiffe://" + testTD + "/ns/shop/sa/orders"}}))
+	// An SVID of another CA chains to neither the bundle nor ca_chain: the
+	// token is not bound to it.
+	other := newTestCA(t, "other-ca")
+	resp, err := mtlsLogin(t, e, "orders", key, other.svidConn(t, svidOptions{uris: []string{"spiffe://" + testTD + "/ns/shop/sa/orders"}}))
 	if err != nil || resp.IsError() {
 		t.Fatalf("login: %v %#v", err, resp)
 	}
 	if _, claims := decodeJWT(t, resp.Data["token"].(string)); claims["cnf"] != nil {
-		t.Fatalf("token bound to a certificate outside the allowed trust domains: %#v", claims)
+		t.Fatalf("token bound to a certificate outside the trust domain's bundle: %#v", claims)
 	}
 }

@@ -44,6 +44,9 @@ type serviceTrust struct {
 	// spiffe are the parsed spiffe_ids; when set, the leaf's single URI SAN
 	// must match one and hostnames play no part (spiffe.go).
 	spiffe []spiffePattern
+	// domains maps the trust domain of each spiffe entry to the pool of its
+	// registered bundle, nil when it has no entry (path_trust_domains.go).
+	domains map[string]*x509.CertPool
 	// expires is the earliest not_after of the registered certificate and
 	// CAs: a cached verification must not outlive the trust it used.
 	expires time.Time
@@ -58,7 +61,7 @@ func (t *serviceTrust) noteExpiry(c *x509.Certificate) {
 
 // hasTrust reports whether the service names any certificate it would accept.
 func (t *serviceTrust) hasTrust() bool {
-	return t != nil && (t.roots != nil || t.pinned != nil)
+	return t != nil && (t.roots != nil || t.pinned != nil || len(t.spiffe) > 0)
 }
 
 // parseCertificates parses a PEM bundle that may hold only certificates:
@@ -348,13 +351,15 @@ func verifyPresentedChain(t *serviceTrust, chain []*x509.Certificate, now time.T
 	if !allowsClientAuth(leaf) {
 		return errors.New("client certificate lacks clientAuth")
 	}
-	if !matchesPinnedCertificate(leaf, t.pinned) {
+	intermediates := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		intermediates.AddCert(c)
+	}
+	// The service's own certificate or ca_chain, when set. For a SPIFFE
+	// service they only narrow what the trust domain's bundle allows.
+	if (t.pinned != nil || t.roots != nil) && !matchesPinnedCertificate(leaf, t.pinned) {
 		if t.roots == nil {
 			return errors.New("client certificate is not the registered certificate")
-		}
-		intermediates := x509.NewCertPool()
-		for _, c := range chain[1:] {
-			intermediates.AddCert(c)
 		}
 		opts := x509.VerifyOptions{Roots: t.roots, Intermediates: intermediates, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, CurrentTime: now}
 		if _, err := leaf.Verify(opts); err != nil {
@@ -364,8 +369,34 @@ func verifyPresentedChain(t *serviceTrust, chain []*x509.Certificate, now time.T
 	if err := t.matchesIdentity(leaf); err != nil { // spiffe_ids or hostnames
 		return err
 	}
+	if len(t.spiffe) > 0 {
+		// Both must hold: the bundle of the ID's trust domain decides who
+		// may assert the ID, whatever the service registered.
+		if err := t.verifyInTrustDomain(leaf, intermediates, now); err != nil {
+			return err
+		}
+	}
 	if len(t.pins) > 0 && !matchesPin(leaf, t.pins) {
 		return errors.New("client certificate matches no pinned_spki")
+	}
+	return nil
+}
+
+// verifyInTrustDomain checks that an X.509-SVID leaf chains to the bundle
+// registered for its SPIFFE ID's trust domain; a trust domain without an
+// entry accepts no SVID.
+func (t *serviceTrust) verifyInTrustDomain(leaf *x509.Certificate, intermediates *x509.CertPool, now time.Time) error {
+	id, err := leafSPIFFEID(leaf)
+	if err != nil {
+		return err
+	}
+	roots := t.domains[id.trustDomain]
+	if roots == nil {
+		return fmt.Errorf("trust domain %q of SPIFFE ID %s has no entry at trust_domains/%s; an operator must register its bundle", id.trustDomain, id, id.trustDomain)
+	}
+	opts := x509.VerifyOptions{Roots: roots, Intermediates: intermediates, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, CurrentTime: now}
+	if _, err := leaf.Verify(opts); err != nil {
+		return fmt.Errorf("client certificate does not chain to the bundle of trust domain %q (trust_domains/%s): %w", id.trustDomain, id.trustDomain, err)
 	}
 	return nil
 }

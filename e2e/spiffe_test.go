@@ -4,6 +4,10 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -53,6 +57,7 @@ func TestSPIFFEIdentity(t *testing.T) {
 	})
 
 	s.MustCLI(t, "write", spiffeMount+"/config", "trust_domain=mesh.example")
+	s.MustCLI(t, "write", spiffeMount+"/trust_domains/mesh.example", "bundle=@"+ca.File)
 
 	t.Run("registration checks the SPIFFE ID against the certificate", func(t *testing.T) {
 		out, err := s.CLI(nil, "write", spiffeMount+"/services/orders", "certificate=@"+twoIDs.CertFile, "ca_chain=@"+ca.File, "spiffe_ids="+ordersID)
@@ -173,9 +178,10 @@ func TestSPIFFEIdentity(t *testing.T) {
 
 	t.Run("path-help explains every new field and path", func(t *testing.T) {
 		for path, want := range map[string][]string{
-			"services/orders": {"spiffe_ids", "trust_domains", "token_subject", "/*"},
-			"config":          {"trust_domain"},
-			"spiffe/bundle":   {"jwt-svid", "spiffe_sequence", "spiffe_refresh_hint"},
+			"services/orders":            {"spiffe_ids", "trust_domains", "withdrawn", "token_subject", "/*", "one registrant"},
+			"trust_domains/mesh.example": {"bundle", "operator"},
+			"config":                     {"trust_domain"},
+			"spiffe/bundle":              {"jwt-svid", "spiffe_sequence", "spiffe_refresh_hint"},
 		} {
 			help, err := s.CLI([]string{"VAULT_FORMAT=table"}, "path-help", spiffeMount+"/"+path)
 			for _, w := range want {
@@ -199,4 +205,266 @@ func decodeHeader(t *testing.T, token string) map[string]any {
 		t.Fatal(err)
 	}
 	return header
+}
+
+// docPolicies returns the ACL policies of docs/trust-domains.md (each an
+// hcl block starting "# policy: <name>"), rewritten for mount, so the test
+// applies exactly what the docs tell operators to write.
+func docPolicies(t *testing.T, mount string) map[string]string {
+	t.Helper()
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "trust-domains.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, m := range regexp.MustCompile("(?s)```hcl\n# policy: (\\S+)\n(.*?)```").FindAllStringSubmatch(string(doc), -1) {
+		out[m[1]] = strings.ReplaceAll(m[2], `"meshauth/`, `"`+mount+`/`)
+	}
+	if len(out) != 2 {
+		t.Fatalf("docs/trust-domains.md gives %d policies, want the operator's and a team's", len(out))
+	}
+	return out
+}
+
+// TestTrustDomainsAreTheOperators splits a real Vault's tokens as the docs
+// say: an operator token writes config and trust_domains/, a team token
+// writes services/team-shop-* only. The team gains nothing beyond its own
+// services: it cannot register a trust domain, claim another team's ID,
+// cover it with a pattern, bring its own CA or a foreign trust domain; the
+// JWT-SVIDs that are minted validate with go-spiffe against spiffe/bundle.
+func TestTrustDomainsAreTheOperators(t *testing.T) {
+	const m = "mesh-td"
+	s := vaultlab.StartDevServer(t)
+	s.RegisterPlugin(m)
+	tokens := map[string]string{}
+	for name, hcl := range docPolicies(t, m) {
+		file := filepath.Join(s.Dir, name+".hcl")
+		if err := os.WriteFile(file, []byte(hcl), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s.MustCLI(t, "policy", "write", name, file)
+		tokens[name] = jsonData2(t, s.MustCLI(t, "token", "create", "-policy="+name, "-ttl=30m"))
+	}
+	as := func(who string) func(args ...string) (string, error) {
+		return func(args ...string) (string, error) {
+			return s.CLI([]string{"VAULT_TOKEN=" + tokens[who]}, args...)
+		}
+	}
+	operator, team := as("meshauth-operator"), as("meshauth-team-shop")
+	mustOp := func(args ...string) string {
+		t.Helper()
+		out, err := operator(args...)
+		if err != nil {
+			t.Fatalf("operator: vault %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	refused := func(out string, err error, want string) {
+		t.Helper()
+		if err == nil || !strings.Contains(out, want) {
+			t.Fatalf("want a refusal containing %q; got %v\n%s", want, err, out)
+		}
+	}
+
+	// The mesh CA as SPIRE runs it: a root, and SVIDs with one URI SAN, an
+	// empty subject, no DNS SAN.
+	spire := vaultlab.NewCA(t, s.Dir, "spire-root")
+	own := vaultlab.NewCA(t, s.Dir, "team-own-ca")
+	td := spiffeid.RequireTrustDomainFromString("mesh.example")
+	ordersID := "spiffe://mesh.example/ns/shop/sa/orders"
+	webID := "spiffe://mesh.example/ns/shop/sa/web"
+
+	t.Run("the team cannot touch trust_domains/ nor config", func(t *testing.T) {
+		out, err := team("write", m+"/trust_domains/mesh.example", "bundle=@"+own.File)
+		refused(out, err, "permission denied")
+		out, err = team("delete", m+"/trust_domains/mesh.example")
+		refused(out, err, "permission denied")
+		out, err = team("write", m+"/config", "trust_domain=evil.example")
+		refused(out, err, "permission denied")
+	})
+
+	mustOp("write", m+"/config", "trust_domain=mesh.example")
+	mustOp("write", m+"/trust_domains/mesh.example", "bundle=@"+spire.File)
+	if out, err := team("read", m+"/trust_domains/mesh.example"); err != nil || !strings.Contains(out, "spire-root") {
+		t.Fatalf("the team reads which trust domains exist: %v %s", err, out)
+	}
+	ordersKey := vaultlab.JSONData(t, mustOp("write", m+"/services/orders", "spiffe_ids="+ordersID, "token_subject=spiffe_id", "allowed_audiences=payments"))["api_key"].(string)
+
+	login := func(name, key string, cert *vaultlab.Cert) (map[string]any, error) {
+		out, err := s.CLI([]string{"VAULT_CLIENT_CERT=" + cert.CertFile, "VAULT_CLIENT_KEY=" + cert.KeyFile}, "write", m+"/login/"+name, "api_key="+key, "audience=payments")
+		if err != nil {
+			return nil, &cliError{out}
+		}
+		return vaultlab.JSONData(t, out), nil
+	}
+	jwtSVID := func(t *testing.T, tok, want string) {
+		t.Helper()
+		_, body := s.RawGet("/v1/" + m + "/spiffe/bundle")
+		b, err := spiffebundle.Parse(td, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		svid, err := jwtsvid.ParseAndValidate(tok, b, []string{"payments"})
+		if err != nil || svid.ID.String() != want {
+			t.Fatalf("go-spiffe: %v %v", err, svid)
+		}
+	}
+
+	t.Run("a team's writes that would assert another team's ID are refused", func(t *testing.T) {
+		svc := m + "/services/team-shop-evil"
+		out, err := team("write", svc, "spiffe_ids="+ordersID, "token_subject=spiffe_id", "allowed_audiences=payments")
+		refused(out, err, `which service "orders" holds`)
+		out, err = team("write", svc, "spiffe_ids=spiffe://mesh.example/ns/shop/*", "allowed_audiences=payments")
+		refused(out, err, `which service "orders" holds`)
+		out, err = team("write", svc, "ca_chain=@"+own.File, "spiffe_ids=spiffe://evil.example/ns/x", "trust_domains=evil.example")
+		refused(out, err, "trust_domains/<name>")
+		out, err = team("write", svc, "ca_chain=@"+own.File, "spiffe_ids=spiffe://evil.example/ns/x")
+		refused(out, err, "trust_domains/evil.example")
+		forged := own.IssueSVID(t, s.Dir, "forged-web", webID)
+		out, err = team("write", svc, "certificate=@"+forged.CertFile, "spiffe_ids="+webID)
+		refused(out, err, "does not chain to the bundle of trust domain")
+		out, err = team("write", m+"/services/orders", "spiffe_ids="+webID)
+		refused(out, err, "permission denied")
+		if out, err := team("read", svc); err == nil && !strings.Contains(out, "No value found") {
+			t.Fatalf("a refused write stored the service: %s", out)
+		}
+	})
+
+	t.Run("the team's own CA only narrows: its SVIDs do not log in", func(t *testing.T) {
+		key := vaultlab.JSONData(t, func() string {
+			out, err := team("write", m+"/services/team-shop-web", "ca_chain=@"+own.File, "spiffe_ids="+webID, "token_subject=spiffe_id", "allowed_audiences=payments")
+			if err != nil {
+				t.Fatal(out)
+			}
+			return out
+		}())["api_key"].(string)
+		if _, err := login("team-shop-web", key, own.IssueSVID(t, s.Dir, "own-web", webID)); err == nil || !strings.Contains(err.Error(), "permission denied") {
+			t.Fatalf("login with the team's own SVID: %v", err)
+		}
+		// An SVID of the mesh does not chain to the team's ca_chain either.
+		if _, err := login("team-shop-web", key, spire.IssueSVID(t, s.Dir, "spire-web", webID)); err == nil {
+			t.Fatal("login with an SVID outside ca_chain")
+		}
+		out, err := team("write", m+"/services/team-shop-web", "ca_chain=@"+spire.File)
+		if err != nil || !strings.Contains(out, "revoked") {
+			t.Fatalf("replacing ca_chain: %v %s", err, out)
+		}
+		data, err := login("team-shop-web", key, spire.IssueSVID(t, s.Dir, "spire-web2", webID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		jwtSVID(t, data["token"].(string), webID)
+	})
+
+	t.Run("SPIRE-issued SVIDs get JWT-SVIDs go-spiffe validates", func(t *testing.T) {
+		data, err := login("orders", ordersKey, spire.IssueSVID(t, s.Dir, "spire-orders", ordersID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		jwtSVID(t, data["token"].(string), ordersID)
+	})
+}
+
+// buildPreviousRelease builds the plugin as it was before trust domains
+// became the operator's (services then listed their own trust_domains),
+// from the repository's history.
+func buildPreviousRelease(t *testing.T) string {
+	t.Helper()
+	const rev = "feb53244be055540d8c2dec84f54a72e4bd22718"
+	dir := t.TempDir()
+	archive := exec.Command("sh", "-c", "git -C .. archive --format=tar "+rev+" | tar -x -C "+dir)
+	if out, err := archive.CombinedOutput(); err != nil {
+		t.Fatalf("extracting the previous release %s: %v\n%s", rev, err, out)
+	}
+	bin := filepath.Join(dir, "bin", vaultlab.PluginName)
+	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/"+vaultlab.PluginName)
+	build.Dir = dir
+	build.Env = append(os.Environ(), "GOWORK=off")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the previous release: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestTrustDomainsUpgrade: the previous release writes services with their
+// own trust_domains; the new build reads them, fails their logins closed
+// (saying why) until an operator registers the trust domains, then logs
+// them in, a federated one with name tokens.
+func TestTrustDomainsUpgrade(t *testing.T) {
+	next := os.Getenv("MESHAUTH_PLUGIN_NEXT")
+	if next == "" {
+		t.Fatal("MESHAUTH_PLUGIN_NEXT must name a second plugin build stamped " + nextVersion + "; make test-e2e builds it")
+	}
+	const m = "mesh-upgrade"
+	prev := buildPreviousRelease(t)
+	s := vaultlab.StartDevServer(t)
+	vaultlab.CopyPlugin(t, prev, s.PluginDir, vaultlab.PluginName)
+	s.RegisterPlugin(m)
+
+	mesh := vaultlab.NewCA(t, s.Dir, "mesh-root")
+	partner := vaultlab.NewCA(t, s.Dir, "partner-root")
+	ordersID := "spiffe://mesh.example/ns/shop/sa/orders"
+	partnerID := "spiffe://partner.example/ns/shop/sa/orders"
+	s.MustCLI(t, "write", m+"/config", "trust_domain=mesh.example")
+	ordersKey := vaultlab.JSONData(t, s.MustCLI(t, "write", m+"/services/orders", "ca_chain=@"+mesh.File, "spiffe_ids="+ordersID, "token_subject=spiffe_id", "allowed_audiences=payments"))["api_key"].(string)
+	partnerKey := vaultlab.JSONData(t, s.MustCLI(t, "write", m+"/services/partner-orders", "ca_chain=@"+partner.File, "spiffe_ids="+partnerID, "trust_domains=partner.example", "default_audience=payments"))["api_key"].(string)
+	ordersSVID := mesh.IssueSVID(t, s.Dir, "orders", ordersID)
+	partnerSVID := partner.IssueSVID(t, s.Dir, "partner", partnerID)
+	login := func(name, key string, cert *vaultlab.Cert) (map[string]any, error) {
+		out, err := s.CLI([]string{"VAULT_CLIENT_CERT=" + cert.CertFile, "VAULT_CLIENT_KEY=" + cert.KeyFile}, "write", m+"/login/"+name, "api_key="+key, "audience=payments")
+		if err != nil {
+			return nil, &cliError{out}
+		}
+		return vaultlab.JSONData(t, out), nil
+	}
+	for name, c := range map[string]struct {
+		key  string
+		cert *vaultlab.Cert
+	}{"orders": {ordersKey, ordersSVID}, "partner-orders": {partnerKey, partnerSVID}} {
+		if _, err := login(name, c.key, c.cert); err != nil {
+			t.Fatalf("previous release: login %s: %v", name, err)
+		}
+	}
+
+	sum := vaultlab.CopyPlugin(t, next, s.PluginDir, vaultlab.PluginName+"-next")
+	s.MustCLI(t, "plugin", "register", "-sha256="+sum, "-command="+vaultlab.PluginName+"-next", "-version="+nextVersion, "secret", vaultlab.CatalogName)
+	s.MustCLI(t, "secrets", "tune", "-plugin-version="+nextVersion, m)
+	s.MustCLI(t, "plugin", "reload", "-plugin="+vaultlab.CatalogName)
+	if mounts := s.MustCLI(t, "secrets", "list", "-detailed"); !strings.Contains(mounts, `"running_plugin_version": "`+nextVersion+`"`) {
+		t.Fatalf("mount does not run %s:\n%s", nextVersion, mounts)
+	}
+
+	// Until the operator registers the trust domains, both fail closed.
+	for name, c := range map[string]struct {
+		key  string
+		cert *vaultlab.Cert
+	}{"orders": {ordersKey, ordersSVID}, "partner-orders": {partnerKey, partnerSVID}} {
+		if _, err := login(name, c.key, c.cert); err == nil || !strings.Contains(err.Error(), "permission denied") {
+			t.Fatalf("login %s before the trust domains are registered: %v", name, err)
+		}
+	}
+	read := vaultlab.JSONData(t, s.MustCLI(t, "read", m+"/services/partner-orders"))
+	if msg, _ := read["identity_error"].(string); !strings.Contains(msg, "trust_domains/") || !strings.Contains(msg, "partner.example") || read["trust_domains"] == nil {
+		t.Fatalf("read after the upgrade: %#v", read)
+	}
+	if out, err := s.CLI(nil, "write", m+"/services/partner-orders", "trust_domains=partner.example"); err == nil || !strings.Contains(out, "trust_domains/<name>") {
+		t.Fatalf("writing trust_domains after the upgrade: %v %s", err, out)
+	}
+
+	s.MustCLI(t, "write", m+"/trust_domains/mesh.example", "bundle=@"+mesh.File)
+	s.MustCLI(t, "write", m+"/trust_domains/partner.example", "bundle=@"+partner.File)
+	data, err := login("orders", ordersKey, ordersSVID)
+	if err != nil {
+		t.Fatalf("orders after the operator registered its trust domain: %v", err)
+	}
+	if claims := decodeClaims(t, data["token"].(string)); claims["sub"] != ordersID {
+		t.Fatalf("orders claims %#v", claims)
+	}
+	data, err = login("partner-orders", partnerKey, partnerSVID)
+	if err != nil {
+		t.Fatalf("partner-orders after the operator registered its trust domain: %v", err)
+	}
+	if claims := decodeClaims(t, data["token"].(string)); claims["sub"] != "partner-orders" {
+		t.Fatalf("partner-orders claims %#v", claims)
+	}
 }
