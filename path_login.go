@@ -168,7 +168,13 @@ func (b *backend) login(ctx context.Context, req *logical.Request, d *framework.
 	if msg := jwtSVIDLoginCheck(svc, ring.current, spiffeID, audience); msg != "" {
 		return logical.ErrorResponse(msg), nil
 	}
-	minted, err := mintToken(ring.current, cfg, svc, audience, ttl, x5t, spiffeID, now)
+	// The caller authenticated: its claims_template, if any, is rendered
+	// now (claims_template.go).
+	templated, err := b.templateClaims(req, id, now)
+	if err != nil {
+		return nil, err
+	}
+	minted, err := mintTokenWith(ring.current, cfg, svc, audience, ttl, x5t, spiffeID, templated, now)
 	if err != nil {
 		return nil, err
 	}
