@@ -289,8 +289,9 @@ func TestClaimsCacheRacingWrite(t *testing.T) {
 	oldSvc := &cachedService{entry: &serviceEntry{Name: "orders"}}
 	newSvc := &cachedService{entry: &serviceEntry{Name: "orders"}}
 	k := claimsKey{entity: "e"}
-	c.dropService("orders") // the write's drop happens first...
-	c.put(k, &claimsResult{svc: oldSvc, body: []byte(`"a":1`), until: now.Add(time.Minute)}) // ...then the racing store
+	// The write's drop happens first, then the racing login stores.
+	c.dropService("orders")
+	c.put(k, &claimsResult{svc: oldSvc, body: []byte(`"a":1`), until: now.Add(time.Minute)})
 	if r := c.get(newSvc, k, now); r != nil {
 		t.Fatal("a rendering for the replaced service was served")
 	}
@@ -346,7 +347,7 @@ func TestClaimsTemplateCertificateDirectives(t *testing.T) {
 	leaf, leafKey, _ := ca.issue(t, "orders.example", leafOptions{dns: []string{"orders.mesh", "orders.alt"}, serial: 0x0102abcd})
 	key := e.register(t, "orders", map[string]any{
 		"ca_chain": ca.pem, "hostnames": "orders.mesh",
-		"claims_template": `{"cn": {{meshauth.cert.subject_cn}}, "serial": {{meshauth.cert.serial}}, "dns": {{meshauth.cert.dns_sans}}, "spiffe": {{meshauth.cert.spiffe_id}}}`,
+		"claims_template":  `{"cn": {{meshauth.cert.subject_cn}}, "serial": {{meshauth.cert.serial}}, "dns": {{meshauth.cert.dns_sans}}, "spiffe": {{meshauth.cert.spiffe_id}}}`,
 		"template_missing": "omit",
 	})
 	resp, err := entityLogin(t, e, "orders", key, "ent-1", tlsConn(handshake(t, []*x509.Certificate{leaf}, leafKey)))

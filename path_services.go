@@ -116,7 +116,8 @@ func serviceFields() map[string]*framework.FieldSchema {
 		},
 	}
 	addSPIFFEServiceFields(fields) // spiffe_ids, trust_domains, token_subject (spiffe.go)
-	addClaimsTemplateFields(fields) // claims_template, template_missing (claims_template.go)
+	// claims_template, template_missing (claims_template.go)
+	addClaimsTemplateFields(fields)
 	return fields
 }
 
