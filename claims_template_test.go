@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -47,6 +48,9 @@ func templateEnv(tb testing.TB) (*testEnv, *entitySystemView) {
 	tb.Helper()
 	conf := logical.TestBackendConfig()
 	conf.StorageView = &logical.InmemStorage{}
+	if _, bench := tb.(*testing.B); bench {
+		conf.Logger = hclog.NewNullLogger()
+	}
 	sys := &entitySystemView{StaticSystemView: *conf.System.(*logical.StaticSystemView)}
 	conf.System = sys
 	b := newBackend()
@@ -400,7 +404,6 @@ func BenchmarkLoginTemplate(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			e, sys := templateEnv(b)
-			e.b.Logger().SetLevel(hclog.Off)
 			sys.set(checkoutEntity(), nil)
 			data := map[string]any{"claims": map[string]any{"tier": "gold"}}
 			if withTemplate {
@@ -419,4 +422,60 @@ func BenchmarkLoginTemplate(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkLoginTemplateRatio measures the two logins of
+// BenchmarkLoginTemplate the way BENCHMARKS.md does on a shared machine:
+// rounds in which each flow runs a block of logins in turn, the p50 of
+// each flow per round, and the median across rounds of the per-round
+// ratio (with / without), reported as ratio-p50.
+func BenchmarkLoginTemplateRatio(b *testing.B) {
+	type flow struct {
+		e   *testEnv
+		key string
+	}
+	setup := func(withTemplate bool) flow {
+		e, sys := templateEnv(b)
+		sys.set(checkoutEntity(), nil)
+		data := map[string]any{"claims": map[string]any{"tier": "gold"}}
+		if withTemplate {
+			data["claims_template"] = `{"team": {{identity.entity.metadata.team}}, "cluster": {{identity.entity.aliases.auth_kubernetes_1234.custom_metadata.cluster}}, "service": {{meshauth.service.name}}}`
+		}
+		return flow{e: e, key: e.register(b, "orders", data)}
+	}
+	flows := []flow{setup(false), setup(true)}
+	conn := &logical.Connection{RemoteAddr: "127.0.0.1"}
+	const rounds, block = 21, 200
+	var ratios, p50s [2][]float64
+	for range b.N {
+		ratios, p50s = [2][]float64{}, [2][]float64{}
+		for r := range rounds {
+			var round [2]float64
+			for i, f := range flows {
+				times := make([]float64, block)
+				for j := range times {
+					start := time.Now()
+					if resp, err := entityLogin(b, f.e, "orders", f.key, "ent-1", conn); err != nil || resp.IsError() {
+						b.Fatal(err, resp)
+					}
+					times[j] = float64(time.Since(start).Nanoseconds())
+				}
+				round[i] = median(times)
+			}
+			if r == 0 {
+				continue // warm-up
+			}
+			p50s[0], p50s[1] = append(p50s[0], round[0]), append(p50s[1], round[1])
+			ratios[0] = append(ratios[0], round[1]/round[0])
+		}
+	}
+	b.ReportMetric(median(p50s[0])/1e3, "µs-p50-without")
+	b.ReportMetric(median(p50s[1])/1e3, "µs-p50-with")
+	b.ReportMetric(median(ratios[0]), "ratio-p50")
+}
+
+// median of a sample (sorted in place).
+func median(xs []float64) float64 {
+	slices.Sort(xs)
+	return xs[len(xs)/2]
 }
