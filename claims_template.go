@@ -226,7 +226,7 @@ func compileClaimsTemplate(text string) (*claimsTemplate, error) {
 }
 
 // notJSON prefixes a template's JSON syntax errors.
-const notJSON = "is not valid JSON once each directive stands as a value (a directive stands for a whole JSON value: not inside quotes, not as a name; write \"{ {\" for two opening braces)"
+const notJSON = "is not valid JSON once each directive stands as a value (a directive stands for a whole JSON value: not inside quotes, not as a name)"
 
 // parseTemplateObject reads the substituted template: one JSON object,
 // literal and distinct names, placeholders only as whole values.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"slices"
 	"strings"
 	"sync"
@@ -207,7 +208,7 @@ func TestClaimsTemplateMissing(t *testing.T) {
 	// metrics by reason, and does not count toward lockout (threshold 1).
 	for range 3 {
 		resp, err := entityLogin(t, e, "orders", key, "ent-1", conn)
-		if err != logical.ErrPermissionDenied {
+		if !errors.Is(err, logical.ErrPermissionDenied) {
 			t.Fatalf("missing value under fail: %v %#v", err, resp)
 		}
 	}
@@ -327,7 +328,7 @@ func TestClaimsTemplateCheckedAgainAtLogin(t *testing.T) {
 	}
 	conn := &logical.Connection{RemoteAddr: "127.0.0.1"}
 	for range 2 {
-		if _, err := entityLogin(t, e, "orders", key, "ent-1", conn); err != logical.ErrPermissionDenied {
+		if _, err := entityLogin(t, e, "orders", key, "ent-1", conn); !errors.Is(err, logical.ErrPermissionDenied) {
 			t.Fatalf("stored reserved template: %v", err)
 		}
 	}

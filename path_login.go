@@ -431,4 +431,8 @@ Every failure answers the same "permission denied", whichever factor failed,
 and counts toward lockout of this caller (its verified client certificate, or
 its address) for this service. A locked caller gets an error that says when
 the lock ends. A login never writes to storage.
+
+A service with a claims_template renders it after every factor passed; a
+login it refuses (template_missing=fail) gets the same "permission denied",
+is logged naming the directive, and does not count toward lockout.
 `
