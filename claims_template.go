@@ -62,6 +62,7 @@ const (
 	templateReasonTooLarge = "value_too_large"
 	templateReasonInvalid  = "invalid_output"
 	templateReasonStored   = "stored_template"
+	templateReasonEntity   = "entity_unavailable"
 )
 
 // addClaimsTemplateFields adds the template's fields to the services/:name schema.
@@ -594,6 +595,9 @@ type claimsResult struct {
 	// body is the rendered claims; nil with fail set.
 	body []byte
 	fail *templateFailure
+	// transient marks a failure to read the entity from Vault, which is
+	// never cached: the next login asks again.
+	transient bool
 	// until is when the rendering is stale: entity changes reach new
 	// tokens by then.
 	until time.Time
@@ -688,7 +692,9 @@ func (b *backend) templateClaims(req *logical.Request, id *loginIdentity, now ti
 	if r == nil {
 		r = b.renderClaims(req, id)
 		r.until = now.Add(claimsCacheTTL)
-		b.claimsRendered.put(key, r)
+		if !r.transient {
+			b.claimsRendered.put(key, r)
+		}
 	}
 	if r.fail != nil {
 		b.claimsMetrics.refused(name, r.fail.reason)
@@ -712,12 +718,12 @@ func (b *backend) renderClaims(req *logical.Request, id *loginIdentity) *claimsR
 	if req.EntityID != "" && b.System() != nil {
 		entity, err := b.System().EntityInfo(req.EntityID)
 		if err != nil {
-			return &claimsResult{svc: svc, fail: &templateFailure{directive: "identity", reason: templateReasonMissing, detail: "reading the caller's entity: " + err.Error()}}
+			return &claimsResult{svc: svc, transient: true, fail: &templateFailure{directive: "identity.entity", reason: templateReasonEntity, detail: "reading the caller's entity: " + err.Error()}}
 		}
 		in.entity = entity
 		if in.entity != nil {
 			if in.groups, err = b.System().GroupsForEntity(req.EntityID); err != nil {
-				return &claimsResult{svc: svc, fail: &templateFailure{directive: "identity.groups", reason: templateReasonMissing, detail: "reading the caller's groups: " + err.Error()}}
+				return &claimsResult{svc: svc, transient: true, fail: &templateFailure{directive: "identity.groups", reason: templateReasonEntity, detail: "reading the caller's groups: " + err.Error()}}
 			}
 		}
 	}

@@ -480,3 +480,25 @@ func median(xs []float64) float64 {
 	slices.Sort(xs)
 	return xs[len(xs)/2]
 }
+
+// FuzzCompileClaimsTemplate: compiling never panics, and a template that
+// compiles renders (against an empty entity, omitting what is missing)
+// into members that form one JSON object.
+func FuzzCompileClaimsTemplate(f *testing.F) {
+	for _, seed := range []string{fullTemplate, `{"a": {{identity.entity.name}}}`, `{ {{x}}: 1}`, `{"a": "{{identity.entity.name}}"}`, `{"a": {"b": [{{meshauth.service.name}}, {"c": {{identity.entity.id}}}]}}`, `{"a":1}}}`} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, text string) {
+		tmpl, err := compileClaimsTemplate(text)
+		if err != nil {
+			return
+		}
+		body, fail := tmpl.render(&renderInput{entity: &logical.Entity{Name: "n", ID: "i"}, service: "s"}, templateMissingOmit)
+		if fail != nil {
+			return
+		}
+		if !json.Valid(append(append([]byte{'{'}, body...), '}')) {
+			t.Fatalf("template %q rendered invalid JSON %q", text, body)
+		}
+	})
+}
