@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -245,8 +246,15 @@ func TestAPIKeysDeliveredWrapped(t *testing.T) {
 			t.Fatalf("wrap info %#v", wrapped.WrapInfo)
 		}
 		// The CLI shows the same: a wrapping token, no key.
-		out := s.MustCLI(t, "write", claimsMount+"/services/cli")
-		if strings.Contains(out, "mak_") || !strings.Contains(out, "wrapping_token") {
+		out := s.MustCLI(t, "write", "-force", claimsMount+"/services/cli")
+		var answer struct {
+			Data     map[string]any `json:"data"`
+			WrapInfo struct {
+				Token        string `json:"token"`
+				CreationPath string `json:"creation_path"`
+			} `json:"wrap_info"`
+		}
+		if err := json.Unmarshal([]byte(out), &answer); err != nil || strings.Contains(out, "mak_") || answer.Data != nil || answer.WrapInfo.Token == "" || answer.WrapInfo.CreationPath != claimsMount+"/services/cli" {
 			t.Fatalf("CLI: %s", out)
 		}
 	})
