@@ -502,3 +502,47 @@ func FuzzCompileClaimsTemplate(f *testing.F) {
 		}
 	})
 }
+
+// act is written by token exchange (RFC 8693): no service may set it, in
+// static claims either, in any spelling.
+func TestActIsReserved(t *testing.T) {
+	e := getTestBackend(t)
+	for _, name := range []string{"act", "ACT", "Act"} {
+		e.mustFail(t, logical.UpdateOperation, "services/orders", map[string]any{"claims": map[string]any{name: "x"}}, `"act"`)
+	}
+}
+
+// Logins rendering a template race writes that change it: every token
+// carries the claims of one stored template, never a mix, and -race sees
+// no data race.
+func TestClaimsTemplateConcurrentWrites(t *testing.T) {
+	e, sys := templateEnv(t)
+	sys.set(checkoutEntity(), nil)
+	key := e.register(t, "orders", map[string]any{"claims_template": `{"v": "0", "team": {{identity.entity.metadata.team}}}`})
+	conn := &logical.Connection{RemoteAddr: "127.0.0.1"}
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 50 {
+				resp, err := entityLogin(t, e, "orders", key, "ent-1", conn)
+				if err != nil || resp.IsError() {
+					t.Errorf("login: %v %#v", err, resp)
+					return
+				}
+				_, claims := decodeJWT(t, resp.Data["token"].(string))
+				if claims["team"] != "checkout" || claims["v"] == nil {
+					t.Errorf("claims %#v", claims)
+				}
+			}
+		})
+	}
+	for i := range 20 {
+		e.mustOK(t, logical.UpdateOperation, "services/orders", map[string]any{"claims_template": `{"v": "` + string(rune('a'+i)) + `", "team": {{identity.entity.metadata.team}}}`})
+	}
+	wg.Wait()
+	// After the last write, a login carries the last template.
+	resp, _ := entityLogin(t, e, "orders", key, "ent-1", conn)
+	if _, claims := decodeJWT(t, resp.Data["token"].(string)); claims["v"] != "t" {
+		t.Fatalf("after the last write: %#v", claims["v"])
+	}
+}
