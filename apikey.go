@@ -7,6 +7,9 @@ import (
 	"encoding/base64"
 	"fmt"
 	"time"
+
+	"github.com/hashicorp/vault/sdk/helper/wrapping"
+	"github.com/hashicorp/vault/sdk/logical"
 )
 
 // apiKeyBytes is the entropy of an API key: 256 bits from crypto/rand.
@@ -97,4 +100,16 @@ func liveKeys(keys []apiKeyEntry, now time.Time) []apiKeyEntry {
 		}
 	}
 	return out
+}
+
+// wrapAPIKeyAnswer asks Vault to response-wrap an answer that carries an API
+// key when config api_key_wrap_ttl is set: the caller then receives only a
+// single-use wrapping token, created on this request's path, and the key
+// leaves Vault once, to whoever unwraps it. Vault wraps with the shorter of
+// this TTL and one the request asked for (-wrap-ttl).
+func wrapAPIKeyAnswer(resp *logical.Response, cfg *configEntry) *logical.Response {
+	if resp != nil && !resp.IsError() && cfg.APIKeyWrapTTL > 0 {
+		resp.WrapInfo = &wrapping.ResponseWrapInfo{TTL: cfg.APIKeyWrapTTL}
+	}
+	return resp
 }

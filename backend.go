@@ -101,6 +101,11 @@ type backend struct {
 	// verifiedChains caches the result of verifying a presented client
 	// certificate chain, keyed by the SHA-256 of the whole chain.
 	verifiedChains *chainCache
+	// claimsRendered caches rendered claims templates per service, entity
+	// and certificate, for claimsCacheTTL (claims_template.go).
+	claimsRendered *claimsCache
+	// claimsMetrics counts logins refused by claims templates.
+	claimsMetrics templateMetrics
 
 	// now is the clock; tests replace it to cross leeway and lockout edges.
 	now func() time.Time
@@ -125,6 +130,7 @@ func newBackend() *backend {
 		metrics:        newMetrics(),
 		adoption:       newKeyAdoption(),
 		verifiedChains: newChainCache(chainCacheSize),
+		claimsRendered: newClaimsCache(claimsCacheSize),
 		now:            time.Now,
 	}
 	b.Backend = &framework.Backend{
@@ -234,6 +240,7 @@ func (b *backend) cleanup(_ context.Context) {
 	b.revoked.reset()
 	b.feed.drop()
 	b.verifiedChains.dropAll()
+	b.claimsRendered.dropAll()
 }
 
 const backendHelp = `

@@ -49,6 +49,8 @@ const (
 	// maxLeeway bounds the clock skew an operator may allow: more than this
 	// turns expiry into a suggestion.
 	maxLeeway = 10 * time.Minute
+	// maxAPIKeyWrapTTL bounds api_key_wrap_ttl.
+	maxAPIKeyWrapTTL = 24 * time.Hour
 	// minRotationPeriod keeps automatic rotation from running away: the
 	// periodic function runs about once a minute.
 	minRotationPeriod = time.Minute
@@ -88,6 +90,9 @@ type configEntry struct {
 	// a GET is a read, so with it on, read capability on login/<name> mints
 	// tokens, and an operator must grant that knowingly.
 	AllowGetLogin bool `json:"allow_get_login,omitempty"`
+	// APIKeyWrapTTL, when set, has Vault response-wrap every answer that
+	// carries an API key with this TTL; 0 is off.
+	APIKeyWrapTTL time.Duration `json:"api_key_wrap_ttl,omitempty"`
 	// TrustDomain is the engine's SPIFFE trust domain; "" is none.
 	TrustDomain string `json:"trust_domain,omitempty"`
 	// MinPublicationAge is how long a key is in jwks before it may sign;
@@ -188,6 +193,10 @@ func pathConfig(b *backend) []*framework.Path {
 				Type:        framework.TypeBool,
 				Description: "Serve the one-round-trip GET login (API key in the X-Meshauth-Api-Key header). With it on, read capability on login/<name> mints tokens for that service, so grant read on login/* knowingly. The mount must also pass the header through (vault secrets tune -passthrough-request-headers=X-Meshauth-Api-Key). Default: false.",
 			},
+			"api_key_wrap_ttl": {
+				Type:        framework.TypeDurationSecond,
+				Description: "When set, every answer that carries an API key (services/<name> create, services/<name>/rotate-key) is response-wrapped by Vault with this TTL: the caller gets a single-use wrapping token whose creation_path is <mount>/services/<name>[/rotate-key], and reads the key with sys/wrapping/unwrap after checking that path (sys/wrapping/lookup). A request that asks for a shorter -wrap-ttl gets the shorter one. 0 turns it off (duration or seconds, at most 24h). Default: 0.",
+			},
 			"trust_domain": {
 				Type:        framework.TypeString,
 				Description: "The engine's SPIFFE trust domain, as a bare name (example.org, no spiffe://): the only trust domain whose IDs get JWT-SVIDs (token_subject=spiffe_id); services with IDs in other registered trust domains get name tokens. Its CA bundle is registered at trust_domains/<name> like any other. Default: empty (none).",
@@ -249,6 +258,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"api_key_grace_period":  seconds(cfg.APIKeyGracePeriod),
 		"api_key_max_age":       seconds(cfg.APIKeyMaxAge),
 		"allow_get_login":       cfg.AllowGetLogin,
+		"api_key_wrap_ttl":      seconds(cfg.APIKeyWrapTTL),
 		"trust_domain":          cfg.TrustDomain,
 
 		"min_publication_age":      seconds(cfg.MinPublicationAge),
@@ -336,6 +346,7 @@ func applyConfigFields(cfg *configEntry, d *framework.FieldData) string {
 		{"lockout_counter_reset", &cfg.LockoutCounterReset},
 		{"api_key_grace_period", &cfg.APIKeyGracePeriod},
 		{"api_key_max_age", &cfg.APIKeyMaxAge},
+		{"api_key_wrap_ttl", &cfg.APIKeyWrapTTL},
 		{"min_publication_age", &cfg.MinPublicationAge},
 		{"revocation_max_staleness", &cfg.RevocationMaxStaleness},
 	}
@@ -386,6 +397,8 @@ func (c *configEntry) validate() string {
 		return fmt.Sprintf("min_publication_age must be at most %s", maxMinPublicationAge)
 	case c.RevocationMaxStaleness < minRevocationStaleness || c.RevocationMaxStaleness > maxRevocationStaleness:
 		return fmt.Sprintf("revocation_max_staleness must be between %s and %s", minRevocationStaleness, maxRevocationStaleness)
+	case c.APIKeyWrapTTL > maxAPIKeyWrapTTL:
+		return fmt.Sprintf("api_key_wrap_ttl must be at most %s: a wrapping token is meant to be unwrapped soon after it is handed over", maxAPIKeyWrapTTL)
 	case c.LockoutThreshold < 0:
 		return "lockout_threshold must be 0 (off) or positive"
 	case c.LockoutThreshold > 0 && c.LockoutDuration <= 0:

@@ -168,7 +168,13 @@ func (b *backend) login(ctx context.Context, req *logical.Request, d *framework.
 	if msg := jwtSVIDLoginCheck(svc, cfg, ring.current, spiffeID, audience); msg != "" {
 		return logical.ErrorResponse(msg), nil
 	}
-	minted, err := mintToken(ring.current, cfg, svc, audience, ttl, x5t, spiffeID, now)
+	// The caller authenticated: its claims_template, if any, is rendered
+	// now (claims_template.go).
+	templated, err := b.templateClaims(req, id, now)
+	if err != nil {
+		return nil, err
+	}
+	minted, err := mintTokenWith(ring.current, cfg, svc, audience, ttl, x5t, spiffeID, templated, now)
 	if err != nil {
 		return nil, err
 	}
@@ -435,4 +441,8 @@ Every failure answers the same "permission denied", whichever factor failed,
 and counts toward lockout of this caller (its verified client certificate, or
 its address) for this service. A locked caller gets an error that says when
 the lock ends. A login never writes to storage.
+
+A service with a claims_template renders it after every factor passed; a
+login it refuses (template_missing=fail) gets the same "permission denied",
+is logged naming the directive, and does not count toward lockout.
 `

@@ -43,12 +43,13 @@ func (b *backend) pathMetricsRead(_ context.Context, _ *logical.Request, d *fram
 	case "json", "":
 		data := b.metrics.snapshot(locked)
 		b.adoption.addTo(data)
+		b.claimsMetrics.addTo(data)
 		return &logical.Response{Data: data}, nil
 	case "prometheus":
 		return &logical.Response{Data: map[string]any{
 			logical.HTTPStatusCode:  http.StatusOK,
 			logical.HTTPContentType: prometheusContentType,
-			logical.HTTPRawBody:     []byte(b.metrics.prometheus(locked) + b.adoption.prometheus()),
+			logical.HTTPRawBody:     []byte(b.metrics.prometheus(locked) + b.adoption.prometheus() + b.claimsMetrics.prometheus()),
 		}}, nil
 	}
 	return logical.ErrorResponse("format must be json or prometheus"), nil

@@ -99,6 +99,7 @@ func (b *backend) pathServiceRotateKey(ctx context.Context, req *logical.Request
 	})
 	if err == nil && createdID != "" && !resp.IsError() {
 		b.Logger().Info("api key rotated", "service", resp.Data["name"], "api_key_id", createdID, "grace_period", grace.String())
+		resp = wrapAPIKeyAnswer(resp, cfg)
 	}
 	return resp, err
 }

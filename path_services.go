@@ -117,6 +117,8 @@ func serviceFields() map[string]*framework.FieldSchema {
 		},
 	}
 	addSPIFFEServiceFields(fields) // spiffe_ids, trust_domains, token_subject (spiffe.go)
+	// claims_template, template_missing (claims_template.go)
+	addClaimsTemplateFields(fields)
 	return fields
 }
 
@@ -200,6 +202,7 @@ func serviceResponse(e *serviceEntry, now time.Time) map[string]any {
 		"updated_at":        e.UpdatedAt.Format(time.RFC3339),
 	}
 	addSPIFFEServiceResponse(data, e)
+	addClaimsTemplateResponse(data, e)
 	if e.RevokedBefore > 0 {
 		data["tokens_revoked_before"] = time.Unix(e.RevokedBefore, 0).UTC().Format(time.RFC3339)
 	}
@@ -319,11 +322,11 @@ func (b *backend) pathServiceWrite(ctx context.Context, req *logical.Request, d 
 		return resp, nil
 	}
 	b.Logger().Info("service registered", "service", name, "api_key_id", created.entry.ID)
-	return &logical.Response{Data: map[string]any{
+	return wrapAPIKeyAnswer(&logical.Response{Data: map[string]any{
 		"name":       name,
 		"api_key":    created.secret,
 		"api_key_id": created.entry.ID,
-	}}, nil
+	}}, cfg), nil
 }
 
 // applyServiceFields copies the fields the request names into entry. On
@@ -371,6 +374,9 @@ func applyServiceFields(e *serviceEntry, d *framework.FieldData, creating bool) 
 			}
 			*dst = cleaned
 		}
+	}
+	if msg := applyClaimsTemplateFields(e, d); msg != "" {
+		return msg
 	}
 	if v, ok := d.GetOk("disabled"); ok {
 		if v.(bool) && !e.Disabled && !creating {
@@ -433,6 +439,9 @@ func validateService(e *serviceEntry, cfg *configEntry, now time.Time) string {
 		return "require_mtls is true but neither certificate, ca_chain nor spiffe_ids is set; give one, or set require_mtls=false"
 	}
 	if msg := checkClaimNames(e.Claims); msg != "" {
+		return msg
+	}
+	if msg := validateClaimsTemplate(e); msg != "" {
 		return msg
 	}
 	if msg := checkTokenSize(e); msg != "" {

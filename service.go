@@ -77,6 +77,12 @@ type serviceEntry struct {
 	TokenMaxTTL time.Duration `json:"token_max_ttl"`
 	// Claims are extra string claims put into every token.
 	Claims map[string]string `json:"claims,omitempty"`
+	// ClaimsTemplate is a JSON object of claims rendered at each login
+	// over the caller's Vault entity and certificate (claims_template.go).
+	ClaimsTemplate string `json:"claims_template,omitempty"`
+	// TemplateMissing is what a login does when a directive has no value:
+	// "fail" ("" in entries that never set it) or "omit".
+	TemplateMissing string `json:"template_missing,omitempty"`
 	// Disabled refuses logins and makes the service's tokens fail verify.
 	Disabled bool `json:"disabled"`
 	// Metadata is free-form operator data, never put into tokens.
@@ -215,6 +221,7 @@ func (b *backend) putService(ctx context.Context, s logical.Storage, entry *serv
 func (b *backend) dropService(name string) {
 	b.services.drop(name)
 	b.verifiedChains.dropService(name)
+	b.claimsRendered.dropService(name)
 	b.feed.drop()
 }
 
@@ -288,6 +295,11 @@ type cachedService struct {
 	// claimsOnce guards claimsJSON, the service's extra claims encoded once.
 	claimsOnce sync.Once
 	claimsJSON []byte
+	// tmpl is the compiled claims_template, nil without one; tmplErr
+	// records a stored template that registration would refuse today, and
+	// logins then fail closed (claims_template.go).
+	tmpl    *claimsTemplate
+	tmplErr error
 	// mint holds what every token of this service repeats, encoded once
 	// (token.go). It lives and dies with this cachedService, which every
 	// write of the service replaces, so gen and claims are never stale.
@@ -327,6 +339,9 @@ func (b *backend) getService(ctx context.Context, s logical.Storage, name string
 	if msg := checkClaimNames(entry.Claims); msg != "" {
 		cs.claimsErr = errors.New(msg)
 		b.Logger().Error("stored claims of service shadow a registered claim; its logins will fail until the claims are rewritten", "service", name, "error", msg)
+	}
+	if cs.compileForCache(); cs.tmplErr != nil {
+		b.Logger().Error("stored claims_template of service does not pass registration's checks; its logins will fail until it is rewritten", "service", name, "error", cs.tmplErr)
 	}
 	// Concurrent misses share the first load (cache.go fillFirst).
 	return b.services.fillFirst(name, cs, epoch), nil

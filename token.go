@@ -53,6 +53,13 @@ type mintedToken struct {
 // is carried by the gen claim, not by comparing iat with the revoke time.
 // spiffeID is the verified SPIFFE ID of the login's certificate, or "".
 func mintToken(key *signingKey, cfg *configEntry, svc *cachedService, audience []string, ttl time.Duration, x5t, spiffeID string, now time.Time) (*mintedToken, error) {
+	return mintTokenWith(key, cfg, svc, audience, ttl, x5t, spiffeID, nil, now)
+}
+
+// mintTokenWith is mintToken with the service's rendered claims_template
+// (the inside of a JSON object, checked when rendered), put first like the
+// static claims.
+func mintTokenWith(key *signingKey, cfg *configEntry, svc *cachedService, audience []string, ttl time.Duration, x5t, spiffeID string, templated []byte, now time.Time) (*mintedToken, error) {
 	iat := now.Unix()
 	exp := iat + int64(ttl/time.Second)
 	jti := rand.Text()
@@ -63,7 +70,12 @@ func mintToken(key *signingKey, cfg *configEntry, svc *cachedService, audience [
 	// measures and TestMintMatchesEncodingJSON holds it to.
 	buf := payloadPool.Get().(*[]byte)
 	defer payloadPool.Put(buf)
-	p := append((*buf)[:0], t.head...)
+	p := append((*buf)[:0], '{')
+	if len(templated) > 0 {
+		p = append(p, templated...)
+		p = append(p, ',')
+	}
+	p = append(p, t.head[1:]...)
 	p = append(p, `,"sub":`...)
 	p = appendJSONString(p, sub)
 	switch len(audience) {
@@ -228,11 +240,18 @@ func checkTokenSize(e *serviceEntry) string {
 		full, _ := json.Marshal(e.Claims) // map[string]string always marshals
 		extra = full[1 : len(full)-1]
 	}
+	if worst := worstCaseTemplateClaims(e); len(worst) > 0 {
+		if len(extra) > 0 {
+			extra = append(append(extra, ','), worst...)
+		} else {
+			extra = worst
+		}
+	}
 	payload := len(prependExtraClaims(extra, registered))
 	worstHeaderB64 := base64.RawURLEncoding.EncodedLen(len(`{"alg":"EdDSA","kid":"`+strings.Repeat("k", 43)+`","typ":"JWT-SVID"}`)) + 1
 	size := worstHeaderB64 + base64.RawURLEncoding.EncodedLen(payload) + worstSignatureB64
 	if size > maxTokenLength {
-		return fmt.Sprintf("a token of this service could reach %d bytes, over the %d-byte limit verifiers enforce; shorten claims (%d bytes of JSON) or allowed_audiences", size, maxTokenLength, len(extra))
+		return fmt.Sprintf("a token of this service could reach %d bytes, over the %d-byte limit verifiers enforce; shorten claims or claims_template (%d bytes of JSON, each template directive counted at 512 bytes) or allowed_audiences", size, maxTokenLength, len(extra))
 	}
 	return ""
 }

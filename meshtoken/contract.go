@@ -44,10 +44,11 @@ const APIKeyHeader = "X-Meshauth-Api-Key" //nolint:gosec // a header name, not a
 var RegisteredClaims = []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf", "gen", "meshauth_service"}
 
 // ReservedNames are the names no service-defined extra claim may take in any
-// spelling: the registered claims, the JOSE header parameters (RFC 7515
-// section 4.1) and the member of cnf. Keeping header names out of the payload
+// spelling: the registered claims, act (RFC 8693, which token exchange
+// writes), the JOSE header parameters (RFC 7515 section 4.1) and the member
+// of cnf. Keeping header names out of the payload
 // stops a token from seeming to carry header facts among its claims.
-var ReservedNames = append(slices.Clone(RegisteredClaims),
+var ReservedNames = append(slices.Clone(RegisteredClaims), "act",
 	"alg", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "typ", "cty", "crit")
 
 // Confirmation is the RFC 8705 cnf claim binding a token to the client
