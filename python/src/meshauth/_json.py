@@ -169,8 +169,52 @@ def loads_checked(data, reserved=(), inner=None):
     root, i = _read_value(s, i, reserved, inner)
     i = _WS.match(s, i).end()
     if i != len(s):
-        raise AmbiguousMembers("data after the object")
+        # meshtoken refuses data after the object only when Go's
+        # Decoder.Token reads a token there; other trailing bytes pass its
+        # member check and make the later json.Unmarshal fail (malformed,
+        # after the header and signature checks). Both are refusals; the
+        # reason must match too.
+        if _token_at(s, i):
+            raise AmbiguousMembers("data after the object")
+        raise TrailingData(root)
     return root
+
+
+class TrailingData(JSONError):
+    """The object is followed by bytes that are not a JSON token: Go's
+    member check passes, its Unmarshal fails. .value is the object read."""
+
+    def __init__(self, value):
+        super().__init__("invalid data after the object")
+        self.value = value
+
+
+def _token_at(s, i):
+    """Whether Go's Decoder.Token, at the top level, reads a token at s[i:]
+    (a delimiter that opens, a complete string, literal or number)."""
+    c = s[i]
+    if c in "{[":
+        return True
+    if c == '"':
+        try:
+            _read_string(s, i + 1)
+            return True
+        except JSONError:
+            return False
+    for lit in ("true", "false", "null"):
+        if s.startswith(lit, i):
+            return True
+    m = _NUMBER.match(s, i)
+    if not m or m.end() == i:
+        return False
+    num, nxt = m.group(), s[m.end():m.end() + 1]
+    # The scanner goes on into a fraction or exponent that the match did
+    # not take only to fail on it.
+    if nxt == "." and "." not in num and "e" not in num.lower():
+        return False
+    if nxt in ("e", "E") and "e" not in num.lower():
+        return False
+    return True
 
 
 def _read_value(s, i, reserved, inner):

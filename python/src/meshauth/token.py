@@ -294,19 +294,30 @@ def parse(raw, keys, issuer="", audience="", leeway=DEFAULT_LEEWAY, now=None):
         header_bytes = b64decode_strict(raw[:first])
     except ValueError as e:
         raise TokenError(MALFORMED, str(e))
+    header_trailing = False
     try:
         header = _json.loads_checked(header_bytes, HEADER_NAMES)
+    except _json.TrailingData:
+        # Go's member check passes; its Unmarshal of the header fails after
+        # the payload's member check.
+        header, header_trailing = None, True
     except (_json.JSONError, _json.AmbiguousMembers) as e:
         raise TokenError(MALFORMED, "header: " + str(e))
     try:
         payload_bytes = b64decode_strict(raw[first + 1:second])
     except ValueError as e:
         raise TokenError(MALFORMED, str(e))
+    trailing = False
     try:
         payload = _json.loads_checked(payload_bytes, REGISTERED_CLAIMS, {"cnf": CNF_MEMBERS})
+    except _json.TrailingData:
+        # Refused as malformed after the signature check, as in Go.
+        payload, trailing = None, True
     except (_json.JSONError, _json.AmbiguousMembers) as e:
         raise TokenError(AMBIGUOUS_CLAIMS, str(e))
 
+    if header_trailing:
+        raise TokenError(MALFORMED, "header has data after its object")
     alg = _string(header.get("alg"))
     kid = _string(header.get("kid"))
     if alg not in ALGORITHMS:
@@ -328,6 +339,8 @@ def parse(raw, keys, issuer="", audience="", leeway=DEFAULT_LEEWAY, now=None):
     except InvalidSignature:
         raise TokenError(BAD_SIGNATURE, "signature does not verify")
 
+    if trailing:
+        raise TokenError(MALFORMED, "payload has data after its object")
     c = claims_of(payload, kid)
     validate(c, issuer, audience, leeway, now)
     return c
