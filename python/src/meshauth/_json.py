@@ -15,6 +15,7 @@ Values: dict (str keys), list, str, bool, None, and Number (the literal text,
 so a caller decides how to read it, as json.Number does in Go).
 """
 
+import json as _stdjson
 import re
 
 __all__ = ["Number", "JSONError", "AmbiguousMembers", "loads_checked", "folds_to"]
@@ -47,29 +48,22 @@ class Number(str):
 _EXTRA_FOLDS = {"k": "\u212a", "s": "\u017f"}  # KELVIN SIGN, LATIN SMALL LETTER LONG S
 
 
-def _rune_folds_to(c, ascii_char):
-    """Whether Go's strings.EqualFold treats rune c as ascii_char."""
-    if c == ascii_char:
-        return True
-    low = ascii_char.lower()
-    if low != ascii_char.upper():  # a letter
-        if c == low or c == ascii_char.upper():
-            return True
-        extra = _EXTRA_FOLDS.get(low)
-        return extra is not None and c == extra
-    return False
+# Every rune Go's simple folding maps onto an ASCII letter, as that letter's
+# lower case: the other case, and the two non-ASCII members of those orbits.
+_FOLD = {ord(c): ord(c.lower()) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}
+_FOLD.update({ord(v): ord(k) for k, v in _EXTRA_FOLDS.items()})
+_fold_tables = {}
 
 
 def folds_to(name, reserved):
     """The reserved (ASCII) name that name equals under Go's Unicode simple
     case folding ("SUB", "\u017fub" and "Sub" fold to "sub"), or None.
     An exact match returns the name too."""
-    for r in reserved:
-        if len(name) != len(r):
-            continue
-        if all(_rune_folds_to(c, rc) for c, rc in zip(name, r)):
-            return r
-    return None
+    table = _fold_tables.get(reserved)
+    if table is None:
+        table = {r.translate(_FOLD): r for r in reserved}
+        _fold_tables[reserved] = table
+    return table.get(name.translate(_FOLD))
 
 
 _WS = re.compile(r"[ \t\n\r]*")
@@ -162,7 +156,11 @@ def loads_checked(data, reserved=(), inner=None):
     Every failure in the Go check is ambiguous_claims, syntax included, so
     callers that need one reason may treat both alike."""
     inner = inner or {}
-    s = _decode_go_utf8(bytes(data))
+    data = bytes(data)
+    fast = _fast(data, reserved, inner)
+    if fast is not None:
+        return fast
+    s = _decode_go_utf8(data)
     i = _WS.match(s, 0).end()
     if i >= len(s) or s[i] != "{":
         raise AmbiguousMembers("not a JSON object")
@@ -187,6 +185,53 @@ class TrailingData(JSONError):
     def __init__(self, value):
         super().__init__("invalid data after the object")
         self.value = value
+
+
+# The bytes of the payloads meshauth itself writes: printable ASCII and JSON
+# whitespace, no escapes. For these, Python's json module and Go's
+# encoding/json read the same names and values, so the C parser can do the
+# work (as meshtoken's plainMembersOK does for Go).
+_PLAIN_BYTES = re.compile(rb"[\x20-\x5b\x5d-\x7e\t\n\r]*\Z")
+
+
+class _Doubt(Exception):
+    pass
+
+
+def _pairs(pairs):
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise _Doubt()
+    return d
+
+
+def _no_constant(name):
+    raise _Doubt()
+
+
+def _fast(data, reserved, inner):
+    """The object when data is plain and every check passes; None when in
+    any doubt (the iterative reader then decides, with its error)."""
+    if not _PLAIN_BYTES.match(data) or data.count(b"{") + data.count(b"[") > MAX_DEPTH:
+        return None
+    try:
+        root = _stdjson.loads(data.decode("ascii"), object_pairs_hook=_pairs, parse_float=Number,
+                              parse_int=Number, parse_constant=_no_constant)
+    except (_Doubt, ValueError):
+        return None
+    if not isinstance(root, dict):
+        return None
+    for name in root:
+        r = folds_to(name, reserved)
+        if r is not None and r != name:
+            return None
+        names = inner.get(name)
+        if names and isinstance(root[name], dict):
+            for n in root[name]:
+                r = folds_to(n, names)
+                if r is not None and r != n:
+                    return None
+    return root
 
 
 def _token_at(s, i):
