@@ -246,6 +246,18 @@ class TokenSource:
                 raise self._last_error
             return self._run_login()[0]
 
+    def fresh_token(self):
+        """Logs in and returns a new token without keeping it (for audiences
+        that accept each jti once). Like token(), it does not ask Vault
+        during a backoff or lockout; its failures count toward them."""
+        with self._login_lock:
+            if self.clock() < self._retry_at and self._last_error is not None:
+                raise self._last_error
+            keep = self._token
+            t = self._run_login()
+            self._token = keep if keep is not None and self.clock() < keep[1] else t
+            return t[0]
+
     def start(self):
         """Refreshes in a background thread until stop()."""
         if self._thread is not None:
