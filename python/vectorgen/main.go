@@ -19,7 +19,7 @@ func main() {
 	out := flag.String("out", "../../testdata/vectors", "directory to write vectors.json and differential.json into")
 	n := flag.Int("n", 3000, "number of differential tokens")
 	flag.Parse()
-	if err := os.MkdirAll(*out, 0o755); err != nil {
+	if err := os.MkdirAll(*out, 0o755); err != nil { //nolint:gosec // a directory of the repository
 		log.Fatal(err)
 	}
 	fx, err := newFixture()

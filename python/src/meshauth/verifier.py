@@ -134,7 +134,7 @@ class _HTTP:
 
     def get(self, url, limit, headers=None):
         resp = self.session.get(url, headers=headers or {}, timeout=self.timeout, verify=self.verify,
-                                stream=True, allow_redirects=False)
+                                stream=True)
         try:
             body = resp.raw.read(limit + 1, decode_content=True) if resp.status_code == 200 else b""
         finally:
