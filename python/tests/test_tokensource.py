@@ -5,7 +5,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import requests
 
-from meshauth import AppRoleAuth, LoginError, MeshauthAuth, StaticToken, TokenSource
+from meshauth import AppRoleAuth, KubernetesAuth, LoginError, MeshauthAuth, StaticToken, TokenSource
 from helpers import Clock
 
 
@@ -19,7 +19,10 @@ class FakeVault(BaseHTTPRequestHandler):
     def _answer(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         FakeVault.seen.append((self.command, self.path, dict(self.headers), body))
-        if self.path.startswith("/v1/auth/approle/login"):
+        if self.path.startswith("/v1/auth/kubernetes/login"):
+            ok = json.loads(body) == {"role": "orders", "jwt": "sa-token"}
+            status, doc = (200, {"auth": {"client_token": "vt-k8s", "lease_duration": 0}}) if ok else (400, {"errors": ["bad"]})
+        elif self.path.startswith("/v1/auth/approle/login"):
             status, doc = 200, {"auth": {"client_token": "vt-1", "lease_duration": 60}}
         elif self.path.startswith("/redirect"):
             self.send_response(302)
@@ -102,3 +105,12 @@ def test_auth_drops_token_on_cross_origin_redirect(vault):
     other = vault.replace("127.0.0.1", "localhost")
     cross = s.get(vault + "/redirect", auth=MeshauthAuth(ts), headers={"X-Target": other + "/echo"})
     assert cross.json()["authorization"] is None
+
+
+def test_kubernetes_auth(vault, tmp_path):
+    sa = tmp_path / "token"
+    sa.write_text("sa-token\n")
+    ts = TokenSource(vault, "orders", "K", KubernetesAuth("orders", token_path=str(sa)))
+    FakeVault.answers = [ok("t3")]
+    assert ts.token() == "t3"
+    assert FakeVault.seen[-1][2]["X-Vault-Token"] == "vt-k8s"

@@ -144,3 +144,17 @@ def test_feed_of_another_issuer_or_type_refused():
         make(iss, clock, feed=iss.sign("k1", {"iss": "other", "iat": 1}, typ="meshauth-revocations+jwt"))
     with pytest.raises(ValueError):
         make(iss, clock, feed=iss.token())
+
+
+def test_discovery_stays_on_its_host():
+    iss = Issuer()
+    disc = "https://v/v1/meshauth/.well-known/openid-configuration"
+
+    def http(jwks_uri):
+        return FakeHTTP({disc: (200, {}, ('{"issuer":"%s","jwks_uri":"%s"}' % (ISSUER, jwks_uri)).encode()),
+                         JWKS: (200, {}, iss.jwks())})
+
+    v = Verifier(discovery_url=disc, audience="payments", http=http("/v1/meshauth/jwks"))
+    assert v.jwks_url == JWKS and v.issuer == ISSUER
+    with pytest.raises(ValueError):
+        Verifier(discovery_url=disc, audience="payments", http=http("https://elsewhere/jwks"))
