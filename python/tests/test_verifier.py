@@ -158,3 +158,23 @@ def test_discovery_stays_on_its_host():
     assert v.jwks_url == JWKS and v.issuer == ISSUER
     with pytest.raises(ValueError):
         Verifier(discovery_url=disc, audience="payments", http=http("https://elsewhere/jwks"))
+
+
+def test_garbage_only_ever_refused():
+    import base64
+    import random
+    iss, clock = Issuer(), Clock()
+    v, _, _ = make(iss, clock)
+    rng = random.Random(21)
+    good = iss.token()
+    h, p, s = good.split(".")
+    payload = base64.urlsafe_b64decode(p + "==")
+    for _ in range(2000):
+        b = bytearray(payload)
+        for _ in range(rng.randint(1, 4)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        tok = iss.sign("k1", bytes(b)) if rng.random() < 0.8 else good[:rng.randrange(len(good))] + chr(rng.randrange(32, 127))
+        try:
+            v.verify(tok)
+        except VerifyError:
+            pass
