@@ -121,8 +121,9 @@ class TokenSource:
         self.timeout = timeout
         self.clock = clock
         self._session = session or requests.Session()
-        self._session.cert = cert
-        self._session.verify = ca_file if ca_file else True
+        # Passed on every request: a session's verify loses to
+        # REQUESTS_CA_BUNDLE in the environment, a per-request one does not.
+        self._tls = {"cert": cert, "verify": ca_file if ca_file else True}
         self._lock = threading.Lock()
         self._login_lock = threading.Lock()
         self._token = None  # (value, expires_at, refresh_at)
@@ -137,7 +138,7 @@ class TokenSource:
     # --- Vault ------------------------------------------------------------
 
     def _vault_login(self, path, data):
-        resp = self._session.post("%s/v1/%s" % (self.vault_addr, path), json=data, timeout=self.timeout)
+        resp = self._session.post("%s/v1/%s" % (self.vault_addr, path), json=data, timeout=self.timeout, **self._tls)
         if resp.status_code != 200:
             raise LoginError("logging in to Vault (%s): HTTP %d" % (path.split("/")[1], resp.status_code), resp.status_code)
         auth = resp.json().get("auth") or {}
@@ -170,10 +171,12 @@ class TokenSource:
             params["ttl"] = "%ds" % int(self.ttl)
         if self.use_get:
             headers[API_KEY_HEADER] = self._api_key
-            resp = self._session.get(url, params=params, headers=headers, timeout=self.timeout, allow_redirects=False)
+            resp = self._session.get(url, params=params, headers=headers, timeout=self.timeout, allow_redirects=False,
+                                     **self._tls)
         else:
             body = dict(params, api_key=self._api_key)
-            resp = self._session.post(url, json=body, headers=headers, timeout=self.timeout, allow_redirects=False)
+            resp = self._session.post(url, json=body, headers=headers, timeout=self.timeout, allow_redirects=False,
+                                      **self._tls)
         if resp.status_code == 403 and any("invalid token" in e for e in _errors(resp)):
             self._vault_token = None
         return resp
@@ -211,7 +214,9 @@ class TokenSource:
         try:
             t = self._login(start)
         except (LoginError, requests.RequestException, ValueError, OSError) as e:
-            err = e if isinstance(e, LoginError) else LoginError("meshauth login as %r: %s" % (self.service, type(e).__name__))
+            # requests' and OpenSSL's messages name the URL and the TLS
+            # failure, never a header or body: safe, and needed to act.
+            err = e if isinstance(e, LoginError) else LoginError("meshauth login as %r: %s: %s" % (self.service, type(e).__name__, e))
             with self._lock:
                 self._failures += 1
                 now = self.clock()
