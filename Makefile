@@ -73,7 +73,7 @@ python-deps: ## install the Debian packages python/ needs, when missing (says wh
 	@./scripts/python-deps.sh
 
 test-python: python-deps ## the Python package's tests (Debian's python3; shared vectors, differential corpus); fails if none runs
-	@cd python && out=$$($(PYTHON) -m pytest -q -p no:cacheprovider -m "not e2e" 2>&1); rc=$$?; echo "$$out" | tail -20; \
+	@cd python && out=$$(PYTHONDONTWRITEBYTECODE=1 $(PYTHON) -m pytest -q -p no:cacheprovider -m "not e2e" 2>&1); rc=$$?; echo "$$out" | tail -20; \
 	  if ! echo "$$out" | grep -qE '^[0-9]+ passed'; then echo "test-python: pytest ran no test"; exit 1; fi; exit $$rc
 
 vectors: ## regenerate testdata/vectors (shared vectors and differential corpus) from meshtoken, then check both languages
