@@ -40,3 +40,13 @@ def test_keeping_the_last_duplicate_is_caught(vectors, differential, monkeypatch
 def test_ascii_only_folding_is_caught(vectors, monkeypatch):
     monkeypatch.setattr(_json, "folds_to", lambda name, reserved: next((r for r in reserved if r == name.lower()), None))
     assert disagreements(vectors) > 0
+
+
+def test_naive_time_arithmetic_is_caught(differential, monkeypatch):
+    import math
+
+    from meshauth import token
+    # Python's own integers: no int64 conversion, no wrap of Go's internal
+    # seconds. The corpus's time claims at the edges must tell.
+    monkeypatch.setattr(token, "numeric_date", lambda f: (math.floor(f) + token._UNIX_TO_INTERNAL, 0))
+    assert disagreements(differential) > 0

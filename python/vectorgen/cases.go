@@ -221,6 +221,16 @@ var (
 	// trailers follow the payload object: Go refuses some as data after the
 	// object and lets others fail later (the verdict differs).
 	trailers = []string{"x", " 1", "1.", "1.5x", "1ex", "01", " \"s\"", " \"s", " tru", " true", "truex", "]", "}", ",", " -", "-1", " null", "[", "{", " 1e5", "\ufeff"}
+	// timeEdges are time claims at the edges of int64 seconds, of Go's
+	// internal time (seconds since year 1, which wraps), of float64, and of
+	// the second.
+	timeEdges = []string{
+		`9223372036854775807`, `9223372036854775808`, `-9223372036854775808`, `-9223372036854775809`,
+		`9.2233720368547748e18`, `9.2233720368547758e18`, `-9.2233720368547758e18`, `1e19`, `-1e19`, `1e300`, `-1e300`,
+		`9223371974719179007`, `9223371974719179008`, `9223371974719178000`, `-62135596800`, `-62135596801`,
+		`253402300799`, `253402300800`, `4102444800.999999999`, `4102444800.0000001`, `-0.5`, `-1e-9`, `0.999999999`,
+		`1e-400`, `5e-324`, `-0`, `0`, `1`, `"1"`, `"-1e19"`, `"0x10"`, `1E2`, `4102444800e0`, `41024448e2`, `true`, `[]`,
+	}
 	oddNames = []string{
 		`"sub"`, `"SUB"`, `"Sub"`, `"ſub"`, `"\u017fub"`, `"\u0073ub"`, `"su\u0062"`, `"iss"`, `"ISS"`, `"iſs"`, `"aud"`, `"AUD"`,
 		`"exp"`, `"EXP"`, `"nbf"`, `"iat"`, `"jti"`, `"JTI"`, `"cnf"`, `"CNF"`, `"gen"`, `"GEN"`, `"meshauth_service"`,
@@ -242,6 +252,17 @@ func (fx *fixture) oddToken(rng *rand.Rand, key string) (string, string, string)
 	m := fx.base()
 	if rng.IntN(3) == 0 {
 		m = fx.base(`"cnf"`, `{"x5t#S256":`+q(fx.x5t("orders"))+`}`)
+	}
+	if rng.IntN(4) == 0 {
+		// Numbers at the edges of Go's time arithmetic, in the time
+		// claims only; never relative to the time of generation, so the
+		// verdict is the same whenever the corpus is read.
+		names := []string{`"exp"`, `"nbf"`, `"iat"`}
+		m = set(m, names[rng.IntN(3)], timeEdges[rng.IntN(len(timeEdges))])
+		if rng.IntN(2) == 0 {
+			m = set(m, names[rng.IntN(3)], timeEdges[rng.IntN(len(timeEdges))])
+		}
+		return header(key, fx), claims(m...), "orders"
 	}
 	// Mutations: replace values, add members (possibly duplicates), drop.
 	for range 1 + rng.IntN(3) {
