@@ -54,11 +54,11 @@ FUZZ_TARGETS := .:FuzzParseToken .:FuzzParseCertificates .:FuzzServiceWrite .:Fu
 # import (meshtoken), the client library, gRPC credentials and interceptors
 # (grpcauth), and the end-to-end suite.
 LIB_MODULES := meshtoken client grpcauth
+# Go tools of the Python package: the shared-vector generator (its own module).
+PY_GO_MODULES := python/vectorgen
 # Every Go module that ships or tests something: vet, lint and vuln cover
 # them all, so a module added here is checked on every submission.
 GO_MODULES  := . $(LIB_MODULES) e2e $(PY_GO_MODULES)
-# Go tools of the Python package: the shared-vector generator (its own module).
-PY_GO_MODULES := python/vectorgen
 # Debian's interpreter, never another python3 that may come first on PATH.
 PYTHON := /usr/bin/python3
 
