@@ -114,3 +114,26 @@ def test_kubernetes_auth(vault, tmp_path):
     FakeVault.answers = [ok("t3")]
     assert ts.token() == "t3"
     assert FakeVault.seen[-1][2]["X-Vault-Token"] == "vt-k8s"
+
+
+def test_tls_settings_reach_every_request(monkeypatch):
+    # A session's verify loses to REQUESTS_CA_BUNDLE (set on many hosts):
+    # the CA and client certificate must go with each request.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    seen = []
+
+    class Resp:
+        status_code = 200
+
+        def json(self):
+            return {"data": {"token": "t", "expires_in": 60}}
+
+    class Session:
+        def post(self, url, **kw):
+            seen.append(kw)
+            return Resp()
+
+    ts = TokenSource("https://vault", "orders", "K", StaticToken("root"), cert=("c.pem", "c.key"),
+                     ca_file="vault-ca.pem", session=Session())
+    assert ts.token() == "t"
+    assert seen[0]["verify"] == "vault-ca.pem" and seen[0]["cert"] == ("c.pem", "c.key")
