@@ -33,6 +33,7 @@ BENCH_COUNT ?= 6
 BENCH_FLAGS ?=
 
 .PHONY: help build dev test test-unit fuzz fuzz-short test-e2e test-e2e-ha vault vuln vulndb-refresh bench fmt vet lint tools clean
+.PHONY: test-python vectors lint-python python-deps
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -53,15 +54,36 @@ FUZZ_TARGETS := .:FuzzParseToken .:FuzzParseCertificates .:FuzzServiceWrite .:Fu
 # import (meshtoken), the client library, gRPC credentials and interceptors
 # (grpcauth), and the end-to-end suite.
 LIB_MODULES := meshtoken client grpcauth
+# Go tools of the Python package: the shared-vector generator (its own module).
+PY_GO_MODULES := python/vectorgen
 # Every Go module that ships or tests something: vet, lint and vuln cover
 # them all, so a module added here is checked on every submission.
-GO_MODULES  := . $(LIB_MODULES) e2e
+GO_MODULES  := . $(LIB_MODULES) e2e $(PY_GO_MODULES)
+# Debian's interpreter, never another python3 that may come first on PATH.
+PYTHON := /usr/bin/python3
 
-test: test-unit fuzz-short test-e2e ## run every test: unit (-race), a short fuzz of each target, end-to-end against real Vault
+test: test-unit test-python fuzz-short test-e2e ## run every test: unit (-race), Python, a short fuzz of each target, end-to-end against real Vault
 
 test-unit: ## unit tests of the plugin, meshtoken and client modules, with the race detector
 	go test -race -count=1 ./...
 	@for m in $(LIB_MODULES); do (cd $$m && go test -race -count=1 ./...) || exit 1; done
+	@for m in $(PY_GO_MODULES); do (cd $$m && go test -race -count=1 ./...) || exit 1; done
+
+python-deps: ## install the Debian packages python/ needs, when missing (says what it installs)
+	@./scripts/python-deps.sh
+
+test-python: python-deps ## the Python package's tests (Debian's python3; shared vectors, differential corpus); fails if none runs
+	@cd python && out=$$(PYTHONDONTWRITEBYTECODE=1 $(PYTHON) -m pytest -q -p no:cacheprovider -m "not e2e" 2>&1); rc=$$?; echo "$$out" | tail -20; \
+	  if ! echo "$$out" | grep -qE '^[0-9]+ passed'; then echo "test-python: pytest ran no test"; exit 1; fi; exit $$rc
+
+vectors: ## regenerate testdata/vectors (shared vectors and differential corpus) from meshtoken, then check both languages
+	cd python/vectorgen && go run . -out $(CURDIR)/testdata/vectors
+	cd python/vectorgen && go test -count=1 ./...
+	@$(MAKE) --no-print-directory test-python
+
+lint-python: python-deps ## pyflakes and a byte-compile of python/
+	$(PYTHON) -m pyflakes python/src python/tests python/bench.py
+	PYTHONDONTWRITEBYTECODE=1 $(PYTHON) -c "import pathlib, sys; [compile(p.read_text(), str(p), 'exec') for d in sys.argv[1:] for p in pathlib.Path(d).rglob('*.py')]" python
 
 fuzz: ## fuzz every target for FUZZ_TIME each (default 30s); seeds in testdata/fuzz
 	@for t in $(FUZZ_TARGETS); do dir=$${t%%:*}; f=$${t#*:}; \
@@ -94,9 +116,9 @@ fmt: tools ## format with gofumpt
 vet: ## go vet every module
 	@for m in $(GO_MODULES); do (cd $$m && go vet ./...) || exit 1; done
 
-lint: tools ## golangci-lint and gofumpt, every module; every go.mod tidy
+lint: tools lint-python ## golangci-lint and gofumpt, every module; every go.mod tidy; pyflakes
 	$(TOOLS_DIR)/golangci-lint run ./...
-	@for m in $(filter-out .,$(GO_MODULES)); do (cd $$m && $(TOOLS_DIR)/golangci-lint run --config ../.golangci.yml ./...) || exit 1; done
+	@for m in $(filter-out .,$(GO_MODULES)); do (cd $$m && $(TOOLS_DIR)/golangci-lint run --config $(CURDIR)/.golangci.yml ./...) || exit 1; done
 	@test -z "$$($(TOOLS_DIR)/gofumpt -l .)" || { echo "gofumpt would change:"; $(TOOLS_DIR)/gofumpt -l .; exit 1; }
 	@for m in $(GO_MODULES) tools/vault tools/vulndb; do (cd $$m && go mod tidy -diff >/dev/null) || { echo "$$m/go.mod is not tidy: run go mod tidy there (e2e follows the root module through its replace)"; exit 1; }; done
 

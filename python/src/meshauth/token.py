@@ -1,0 +1,426 @@
+"""Parsing a meshauth token: the same checks, in the same order and with the
+same reasons, as meshtoken.Parse (Go).
+
+The reasons a token is refused are meshtoken's Reason constants; the verifier
+adds its own (binding, revocation, staleness) in verifier.py. The shared test
+vectors under testdata/vectors pin every reason in both languages.
+"""
+
+import base64
+import binascii
+import hashlib
+import math
+import re
+import time as _time
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from . import _json
+
+ES256, ES384, EDDSA, RS256 = "ES256", "ES384", "EdDSA", "RS256"
+ALGORITHMS = (ES256, ES384, EDDSA, RS256)
+
+MAX_TOKEN_LENGTH = 16 << 10
+DEFAULT_LEEWAY = 30.0
+
+REGISTERED_CLAIMS = ("iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf", "gen", "meshauth_service")
+HEADER_NAMES = ("alg", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "typ", "cty", "crit")
+CNF_MEMBERS = ("x5t#S256",)
+
+# Reasons, spelled as meshtoken's.
+TOO_LARGE = "too_large"
+MALFORMED = "malformed"
+AMBIGUOUS_CLAIMS = "ambiguous_claims"
+ALG_NOT_ALLOWED = "algorithm_not_allowed"
+UNKNOWN_KEY = "unknown_key"
+ALG_MISMATCH = "algorithm_mismatch"
+CRIT_HEADER = "unsupported_critical_header"
+BAD_SIGNATURE = "bad_signature"
+EXPIRED = "expired"
+NOT_YET_VALID = "not_yet_valid"
+ISSUED_IN_FUTURE = "issued_in_future"
+WRONG_ISSUER = "wrong_issuer"
+WRONG_AUDIENCE = "wrong_audience"
+MISSING_CLAIM = "missing_claim"
+INVALID = "invalid"
+
+
+class TokenError(Exception):
+    """A refused token: .reason is one of the reason constants. The message
+    never holds the token."""
+
+    status = 401
+
+    def __init__(self, reason, detail=""):
+        super().__init__("meshauth token refused (%s)%s" % (reason, ": " + detail if detail else ""))
+        self.reason = reason
+
+
+class UnknownKey(LookupError):
+    """What a key function raises for a kid it does not hold."""
+
+
+class Key:
+    """A verification key bound to the one algorithm it verifies."""
+
+    __slots__ = ("algorithm", "public", "size")
+
+    def __init__(self, algorithm, public):
+        self.algorithm = algorithm
+        self.public = public
+        # The signature length the algorithm requires (Go's verifiers refuse
+        # any other length; OpenSSL would accept a short RSA signature).
+        if algorithm == RS256:
+            self.size = (public.key_size + 7) // 8
+        elif algorithm == ES256:
+            self.size = 64
+        elif algorithm == ES384:
+            self.size = 96
+        else:
+            self.size = 64
+
+    def same(self, other):
+        return self.algorithm == other.algorithm and _public_bytes(self.public) == _public_bytes(other.public)
+
+
+def _public_bytes(pub):
+    from cryptography.hazmat.primitives import serialization
+    return pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+\Z")
+_WELL_FORMED = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\Z")
+_B64_LAST = "AQgw"  # base64url characters whose unused low bits are zero (4 trailing bits)
+_B64_LAST2 = "AEIMQUYcgkosw048"  # ... (2 trailing bits)
+
+
+def b64decode_strict(seg):
+    """Decodes one base64url segment of a compact JWS as RFC 7515 requires:
+    the URL alphabet only, no padding, and no nonzero unused bits in the last
+    character, so each byte string has exactly one spelling. Raises
+    ValueError otherwise."""
+    if not _SEGMENT.match(seg):
+        raise ValueError("not base64url")
+    rem = len(seg) % 4
+    if rem == 1:
+        raise ValueError("base64url of impossible length")
+    if rem == 2 and seg[-1] not in _B64_LAST:
+        raise ValueError("base64url with nonzero unused bits")
+    if rem == 3 and seg[-1] not in _B64_LAST2:
+        raise ValueError("base64url with nonzero unused bits")
+    try:
+        return base64.urlsafe_b64decode(seg + "=" * (-len(seg) % 4))
+    except (binascii.Error, ValueError) as e:
+        raise ValueError(str(e))
+
+
+def b64encode(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def well_formed(token):
+    """Three non-empty base64url segments, nothing else (meshtoken.WellFormed)."""
+    return _WELL_FORMED.match(token) is not None
+
+
+def verify_signature(key, alg, signing_input, sig):
+    """Raises InvalidSignature unless sig is alg's signature of signing_input."""
+    if len(sig) != key.size:
+        raise InvalidSignature()
+    pub = key.public
+    if alg == ES256 or alg == ES384:
+        half = key.size // 2
+        der = encode_dss_signature(int.from_bytes(sig[:half], "big"), int.from_bytes(sig[half:], "big"))
+        pub.verify(der, signing_input, ec.ECDSA(hashes.SHA256() if alg == ES256 else hashes.SHA384()))
+    elif alg == EDDSA:
+        pub.verify(sig, signing_input)
+    else:
+        pub.verify(sig, signing_input, padding.PKCS1v15(), hashes.SHA256())
+
+
+# --- Go's time arithmetic -------------------------------------------------
+# golang-jwt reads exp, nbf and iat into time.Time through float64 and
+# int64 conversions, and compares them after adding the leeway. At the edges
+# (values beyond int64 seconds, or near it) Go's conversions wrap or
+# saturate; to reach the same verdict on every token we compute as Go does.
+# A time is (internal seconds since year 1, nanoseconds), as Go keeps it.
+
+_UNIX_TO_INTERNAL = 62135596800
+_I64 = 1 << 63
+
+
+def _wrap64(x):
+    return ((x + _I64) % (1 << 64)) - _I64
+
+
+def _float_to_int64(f):
+    # amd64's CVTTSD2SI: out of range (and NaN) gives the minimum int64.
+    if not (-9.223372036854775808e18 <= f < 9.223372036854775808e18):
+        return -_I64
+    return int(f)
+
+
+def numeric_date(f):
+    """golang-jwt's NumericDate of float seconds f, as Go's internal time
+    truncated to the second: (sec, 0)."""
+    rnd = math.trunc(f) if math.isfinite(f) else f
+    frac = f - rnd if math.isfinite(f) else 0.0
+    sec = _float_to_int64(rnd)
+    nsec = int(frac * 1e9)
+    # time.Unix normalizes nsec into [0, 1e9).
+    if nsec < 0 or nsec >= 1000000000:
+        n = nsec // 1000000000
+        sec += n
+        nsec -= n * 1000000000
+    sec = _wrap64(sec)
+    return (_wrap64(sec + _UNIX_TO_INTERNAL), 0)
+
+
+def _add(t, d_ns):
+    """Go's Time.Add of d_ns nanoseconds to a time without monotonic reading:
+    the seconds saturate instead of wrapping (Time.addSec)."""
+    sec, nsec = t
+    dsec = abs(d_ns) // 1000000000 * (1 if d_ns >= 0 else -1)
+    nsec += d_ns - dsec * 1000000000
+    if nsec >= 1000000000:
+        dsec += 1
+        nsec -= 1000000000
+    elif nsec < 0:
+        dsec -= 1
+        nsec += 1000000000
+    s = sec + dsec
+    if not (-_I64 <= s < _I64):
+        s = (_I64 - 1) if dsec > 0 else -(_I64 - 1)
+    return (s, nsec)
+
+
+def _before(a, b):
+    return a[0] < b[0] or (a[0] == b[0] and a[1] < b[1])
+
+
+def go_now(now):
+    """A float Unix time as Go's internal (sec, nsec)."""
+    ns = int(round(now * 1e9))
+    sec, nsec = divmod(ns, 1000000000)
+    return (sec + _UNIX_TO_INTERNAL, nsec)
+
+
+def unix_seconds(t):
+    return t[0] - _UNIX_TO_INTERNAL
+
+
+# --- claims ----------------------------------------------------------------
+
+class Claims:
+    """What a verified token says. Read it; do not modify it (a verifier may
+    hand the same object to several requests)."""
+
+    __slots__ = ("issuer", "subject", "audience", "issued_at", "not_before", "expires_at",
+                 "id", "thumbprint", "has_cnf", "generation", "service", "key_id", "payload", "_times")
+
+    def __init__(self):
+        self.thumbprint = ""
+        self.has_cnf = False
+
+    @property
+    def bound(self):
+        return self.has_cnf and self.thumbprint != ""
+
+    @property
+    def service_name(self):
+        """The service the token speaks for: meshauth_service of a JWT-SVID,
+        else sub."""
+        return self.service or self.subject
+
+    def extra(self):
+        """The claims other than the registered ones."""
+        return {k: v for k, v in self.payload.items() if k not in REGISTERED_CLAIMS}
+
+
+def _string(v):
+    # A Go string field: a JSON string, or null (left empty).
+    if v is None:
+        return ""
+    if isinstance(v, str) and not isinstance(v, _json.Number):
+        return v
+    raise TokenError(MALFORMED, "a registered claim has the wrong JSON type")
+
+
+def _date(v):
+    # A golang-jwt NumericDate: a number, or a string holding a number
+    # literal (json.Number accepts both), or null (absent).
+    if v is None:
+        return None
+    if isinstance(v, _json.Number) or (isinstance(v, str) and _json.is_number_literal(v)):
+        f = float(v)
+        if math.isinf(f):
+            raise TokenError(MALFORMED, "a time claim is out of range")
+        return numeric_date(f)
+    raise TokenError(MALFORMED, "a time claim is not a number")
+
+
+def _audience(v):
+    if v is None:
+        return []
+    if isinstance(v, str) and not isinstance(v, _json.Number):
+        return [v]
+    if isinstance(v, list):
+        out = []
+        for a in v:
+            if not isinstance(a, str) or isinstance(a, _json.Number):
+                raise TokenError(MALFORMED, "aud holds a non-string")
+            out.append(a)
+        return out
+    raise TokenError(MALFORMED, "aud is neither a string nor a list")
+
+
+def parse(raw, keys, issuer="", audience="", leeway=DEFAULT_LEEWAY, now=None):
+    """Checks an untrusted token completely, as meshtoken.Parse does, and
+    returns its Claims or raises TokenError. keys(kid) returns a Key or
+    raises UnknownKey; any other exception it raises passes through (the
+    verifier uses that for a stale key set)."""
+    if not isinstance(raw, str):
+        raise TokenError(MALFORMED, "not a string")
+    if len(raw) > MAX_TOKEN_LENGTH:
+        raise TokenError(TOO_LARGE, "token is larger than 16 KiB")
+    if not well_formed(raw):
+        raise TokenError(MALFORMED, "not a compact JWS of three base64url segments")
+    first = raw.index(".")
+    second = raw.index(".", first + 1)
+    try:
+        header_bytes = b64decode_strict(raw[:first])
+    except ValueError as e:
+        raise TokenError(MALFORMED, str(e))
+    header_trailing = False
+    try:
+        header = _json.loads_checked(header_bytes, HEADER_NAMES)
+    except _json.TrailingData:
+        # Go's member check passes; its Unmarshal of the header fails after
+        # the payload's member check.
+        header, header_trailing = None, True
+    except (_json.JSONError, _json.AmbiguousMembers) as e:
+        raise TokenError(MALFORMED, "header: " + str(e))
+    try:
+        payload_bytes = b64decode_strict(raw[first + 1:second])
+    except ValueError as e:
+        raise TokenError(MALFORMED, str(e))
+    trailing = False
+    try:
+        payload = _json.loads_checked(payload_bytes, REGISTERED_CLAIMS, {"cnf": CNF_MEMBERS})
+    except _json.TrailingData:
+        # Refused as malformed after the signature check, as in Go.
+        payload, trailing = None, True
+    except (_json.JSONError, _json.AmbiguousMembers) as e:
+        raise TokenError(AMBIGUOUS_CLAIMS, str(e))
+
+    if header_trailing:
+        raise TokenError(MALFORMED, "header has data after its object")
+    alg = _string(header.get("alg"))
+    kid = _string(header.get("kid"))
+    if alg not in ALGORITHMS:
+        raise TokenError(ALG_NOT_ALLOWED, "alg is not one meshauth signs with")
+    if "crit" in header:
+        raise TokenError(CRIT_HEADER, "crit header names extensions meshauth does not understand")
+    try:
+        key = keys(kid)
+    except UnknownKey as e:
+        raise TokenError(UNKNOWN_KEY, str(e) or "unknown or expired kid")
+    if alg != key.algorithm:
+        raise TokenError(ALG_MISMATCH, "alg does not match the key named by kid")
+    try:
+        sig = b64decode_strict(raw[second + 1:])
+    except ValueError as e:
+        raise TokenError(MALFORMED, str(e))
+    try:
+        verify_signature(key, alg, raw[:second].encode("ascii"), sig)
+    except InvalidSignature:
+        raise TokenError(BAD_SIGNATURE, "signature does not verify")
+
+    if trailing:
+        raise TokenError(MALFORMED, "payload has data after its object")
+    c = claims_of(payload, kid)
+    validate(c, issuer, audience, leeway, now)
+    return c
+
+
+def claims_of(payload, kid):
+    """Reads the registered claims as Go's json.Unmarshal into meshtoken's
+    struct does; a wrong type anywhere is malformed."""
+    c = Claims()
+    err = None
+    # Go's Unmarshal reports the first error but reads every member; any
+    # error is "malformed", so the order does not matter.
+    try:
+        c.issuer = _string(payload.get("iss"))
+        c.subject = _string(payload.get("sub"))
+        c.id = _string(payload.get("jti"))
+        c.generation = _string(payload.get("gen"))
+        c.service = _string(payload.get("meshauth_service"))
+        c.audience = _audience(payload.get("aud"))
+        exp, nbf, iat = _date(payload.get("exp")), _date(payload.get("nbf")), _date(payload.get("iat"))
+        cnf = payload.get("cnf")
+        if cnf is not None:
+            if not isinstance(cnf, dict):
+                raise TokenError(MALFORMED, "cnf is not an object")
+            c.has_cnf = True
+            c.thumbprint = _string(cnf.get("x5t#S256"))
+    except TokenError as e:
+        err = e
+    if err is not None:
+        raise err
+    c._times = (exp, nbf, iat)
+    c.expires_at = unix_seconds(exp) if exp else None
+    c.not_before = unix_seconds(nbf) if nbf else None
+    c.issued_at = unix_seconds(iat) if iat else None
+    c.key_id = kid
+    c.payload = payload
+    return c
+
+
+def validate(c, issuer, audience, leeway, now=None):
+    """golang-jwt's Validator with meshtoken's options, then meshtoken's
+    required claims; when several checks fail, the reason is the one
+    meshtoken's failureReason picks first."""
+    t = go_now(_time.time() if now is None else now)
+    lw = int(round(leeway * 1e9))
+    exp, nbf, iat = c._times
+    failed = set()
+    if exp is None:
+        failed.add(MISSING_CLAIM)
+    elif not _before(t, _add(exp, lw)):
+        failed.add(EXPIRED)
+    if nbf is not None and _before(t, _add(nbf, -lw)):
+        failed.add(NOT_YET_VALID)
+    if iat is not None and _before(t, _add(iat, -lw)):
+        failed.add(ISSUED_IN_FUTURE)
+    if audience:
+        aud = c.audience
+        if len(aud) == 0 or (len(aud) == 1 and aud[0] == ""):
+            failed.add(MISSING_CLAIM)
+        elif audience not in aud:
+            failed.add(WRONG_AUDIENCE)
+    if issuer:
+        if c.issuer == "":
+            failed.add(MISSING_CLAIM)
+        elif c.issuer != issuer:
+            failed.add(WRONG_ISSUER)
+    for reason in (MISSING_CLAIM, EXPIRED, NOT_YET_VALID, ISSUED_IN_FUTURE, WRONG_ISSUER, WRONG_AUDIENCE):
+        if reason in failed:
+            raise TokenError(reason, "claims do not hold")
+    if c.subject == "" or c.id == "" or iat is None or nbf is None:
+        raise TokenError(MISSING_CLAIM, "sub, jti, iat and nbf are required")
+
+
+def thumbprint_of_der(der):
+    """RFC 8705 x5t#S256 of a DER certificate."""
+    return b64encode(hashlib.sha256(der).digest())
+
+
+__all__ = [n for n in dir() if n.isupper() and not n.startswith("_")] + [
+    "TokenError", "UnknownKey", "Key", "Claims", "parse", "validate", "b64decode_strict",
+    "b64encode", "well_formed", "thumbprint_of_der", "claims_of",
+]
+

@@ -1,0 +1,456 @@
+"""Verifier: offline verification of meshauth tokens, as meshtoken.Verifier.
+
+Its caches, and what ends each entry:
+  - the key set (JWKS): replaced whole by every successful fetch, so a key
+    that left the JWKS is gone at the next fetch (never kept forever, unlike
+    PyJWT's PyJWKClient with cache_keys=True). It is fresh for the answer's
+    max-age (at most an hour, 5 minutes without one) and, while fetches fail,
+    usable MaxStaleness more; past that, verification fails closed
+    (keys_stale, HTTP 503). Fetches run one at a time and at most one per
+    min_refetch_interval whatever triggers them (max-age passed, unknown kid,
+    failure), so random kids or max-age=0 cannot turn verifiers into a flood.
+  - the revocation feed: replaced by a newer signed feed (by its iat; an
+    older one is refused, so nobody on the path can roll it back), confirmed
+    by ETag (304). Past its max_staleness (counted from its iat, from the
+    fetch without iat) verification fails closed (revocations_stale, 503).
+  - verified tokens, keyed by the whole token text (one spelling per token:
+    parsing refuses non-canonical base64url): an entry answers only while the
+    key set it was verified with, or a later one holding the same key under
+    the same kid, is current; it is dropped at exp. Time, audience, binding
+    and revocation are checked on every request. An entry stored by a
+    verification that read an older key set after a newer one was published
+    never answers (it names the old set).
+"""
+
+import hmac
+import threading
+import time
+import urllib.parse
+
+from . import _json, token as _tok
+from .jwk import parse_jwks
+from .token import TokenError, UnknownKey
+
+DEFAULT_MIN_REFETCH = 30.0
+DEFAULT_MAX_STALENESS = 3600.0
+DEFAULT_REVOCATION_MAX_STALENESS = 300.0
+DEFAULT_MAX_CACHED_TOKENS = 10000
+MAX_CACHE_AGE = 3600.0
+FALLBACK_CACHE_AGE = 300.0
+HTTP_TIMEOUT = 10.0
+MAX_JWKS_BYTES = 1 << 20
+MAX_DISCOVERY_BYTES = 64 << 10
+MAX_REVOCATIONS_BYTES = 4 << 20
+REVOCATIONS_TYPE = "meshauth-revocations+jwt"
+
+# Reasons beyond meshtoken's Parse reasons (the Verifier's errors in Go).
+NOT_BOUND = "not_bound"
+UNKNOWN_CONFIRMATION = "unknown_confirmation"
+CERTIFICATE_MISSING = "certificate_missing"
+CERTIFICATE_MISMATCH = "certificate_mismatch"
+REVOKED = "revoked"
+KEYS_STALE = "keys_stale"
+REVOCATIONS_STALE = "revocations_stale"
+
+
+class VerifyError(TokenError):
+    """A token this verifier does not accept. .reason says why; .status is
+    the HTTP status a service answers: 401, or 503 when the verifier itself
+    cannot decide (stale keys or feed: Vault unreachable)."""
+
+    def __init__(self, reason, detail="", status=401):
+        super().__init__(reason, detail)
+        self.status = status
+
+
+class _Stale(Exception):
+    """The key set is past max_staleness."""
+
+
+def max_age(cache_control):
+    """max-age from Cache-Control, at most an hour; 5 minutes without one."""
+    for part in (cache_control or "").split(","):
+        part = part.strip()
+        if part.startswith("max-age="):
+            v = part[len("max-age="):]
+            if v.isdigit():
+                return min(float(int(v)), MAX_CACHE_AGE)
+    return FALLBACK_CACHE_AGE
+
+
+class _KeySet:
+    __slots__ = ("keys", "fresh_until", "usable_until")
+
+    def __init__(self, keys, fresh_until, usable_until):
+        self.keys, self.fresh_until, self.usable_until = keys, fresh_until, usable_until
+
+
+class _BackgroundFetch:
+    """One fetch at a time, at most one per interval, in a background thread:
+    no verification waits on Vault for something it already holds."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._running = None
+        self.last_attempt = None
+        self.last_error = None
+
+    def attempted(self, at):
+        with self._lock:
+            self.last_attempt = at
+
+    def start(self, now, interval, fn):
+        with self._lock:
+            if self._running is not None:
+                return self._running
+            if self.last_attempt is not None and now - self.last_attempt < interval:
+                return None
+            self.last_attempt = now
+            done = threading.Event()
+            self._running = done
+
+        def run():
+            err = None
+            try:
+                fn(now)
+            except Exception as e:  # kept for the stale error; the fetch ends here
+                err = e
+            with self._lock:
+                self._running, self.last_error = None, err
+            done.set()
+
+        threading.Thread(target=run, name="meshauth-fetch", daemon=True).start()
+        return done
+
+
+class _HTTP:
+    """GETs with a size bound and a timeout, through requests."""
+
+    def __init__(self, session=None, ca_file=None, timeout=HTTP_TIMEOUT):
+        import requests
+        self.session = session or requests.Session()
+        self.verify = ca_file if ca_file else True
+        self.timeout = timeout
+
+    def get(self, url, limit, headers=None):
+        resp = self.session.get(url, headers=headers or {}, timeout=self.timeout, verify=self.verify,
+                                stream=True)
+        try:
+            body = resp.raw.read(limit + 1, decode_content=True) if resp.status_code == 200 else b""
+        finally:
+            resp.close()
+        if len(body) > limit:
+            raise ValueError("GET %s: more than %d bytes" % (url, limit))
+        return resp.status_code, resp.headers, body
+
+
+class RevocationConfig:
+    """Makes a Verifier refuse what the engine's revocation feed lists.
+    max_staleness: set it to the engine's revocation_max_staleness (seconds);
+    allow_stale keeps verifying with an old feed (availability over prompt
+    revocation)."""
+
+    def __init__(self, url="", max_staleness=DEFAULT_REVOCATION_MAX_STALENESS, allow_stale=False):
+        self.url = url
+        self.max_staleness = max_staleness if max_staleness > 0 else DEFAULT_REVOCATION_MAX_STALENESS
+        self.allow_stale = allow_stale
+
+
+class _Feed:
+    __slots__ = ("tokens", "services", "disabled", "keys", "certificates", "etag", "iat", "confirmed", "fresh_until")
+
+
+class Verifier:
+    """Checks meshauth tokens offline. Safe for concurrent use by threads.
+
+    discovery_url or jwks_url says where the keys are; issuer defaults to the
+    discovery document's; audience is required unless allow_any_audience.
+    Times are seconds. http: an object with get(url, limit, headers) ->
+    (status, headers, body), for tests; by default requests with ca_file.
+    """
+
+    def __init__(self, discovery_url="", jwks_url="", issuer="", audience="", allow_any_audience=False,
+                 require_binding=False, leeway=_tok.DEFAULT_LEEWAY, min_refetch_interval=DEFAULT_MIN_REFETCH,
+                 max_staleness=DEFAULT_MAX_STALENESS, revocations=None, max_cached_tokens=DEFAULT_MAX_CACHED_TOKENS,
+                 trusted_proxies=None, ca_file=None, session=None, http=None, clock=time.time):
+        if not audience and not allow_any_audience:
+            raise ValueError("meshauth verify: set audience to the name callers use for this service (a token "
+                             "minted for another service must not be accepted here), or allow_any_audience=True")
+        if audience and allow_any_audience:
+            raise ValueError("meshauth verify: audience and allow_any_audience contradict each other: set one")
+        self.issuer = issuer
+        self.audience = "" if allow_any_audience else audience
+        self.require_binding = require_binding
+        self.leeway = leeway
+        self.min_refetch_interval = min_refetch_interval if min_refetch_interval > 0 else DEFAULT_MIN_REFETCH
+        self.max_staleness = max(max_staleness, 0.0)
+        self.trusted_proxies = trusted_proxies
+        self.clock = clock
+        self._http = http or _HTTP(session=session, ca_file=ca_file)
+        self._keys_fetch = _BackgroundFetch()
+        self._feed_fetch = _BackgroundFetch()
+        self._lock = threading.Lock()
+        self._max_cached = max_cached_tokens
+        self._verified = {}
+        self.jwks_url = jwks_url
+        if discovery_url:
+            self._discover(discovery_url)
+        if not self.jwks_url:
+            raise ValueError("meshauth verify: set discovery_url or jwks_url")
+        if not self.issuer:
+            raise ValueError("meshauth verify: no issuer: set issuer, or use discovery_url")
+        first = self.clock()
+        self._keys_fetch.attempted(first)
+        self._set = None
+        self._fetch_keys(first)
+        self._revocations = None
+        self._feed = None
+        if revocations is not None:
+            url = revocations.url
+            if not url:
+                u = urllib.parse.urlsplit(self.jwks_url)
+                path = u.path[:u.path.rfind("/") + 1] + "revocations"
+                url = urllib.parse.urlunsplit((u.scheme, u.netloc, path, "", ""))
+            self._revocations = RevocationConfig(url, revocations.max_staleness, revocations.allow_stale)
+            self._feed_fetch.attempted(first)
+            self._fetch_feed(first)
+
+    # --- keys -----------------------------------------------------------
+
+    def _discover(self, url):
+        status, _, body = self._http.get(url, MAX_DISCOVERY_BYTES)
+        if status != 200:
+            raise ValueError("meshauth verify: discovery: GET %s: %d" % (url, status))
+        doc = _json.loads_checked(body)
+        jwks_uri = doc.get("jwks_uri")
+        if not isinstance(jwks_uri, str) or not jwks_uri:
+            raise ValueError("meshauth verify: discovery document at %s has no jwks_uri" % url)
+        resolved = urllib.parse.urljoin(url, jwks_uri)
+        b, r = urllib.parse.urlsplit(url), urllib.parse.urlsplit(resolved)
+        # A tampered document must not point the verifier at another host.
+        if (b.scheme, b.netloc) != (r.scheme, r.netloc):
+            raise ValueError("meshauth verify: jwks_uri %s is not on %s" % (resolved, b.netloc))
+        self.jwks_url = resolved
+        if not self.issuer and isinstance(doc.get("issuer"), str):
+            self.issuer = doc["issuer"]
+
+    def _fetch_keys(self, start):
+        status, headers, body = self._http.get(self.jwks_url, MAX_JWKS_BYTES)
+        if status != 200:
+            raise ValueError("meshauth verify: fetching keys: GET %s: %d" % (self.jwks_url, status))
+        keys = parse_jwks(body)
+        fresh = start + max_age(headers.get("Cache-Control"))
+        new = _KeySet(keys, fresh, fresh + self.max_staleness)
+        with self._lock:
+            self._set = new
+            # Remembered tokens whose key left the set stop answering now.
+            now = self.clock()
+            for tok, e in list(self._verified.items()):
+                k = keys.get(e[0].key_id)
+                if k is None or not k.same(e[1]) or now - self.leeway > e[0].expires_at:
+                    del self._verified[tok]
+                else:
+                    e[2] = new
+
+    def _key(self, kid):
+        """(Key, set) for kid, as meshtoken's Verifier.key: a fresh set
+        answers at once; a set past max-age still answers (within
+        max_staleness) while one background fetch refreshes it; an unknown
+        kid or an unusable set waits for a fetch, at most one per
+        min_refetch_interval."""
+        s = self._set
+        now = self.clock()
+        k = s.keys.get(kid)
+        if k is not None and now < s.fresh_until:
+            return k, s
+        usable = now < s.usable_until
+        done = self._keys_fetch.start(now, self.min_refetch_interval, self._fetch_keys)
+        if k is not None and usable:
+            return k, s
+        if done is not None:
+            done.wait(HTTP_TIMEOUT + 1)
+            s = self._set
+            k = s.keys.get(kid)
+            usable = self.clock() < s.usable_until
+        if not usable:
+            raise _Stale(str(self._keys_fetch.last_error or ""))
+        if k is None:
+            raise UnknownKey("unknown or expired kid")
+        return k, s
+
+    # --- verification ---------------------------------------------------
+
+    def verify(self, token, certificate_der=None, thumbprint=None):
+        """Verifies a token presented with a client certificate (DER bytes,
+        or its x5t#S256 thumbprint; neither when none was presented) and
+        returns its Claims; raises VerifyError."""
+        if thumbprint is None:
+            thumbprint = _tok.thumbprint_of_der(certificate_der) if certificate_der else ""
+        claims = self._parse(token)
+        if not claims.has_cnf:
+            if self.require_binding:
+                raise VerifyError(NOT_BOUND, "token is not bound to a client certificate (cnf)")
+        elif claims.thumbprint == "":
+            raise VerifyError(UNKNOWN_CONFIRMATION, "cnf carries no x5t#S256")
+        elif not thumbprint:
+            raise VerifyError(CERTIFICATE_MISSING, "token is bound to a client certificate, but none was presented")
+        elif not hmac.compare_digest(thumbprint.encode(), claims.thumbprint.encode()):
+            raise VerifyError(CERTIFICATE_MISMATCH, "token is bound to another client certificate")
+        self._check_revoked(claims)
+        return claims
+
+    def _parse(self, token):
+        now = self.clock()
+        c = self._remembered(token, now)
+        if c is not None:
+            return c
+        used = []
+
+        def keys(kid):
+            try:
+                k, s = self._key(kid)
+            except _Stale as e:
+                raise VerifyError(KEYS_STALE, "key set is past max_staleness and could not be refreshed: %s" % e, 503)
+            used.append((k, s))
+            return k
+
+        try:
+            claims = _tok.parse(token, keys, self.issuer, self.audience, self.leeway, now)
+        except VerifyError:
+            raise
+        except TokenError as e:
+            raise VerifyError(e.reason, str(e))
+        if self._max_cached > 0 and used:
+            k, s = used[-1]
+            with self._lock:
+                # Stored only if s is still the current set: an entry of an
+                # older set could never answer.
+                if self._set is s:
+                    if len(self._verified) >= self._max_cached:
+                        self._verified.pop(next(iter(self._verified)))
+                    self._verified[token] = [claims, k, s]
+        return claims
+
+    def _remembered(self, token, now):
+        e = self._verified.get(token)
+        if e is None:
+            return None
+        c, k, s = e
+        try:
+            _tok.validate(c, self.issuer, self.audience, self.leeway, now)
+        except TokenError:
+            return None
+        try:
+            _, cur = self._key(c.key_id)
+        except (UnknownKey, _Stale):
+            return None
+        if cur is not e[2]:
+            return None
+        return c
+
+    # --- revocation feed ------------------------------------------------
+
+    def revocations_age(self):
+        f = self._feed
+        if f is None:
+            return 0.0
+        return self.clock() - (f.iat if f.iat is not None else f.confirmed)
+
+    def _fetch_feed(self, start):
+        rc = self._revocations
+        old = self._feed
+        headers = {"If-None-Match": old.etag} if old is not None and old.etag else {}
+        status, resp_headers, body = self._http.get(rc.url, MAX_REVOCATIONS_BYTES, headers)
+        age = max_age(resp_headers.get("Cache-Control"))
+        if status == 304 and old is not None:
+            renewed = _Feed()
+            for name in _Feed.__slots__:
+                setattr(renewed, name, getattr(old, name))
+            renewed.confirmed, renewed.fresh_until = start, start + age
+            self._feed = renewed
+            return
+        if status != 200:
+            raise ValueError("meshauth verify: fetching revocations: GET %s: %d" % (rc.url, status))
+        feed = self._parse_feed(body.strip().decode("ascii", "replace"))
+        if old is not None and old.iat is not None and (feed.iat is None or feed.iat < old.iat):
+            raise ValueError("meshauth verify: revocations feed is older than the one already accepted")
+        feed.etag = resp_headers.get("ETag", "")
+        feed.confirmed, feed.fresh_until = start, start + age
+        self._feed = feed
+
+    def _parse_feed(self, raw):
+        if not _tok.well_formed(raw):
+            raise ValueError("revocations feed is not a compact JWS")
+        first, last = raw.index("."), raw.rindex(".")
+        header = _json.loads_checked(_tok.b64decode_strict(raw[:first]), _tok.HEADER_NAMES)
+        if header.get("typ") != REVOCATIONS_TYPE:
+            raise ValueError("not a revocations feed (typ)")
+        alg, kid = header.get("alg"), header.get("kid")
+        if alg not in _tok.ALGORITHMS or not isinstance(kid, str) or "crit" in header:
+            raise ValueError("revocations feed header refused")
+        try:
+            k, _ = self._key(kid)
+        except (UnknownKey, _Stale) as e:
+            raise ValueError("revocations feed signed by a key not in the key set: %s" % e)
+        if k.algorithm != alg:
+            raise ValueError("revocations feed: alg does not match the key")
+        from cryptography.exceptions import InvalidSignature
+        try:
+            _tok.verify_signature(k, alg, raw[:last].encode("ascii"), _tok.b64decode_strict(raw[last + 1:]))
+        except InvalidSignature:
+            raise ValueError("revocations feed signature does not verify")
+        doc = _json.loads_checked(_tok.b64decode_strict(raw[first + 1:last]))
+        if doc.get("iss") != self.issuer:
+            raise ValueError("revocations feed is of another issuer")
+        f = _Feed()
+
+        def names(member, inner=None):
+            v = doc.get(member) or {}
+            if not isinstance(v, dict):
+                raise ValueError("revocations feed member %s is not an object" % member)
+            return v
+
+        f.tokens = names("tokens")
+        f.services = {}
+        for name, s in names("services").items():
+            if not isinstance(s, dict):
+                raise ValueError("revocations feed services entry is not an object")
+            gen = s.get("gen")
+            f.services[name] = gen if isinstance(gen, str) else ""
+        f.disabled = names("disabled")
+        f.keys = names("keys")
+        f.certificates = names("certificates")
+        iat = doc.get("iat")
+        f.iat = float(iat) if isinstance(iat, _json.Number) else None
+        f.etag = ""
+        return f
+
+    def _check_revoked(self, c):
+        rc = self._revocations
+        if rc is None:
+            return
+        f = self._feed
+        now = self.clock()
+
+        def age(feed, at):
+            return at - (feed.iat if feed.iat is not None else feed.confirmed)
+
+        if now >= f.fresh_until or age(f, now) > rc.max_staleness:
+            done = self._feed_fetch.start(now, self.min_refetch_interval, self._fetch_feed)
+            if age(f, now) > rc.max_staleness and done is not None:
+                done.wait(HTTP_TIMEOUT + 1)
+                f = self._feed
+            if age(f, self.clock()) > rc.max_staleness and not rc.allow_stale:
+                raise VerifyError(REVOCATIONS_STALE, "revocations feed is older than its maximum staleness", 503)
+        if c.key_id in f.keys:
+            raise VerifyError(REVOKED, "its signing key was removed")
+        if c.id in f.tokens:
+            raise VerifyError(REVOKED, "jti is revoked")
+        if c.thumbprint and c.thumbprint in f.certificates:
+            raise VerifyError(REVOKED, "its client certificate is revoked")
+        service = c.service_name
+        if service in f.disabled:
+            raise VerifyError(REVOKED, "service is disabled")
+        if service in f.services and f.services[service] != c.generation:
+            raise VerifyError(REVOKED, "every token of the service issued before its last revoke")
+
