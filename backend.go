@@ -86,6 +86,11 @@ type backend struct {
 	// verifiedChains caches the result of verifying a presented client
 	// certificate chain, keyed by the SHA-256 of the whole chain.
 	verifiedChains *chainCache
+	// certRevocation checks client certificates against CRLs and OCSP
+	// (cert_revocation.go); storageView is the mount's storage, for its
+	// background work.
+	certRevocation *certRevocation
+	storageView    logical.Storage
 
 	// now is the clock; tests replace it to cross leeway and lockout edges.
 	now func() time.Time
@@ -112,6 +117,7 @@ func newBackend() *backend {
 		verifiedChains: newChainCache(chainCacheSize),
 		now:            time.Now,
 	}
+	b.certRevocation = newCertRevocation(b)
 	b.Backend = &framework.Backend{
 		Help:           strings.TrimSpace(backendHelp),
 		BackendType:    logical.TypeLogical,
@@ -133,6 +139,7 @@ func newBackend() *backend {
 			pathRevocations(b),
 			pathMetrics(b),
 			pathTidy(b),
+			pathCRLs(b),
 		),
 		InitializeFunc: b.initialize,
 		PeriodicFunc:   b.periodic,
@@ -145,6 +152,9 @@ func newBackend() *backend {
 // initialize makes sure a signing key ring exists before the first login.
 // Vault calls it on the node that can write; elsewhere it has nothing to do.
 func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
+	if b.storageView == nil {
+		b.storageView = req.Storage
+	}
 	if !b.canWrite() {
 		return nil
 	}
@@ -200,6 +210,11 @@ func (b *backend) invalidate(_ context.Context, key string) {
 		b.dropService(strings.TrimPrefix(key, storageServicePrefix))
 	case strings.HasPrefix(key, storageDeletedPrefix):
 		b.feed.drop()
+	case strings.HasPrefix(key, storageCRLPrefix):
+		b.certRevocation.pushedChanged()
+	case strings.HasPrefix(key, storageRevokedCertsPrefix):
+		b.certRevocation.listed.Store(nil)
+		b.feed.drop()
 	case strings.HasPrefix(key, storageRevokedPrefix):
 		// One token's revocation changed: re-read that entry alone, on
 		// its next lookup.
@@ -216,6 +231,7 @@ func (b *backend) cleanup(_ context.Context) {
 	b.revoked.reset()
 	b.feed.drop()
 	b.verifiedChains.dropAll()
+	b.certRevocation.stop()
 }
 
 const backendHelp = `

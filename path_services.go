@@ -116,6 +116,7 @@ func serviceFields() map[string]*framework.FieldSchema {
 		},
 	}
 	addSPIFFEServiceFields(fields) // spiffe_ids, trust_domains, token_subject (spiffe.go)
+	addRevocationServiceFields(fields) // revocation_check and its settings (cert_revocation.go)
 	return fields
 }
 
@@ -176,6 +177,7 @@ func serviceResponse(e *serviceEntry, now time.Time) map[string]any {
 		"updated_at":        e.UpdatedAt.Format(time.RFC3339),
 	}
 	addSPIFFEServiceResponse(data, e)
+	addRevocationServiceResponse(data, e)
 	if e.RevokedBefore > 0 {
 		data["tokens_revoked_before"] = time.Unix(e.RevokedBefore, 0).UTC().Format(time.RFC3339)
 	}
@@ -327,6 +329,9 @@ func applyServiceFields(e *serviceEntry, d *framework.FieldData, creating bool) 
 	} else if creating {
 		e.RequireMTLS = e.Certificate != "" || e.CAChain != ""
 	}
+	if msg := applyRevocationFields(e, d); msg != "" {
+		return msg
+	}
 	return applySPIFFEFields(e, d)
 }
 
@@ -380,6 +385,9 @@ func validateService(e *serviceEntry, cfg *configEntry, now time.Time) string {
 		return msg
 	}
 	if msg := validateServiceSPIFFE(e, cfg); msg != "" {
+		return msg
+	}
+	if msg := validateServiceRevocation(e); msg != "" {
 		return msg
 	}
 	return validateServiceTLS(e, now)

@@ -211,6 +211,12 @@ func (b *backend) pathVerify(ctx context.Context, req *logical.Request, d *frame
 	if v.reason == "" {
 		v.reason = binding.check(v.parsed.claims.Confirmation)
 	}
+	if v.reason == "" && v.parsed.claims.Bound() {
+		// A token bound to a certificate revoked since (cert_revocation.go).
+		if v.reason, err = b.certificateRevokedReason(ctx, req.Storage, v.parsed.claims.Confirmation.X5tS256); err != nil {
+			return nil, err
+		}
+	}
 	if v.reason != "" {
 		b.metrics.verified(v.reason)
 		return &logical.Response{Data: map[string]any{"valid": false, "reason": v.reason}}, nil

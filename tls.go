@@ -44,6 +44,8 @@ type serviceTrust struct {
 	// spiffe are the parsed spiffe_ids; when set, the leaf's single URI SAN
 	// must match one and hostnames play no part (spiffe.go).
 	spiffe []spiffePattern
+	// revocation is the service's revocation checking; nil for none.
+	revocation *revocationPolicy
 	// expires is the earliest not_after of the registered certificate and
 	// CAs: a cached verification must not outlive the trust it used.
 	expires time.Time
@@ -240,7 +242,7 @@ func matchesPinnedCertificate(presented, pinned *x509.Certificate) bool {
 // buildTrust parses a service's stored trust material. It was validated on
 // write; an error here means storage holds something it should not.
 func buildTrust(e *serviceEntry) (*serviceTrust, error) {
-	t := &serviceTrust{hostnames: e.Hostnames}
+	t := &serviceTrust{hostnames: e.Hostnames, revocation: revocationPolicyOf(e)}
 	if e.Certificate != "" {
 		certs, err := parseCertificates("certificate", e.Certificate, 1)
 		if err != nil {
