@@ -115,7 +115,7 @@ func serviceFields() map[string]*framework.FieldSchema {
 			Description: "Free-form key/value data about the service, for operators; never put into tokens.",
 		},
 	}
-	addSPIFFEServiceFields(fields) // spiffe_ids, trust_domains, token_subject (spiffe.go)
+	addSPIFFEServiceFields(fields)     // spiffe_ids, trust_domains, token_subject (spiffe.go)
 	addRevocationServiceFields(fields) // revocation_check and its settings (cert_revocation.go)
 	return fields
 }
