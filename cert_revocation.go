@@ -296,6 +296,8 @@ type crlSource struct {
 	lastUsed time.Time
 	timer    *time.Timer
 	maxAge   time.Duration
+	// span is how long the last good answer counted when fetched.
+	span time.Duration
 }
 
 // ocspKey names one OCSP answer: the issuing CA by key, the serial, and the
@@ -319,6 +321,7 @@ type ocspSource struct {
 	lastUsed time.Time
 	timer    *time.Timer
 	maxAge   time.Duration
+	span     time.Duration
 }
 
 // trackedCertificate is a certificate that logged in on this node, kept so
@@ -342,6 +345,8 @@ type certRevocation struct {
 
 	// pushed holds the CRLs of crls/; nil until loaded, dropped on any write.
 	pushed atomic.Pointer[[]*parsedCRL]
+	// listMu serialises writes and tidies of the listing.
+	listMu sync.Mutex
 	// listed is the set of certificates revoked in storage (x5t -> exp);
 	// nil until loaded.
 	listed atomic.Pointer[map[string]time.Time]
@@ -571,9 +576,10 @@ func (s *crlSource) fetch(r *certRevocation, done chan struct{}) {
 		changed = s.crl == nil || !bytes.Equal(s.crl.raw, c.raw)
 		s.crl, s.lastErr = c, nil
 		s.until = (&revocationPolicy{maxAge: s.maxAge}).answerLife(now, c.list.NextUpdate)
+		s.span = s.until.Sub(now)
 	}
 	next := refreshAt(now, s.until, err != nil)
-	idle := now.Sub(s.lastUsed) > revocationIdle
+	idle := isIdle(now, s.lastUsed, s.span)
 	s.inflight = nil
 	close(done)
 	s.mu.Unlock()
@@ -602,6 +608,14 @@ func refreshAt(now, until time.Time, failed bool) time.Time {
 	half := until.Sub(now) / 2
 	jitter := time.Duration(rand.Int64N(int64(half/10) + 1)) //nolint:gosec // jitter, not a secret
 	return now.Add(half - jitter)
+}
+
+// isIdle reports whether a source is no longer worth refreshing. Logins
+// served from the verified-chain cache do not touch lastUsed, but a cached
+// verdict lasts at most one answer span, so a source in use was asked within
+// the last span; a day beyond that it is idle.
+func isIdle(now, lastUsed time.Time, span time.Duration) bool {
+	return now.Sub(lastUsed) > revocationIdle+span
 }
 
 // schedule arms a refresh unless the node stopped or the source is idle.
@@ -755,9 +769,10 @@ func (s *ocspSource) fetch(r *certRevocation, done chan struct{}) {
 		changed = s.resp == nil || s.resp.Status != resp.Status
 		s.resp, s.lastErr = resp, nil
 		s.until = (&revocationPolicy{maxAge: s.maxAge}).answerLife(now, resp.NextUpdate)
+		s.span = s.until.Sub(now)
 	}
 	next := refreshAt(now, s.until, err != nil)
-	idle := now.Sub(s.lastUsed) > revocationIdle
+	idle := isIdle(now, s.lastUsed, s.span)
 	s.inflight = nil
 	close(done)
 	s.mu.Unlock()
@@ -835,6 +850,11 @@ func (r *certRevocation) track(x5t string, chain []*x509.Certificate, t *service
 // scanTracked checks, against cached answers only, every certificate that
 // logged in here, and lists the revoked ones in storage for the feed.
 func (r *certRevocation) scanTracked() {
+	if !r.b.canWrite() {
+		// A standby cannot store the listing; the active node lists what
+		// logged in on it.
+		return
+	}
 	now := r.b.now()
 	r.mu.Lock()
 	type item struct {

@@ -63,10 +63,10 @@ func pathCRLs(b *backend) []*framework.Path {
 			},
 			ExistenceCheck: b.crlExists,
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.CreateOperation: &framework.PathOperation{Callback: b.pathCRLWrite, Summary: "Push a CRL."},
-				logical.UpdateOperation: &framework.PathOperation{Callback: b.pathCRLWrite, Summary: "Replace a pushed CRL."},
-				logical.ReadOperation:   &framework.PathOperation{Callback: b.pathCRLRead, Summary: "Read a pushed CRL and its facts."},
-				logical.DeleteOperation: &framework.PathOperation{Callback: b.pathCRLDelete, Summary: "Remove a pushed CRL."},
+				logical.CreateOperation: &framework.PathOperation{DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "write"}, Callback: b.pathCRLWrite, Summary: "Push a CRL."},
+				logical.UpdateOperation: &framework.PathOperation{DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "write"}, Callback: b.pathCRLWrite, Summary: "Replace a pushed CRL."},
+				logical.ReadOperation:   &framework.PathOperation{DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read"}, Callback: b.pathCRLRead, Summary: "Read a pushed CRL and its facts."},
+				logical.DeleteOperation: &framework.PathOperation{DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "delete"}, Callback: b.pathCRLDelete, Summary: "Remove a pushed CRL."},
 			},
 			HelpSynopsis:    "A CRL pushed by an operator.",
 			HelpDescription: crlsHelp,
@@ -269,6 +269,8 @@ func (r *certRevocation) listRevoked(ctx context.Context, s logical.Storage, x5t
 	if !r.b.canWrite() {
 		return logical.ErrReadOnly
 	}
+	r.listMu.Lock()
+	defer r.listMu.Unlock()
 	listed, err := r.revokedCertificates(ctx, s)
 	if err != nil {
 		return err
@@ -311,6 +313,10 @@ func (r *certRevocation) revokedCertificates(ctx context.Context, s logical.Stor
 
 // tidyRevokedCertificates deletes listings whose tokens have all expired.
 func (r *certRevocation) tidyRevokedCertificates(ctx context.Context, s logical.Storage, cutoff time.Time) error {
+	// Serialised with listRevoked: a tidy deciding on an old exp must not
+	// delete a listing just extended.
+	r.listMu.Lock()
+	defer r.listMu.Unlock()
 	listed, err := r.revokedCertificates(ctx, s)
 	if err != nil {
 		return err
@@ -321,6 +327,7 @@ func (r *certRevocation) tidyRevokedCertificates(ctx context.Context, s logical.
 				return err
 			}
 			r.listed.Store(nil)
+			r.b.feed.drop()
 		}
 	}
 	return nil
