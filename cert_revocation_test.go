@@ -1,7 +1,6 @@
 package meshauth
 
 import (
-	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -39,7 +38,7 @@ type revCA struct {
 	srv      *httptest.Server
 }
 
-func newRevCA(t *testing.T, cn string) *revCA {
+func newRevCA(t testing.TB, cn string) *revCA {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{
@@ -92,7 +91,7 @@ func (ca *revCA) revoke(serial int64) {
 }
 
 // crl renders the CA's current CRL (DER).
-func (ca *revCA) crl(t *testing.T) []byte {
+func (ca *revCA) crl(t testing.TB) []byte {
 	ca.mu.Lock()
 	defer ca.mu.Unlock()
 	ca.crlNum++
@@ -110,7 +109,7 @@ func (ca *revCA) crl(t *testing.T) []byte {
 	return der
 }
 
-func (ca *revCA) ocspResponse(t *testing.T, serial *big.Int, signer crypto.Signer, responder *x509.Certificate) []byte {
+func (ca *revCA) ocspResponse(t testing.TB, serial *big.Int, signer crypto.Signer, responder *x509.Certificate) []byte {
 	ca.mu.Lock()
 	status := ocsp.Good
 	if ca.revoked[serial.Int64()] {
@@ -134,7 +133,7 @@ func (ca *revCA) ocspResponse(t *testing.T, serial *big.Int, signer crypto.Signe
 
 // issueLeaf issues a client certificate whose CRL distribution point and
 // OCSP URL are the CA's loopback endpoints.
-func (ca *revCA) issueLeaf(t *testing.T, serial int64) (*x509.Certificate, *ecdsa.PrivateKey) {
+func (ca *revCA) issueLeaf(t testing.TB, serial int64) (*x509.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{
@@ -354,5 +353,35 @@ func TestRevocationFieldsValidated(t *testing.T) {
 	if got["revocation_check"] != "crl,ocsp" || got["revocation_max_age"] != int64(600) {
 		t.Fatalf("read back %v %v", got["revocation_check"], got["revocation_max_age"])
 	}
-	_ = bytes.MinRead
+}
+
+// BenchmarkLoginMTLSRevocationWarm is BenchmarkLoginMTLSWarm with
+// revocation_check=crl,ocsp and every answer cached: the pair measures what
+// revocation checking adds to a warm login.
+func BenchmarkLoginMTLSRevocationWarm(b *testing.B) {
+	ca := newRevCA(b, "mesh-ca")
+	leaf, leafKey := ca.issueLeaf(b, 4242)
+	e, key, _ := benchEnv(b, algES256, map[string]any{"ca_chain": ca.pem, "hostnames": "orders.internal", "revocation_check": "crl,ocsp"})
+	b.Cleanup(e.b.certRevocation.stop)
+	conn := tlsConn(handshake(b, []*x509.Certificate{leaf}, leafKey))
+	login := func() {
+		resp, err := e.b.HandleRequest(b.Context(), &logical.Request{
+			Operation: logical.UpdateOperation, Path: "login/orders", Storage: e.storage,
+			Data: map[string]any{"api_key": key}, Connection: conn,
+		})
+		if err != nil || resp.IsError() {
+			b.Fatal(err)
+		}
+	}
+	login()
+	hits := ca.crlHits.Load() + ca.ocspHits.Load()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		login()
+	}
+	b.StopTimer()
+	if got := ca.crlHits.Load() + ca.ocspHits.Load(); got != hits {
+		b.Fatalf("warm logins fetched %d times", got-hits)
+	}
 }
