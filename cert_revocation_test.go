@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"io"
 	"math/big"
 	"net/http"
@@ -199,7 +200,7 @@ func TestCRLRevocationRefusesLoginAndListsCertificate(t *testing.T) {
 	ca.revoke(1001)
 	waitFor(t, "login refused after revocation", func() bool {
 		_, err := revLogin(t, e, "orders", apiKey, conn)
-		return err == logical.ErrPermissionDenied
+		return errors.Is(err, logical.ErrPermissionDenied)
 	})
 	if n := revocationCount(e, revocationResultRevoked); n == 0 {
 		t.Fatal("certificate_revoked not counted")
@@ -229,7 +230,7 @@ func TestOCSPRevokedRefused(t *testing.T) {
 	e2, ca2, apiKey2, conn2, _ := revSetup(t, "ocsp", nil)
 	_ = ca
 	ca2.revoke(1001)
-	if _, err := revLogin(t, e2, "orders", apiKey2, conn2); err != logical.ErrPermissionDenied {
+	if _, err := revLogin(t, e2, "orders", apiKey2, conn2); !errors.Is(err, logical.ErrPermissionDenied) {
 		t.Fatalf("OCSP revoked: got %v", err)
 	}
 	if revocationCount(e2, revocationResultRevoked) != 1 {
@@ -261,7 +262,7 @@ func TestOCSPDelegatedResponderNeedsOCSPSigning(t *testing.T) {
 func TestRevocationResponderDown(t *testing.T) {
 	e, ca, apiKey, conn, _ := revSetup(t, "ocsp", nil)
 	ca.down.Store(true)
-	if _, err := revLogin(t, e, "orders", apiKey, conn); err != logical.ErrPermissionDenied {
+	if _, err := revLogin(t, e, "orders", apiKey, conn); !errors.Is(err, logical.ErrPermissionDenied) {
 		t.Fatalf("responder down, fail closed: got %v", err)
 	}
 	if revocationCount(e, revocationResultUnavailable) != 1 {
@@ -291,7 +292,7 @@ func TestPushedCRLMustBeSignedByTrustedCAKey(t *testing.T) {
 	// Revoked in a newly pushed CRL: refused at once.
 	ca.revoke(1001)
 	e.mustOK(t, logical.UpdateOperation, "crls/mesh", map[string]any{"crl": crlPEM(ca.crl(t))})
-	if _, err := revLogin(t, e, "orders", apiKey, conn); err != logical.ErrPermissionDenied {
+	if _, err := revLogin(t, e, "orders", apiKey, conn); !errors.Is(err, logical.ErrPermissionDenied) {
 		t.Fatalf("revoked by pushed CRL: got %v", err)
 	}
 	list := e.mustOK(t, logical.ListOperation, "crls/", nil)
@@ -317,7 +318,7 @@ func TestCRLPastNextUpdateWithDistributionPointDown(t *testing.T) {
 	}
 	ca.down.Store(true)
 	e.clock.advance(2 * time.Hour) // past nextUpdate (an hour)
-	if _, err := revLogin(t, e, "orders", apiKey, conn); err != logical.ErrPermissionDenied {
+	if _, err := revLogin(t, e, "orders", apiKey, conn); !errors.Is(err, logical.ErrPermissionDenied) {
 		t.Fatalf("CRL past nextUpdate: got %v", err)
 	}
 }
