@@ -213,7 +213,7 @@ func (b *backend) invalidate(_ context.Context, key string) {
 	case strings.HasPrefix(key, storageCRLPrefix):
 		b.certRevocation.pushedChanged()
 	case strings.HasPrefix(key, storageRevokedCertsPrefix):
-		b.certRevocation.listed.Store(nil)
+		b.certRevocation.listed.drop()
 		b.feed.drop()
 	case strings.HasPrefix(key, storageRevokedPrefix):
 		// One token's revocation changed: re-read that entry alone, on

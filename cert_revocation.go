@@ -343,13 +343,14 @@ type certRevocation struct {
 	ocsps   map[ocspKey]*ocspSource
 	tracked map[string]*trackedCertificate
 
-	// pushed holds the CRLs of crls/; nil until loaded, dropped on any write.
-	pushed atomic.Pointer[[]*parsedCRL]
+	// pushed holds the CRLs of crls/, loaded once, dropped by every write
+	// and Invalidate of crls/; a load racing a drop is not kept.
+	pushed epochValue[[]*parsedCRL]
 	// listMu serialises writes and tidies of the listing.
 	listMu sync.Mutex
-	// listed is the set of certificates revoked in storage (x5t -> exp);
-	// nil until loaded.
-	listed atomic.Pointer[map[string]time.Time]
+	// listed is the set of certificates listed in storage (x5t -> exp),
+	// with the same discipline.
+	listed epochValue[map[string]time.Time]
 
 	results *labelCounters
 }

@@ -219,45 +219,43 @@ func (b *backend) pathCRLDelete(ctx context.Context, req *logical.Request, d *fr
 
 // pushedChanged drops the pushed CRLs; the next check reloads them.
 func (r *certRevocation) pushedChanged() {
-	r.pushed.Store(nil)
+	r.pushed.drop()
 	r.changed()
 }
 
 // pushedCRLs returns the pushed CRLs, loading them once from storage.
 func (r *certRevocation) pushedCRLs(ctx context.Context) ([]*parsedCRL, error) {
-	if p := r.pushed.Load(); p != nil {
-		return *p, nil
-	}
-	s := r.b.storageView
-	if s == nil {
-		return nil, errors.New("no storage")
-	}
-	names, err := s.List(ctx, storageCRLPrefix)
-	if err != nil {
-		return nil, err
-	}
-	var out []*parsedCRL
-	for _, n := range names {
-		e, err := readEntry[crlEntry](ctx, s, storageCRLPrefix+n, "CRL")
+	return r.pushed.load(func() ([]*parsedCRL, error) {
+		s := r.b.storageView
+		if s == nil {
+			return nil, errors.New("no storage")
+		}
+		names, err := s.List(ctx, storageCRLPrefix)
 		if err != nil {
 			return nil, err
 		}
-		if e == nil {
-			continue
+		var out []*parsedCRL
+		for _, n := range names {
+			e, err := readEntry[crlEntry](ctx, s, storageCRLPrefix+n, "CRL")
+			if err != nil {
+				return nil, err
+			}
+			if e == nil {
+				continue
+			}
+			der, err := base64.StdEncoding.DecodeString(e.DER)
+			if err != nil {
+				continue
+			}
+			c, err := parseCRL(der)
+			if err != nil {
+				continue
+			}
+			c.fetched = e.CreatedAt
+			out = append(out, c)
 		}
-		der, err := base64.StdEncoding.DecodeString(e.DER)
-		if err != nil {
-			continue
-		}
-		c, err := parseCRL(der)
-		if err != nil {
-			continue
-		}
-		c.fetched = e.CreatedAt
-		out = append(out, c)
-	}
-	r.pushed.CompareAndSwap(nil, &out)
-	return out, nil
+		return out, nil
+	})
 }
 
 // listRevoked records a revoked certificate for the feed until exp (kept if
@@ -281,7 +279,7 @@ func (r *certRevocation) listRevoked(ctx context.Context, s logical.Storage, x5t
 	if err := writeEntry(ctx, s, storageRevokedCertsPrefix+x5t, "revoked certificate", &revokedCertEntry{Version: 1, Exp: exp.UTC()}, false); err != nil {
 		return err
 	}
-	r.listed.Store(nil)
+	r.listed.drop()
 	r.b.feed.drop()
 	r.b.Logger().Info("revoked client certificate listed in the revocation feed", "x5t#S256", x5t, "until", exp.UTC().Format(time.RFC3339))
 	return nil
@@ -290,25 +288,23 @@ func (r *certRevocation) listRevoked(ctx context.Context, s logical.Storage, x5t
 // revokedCertificates returns the listed certificates (x5t -> exp), loaded
 // once from storage and dropped on every write here or Invalidate.
 func (r *certRevocation) revokedCertificates(ctx context.Context, s logical.Storage) (map[string]time.Time, error) {
-	if m := r.listed.Load(); m != nil {
-		return *m, nil
-	}
-	names, err := s.List(ctx, storageRevokedCertsPrefix)
-	if err != nil {
-		return nil, err
-	}
-	m := make(map[string]time.Time, len(names))
-	for _, n := range names {
-		e, err := readEntry[revokedCertEntry](ctx, s, storageRevokedCertsPrefix+n, "revoked certificate")
+	return r.listed.load(func() (map[string]time.Time, error) {
+		names, err := s.List(ctx, storageRevokedCertsPrefix)
 		if err != nil {
 			return nil, err
 		}
-		if e != nil {
-			m[n] = e.Exp
+		m := make(map[string]time.Time, len(names))
+		for _, n := range names {
+			e, err := readEntry[revokedCertEntry](ctx, s, storageRevokedCertsPrefix+n, "revoked certificate")
+			if err != nil {
+				return nil, err
+			}
+			if e != nil {
+				m[n] = e.Exp
+			}
 		}
-	}
-	r.listed.CompareAndSwap(nil, &m)
-	return m, nil
+		return m, nil
+	})
 }
 
 // tidyRevokedCertificates deletes listings whose tokens have all expired.
@@ -326,7 +322,7 @@ func (r *certRevocation) tidyRevokedCertificates(ctx context.Context, s logical.
 			if err := s.Delete(ctx, storageRevokedCertsPrefix+x5t); err != nil {
 				return err
 			}
-			r.listed.Store(nil)
+			r.listed.drop()
 			r.b.feed.drop()
 		}
 	}
