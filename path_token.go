@@ -302,7 +302,8 @@ algorithm_mismatch, unsupported_critical_header, bad_signature, expired,
 not_yet_valid, issued_in_future, wrong_issuer, wrong_audience, missing_claim,
 unknown_service, service_disabled, service_revoked, other_registration,
 token_revoked, ambiguous_claims, certificate_mismatch, unbound_token,
-spiffe_id_not_registered.
+spiffe_id_not_registered, certificate_revoked (the token is bound to a client
+certificate found revoked after it logged in; see revocation_check).
 
 A JWT-SVID (a service with token_subject=spiffe_id) has the SPIFFE ID in sub
 and names its service in meshauth_service; it is valid only while that
