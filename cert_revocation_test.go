@@ -386,3 +386,36 @@ func BenchmarkLoginMTLSRevocationWarm(b *testing.B) {
 		b.Fatalf("warm logins fetched %d times", got-hits)
 	}
 }
+
+// A verdict computed while revocation data changed is not reused: the
+// change may have come after the check read the old data.
+func TestChainVerdictRacingARevocationChangeIsNotKept(t *testing.T) {
+	c := newChainCache(16)
+	ca := newTestCA(t, "mesh-ca")
+	leaf, _, _ := ca.issue(t, "orders", leafOptions{})
+	trust := &serviceTrust{}
+	calls := 0
+	check := func() (time.Time, error) {
+		calls++
+		if calls == 1 {
+			c.bumpRevocations() // a CRL arrives mid-check
+		}
+		return time.Time{}, nil
+	}
+	now := time.Now()
+	_ = c.verifyUntil("orders", trust, []*x509.Certificate{leaf}, now, check)
+	_ = c.verifyUntil("orders", trust, []*x509.Certificate{leaf}, now, check)
+	_ = c.verifyUntil("orders", trust, []*x509.Certificate{leaf}, now, check)
+	if calls != 2 {
+		t.Fatalf("check ran %d times; want 2 (the racing verdict dropped, the next one kept)", calls)
+	}
+	// A verdict bounded by an answer's life is recomputed after it.
+	calls = 0
+	c2 := newChainCache(16)
+	bounded := func() (time.Time, error) { calls++; return now.Add(time.Minute), nil }
+	_ = c2.verifyUntil("orders", trust, []*x509.Certificate{leaf}, now, bounded)
+	_ = c2.verifyUntil("orders", trust, []*x509.Certificate{leaf}, now.Add(2*time.Minute), bounded)
+	if calls != 2 {
+		t.Fatalf("bounded verdict reused past its bound (%d checks)", calls)
+	}
+}
