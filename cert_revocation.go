@@ -972,6 +972,7 @@ func (b *backend) checkRevocation(t *serviceTrust, chain []*x509.Certificate, no
 	switch {
 	case errors.Is(err, errCertificateRevoked):
 		b.certRevocation.results.add(revocationResultRevoked)
+		go b.listRefusedCertificate(chain[0])
 	case err != nil && t.revocation.failOpen:
 		b.certRevocation.results.add(revocationResultFailOpen)
 		b.Logger().Warn("login allowed without a current revocation answer (revocation_fail_open)", "error", err)
@@ -980,4 +981,26 @@ func (b *backend) checkRevocation(t *serviceTrust, chain []*x509.Certificate, no
 		b.certRevocation.results.add(revocationResultUnavailable)
 	}
 	return until, err
+}
+
+// listRefusedCertificate lists a certificate refused as revoked at login,
+// until max_ttl from now: no token bound to it issued before the refusal,
+// on any node, outlives that. This covers what the in-memory tracking of
+// logins cannot: a node that restarted since the certificate logged in, or
+// tokens minted by a standby. The refused verdict is cached, and a listing
+// already as long is not written again, so a holder of a revoked key (the
+// TLS handshake proves possession) causes at most one write a minute.
+func (b *backend) listRefusedCertificate(leaf *x509.Certificate) {
+	if !b.canWrite() || b.storageView == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), revocationFetchTimeout)
+	defer cancel()
+	cfg, err := b.getConfig(ctx, b.storageView)
+	if err == nil {
+		err = b.certRevocation.listRevoked(ctx, b.storageView, certificateThumbprint(leaf), b.now().Add(cfg.MaxTTL))
+	}
+	if err != nil {
+		b.Logger().Warn("could not list a revoked certificate in the feed", "x5t#S256", certificateThumbprint(leaf), "error", err)
+	}
 }

@@ -419,3 +419,19 @@ func TestChainVerdictRacingARevocationChangeIsNotKept(t *testing.T) {
 		t.Fatalf("bounded verdict reused past its bound (%d checks)", calls)
 	}
 }
+
+// A certificate refused as revoked is listed until max_ttl from the
+// refusal even when this node never saw it log in (a restart, a standby).
+func TestRefusedRevokedCertificateIsListedWithoutTracking(t *testing.T) {
+	e, ca, apiKey, conn, leaf := revSetup(t, "ocsp", nil)
+	ca.revoke(1001)
+	if _, err := revLogin(t, e, "orders", apiKey, conn); !errors.Is(err, logical.ErrPermissionDenied) {
+		t.Fatalf("revoked: %v", err)
+	}
+	cfg, _ := e.b.getConfig(t.Context(), e.storage)
+	waitFor(t, "listing", func() bool {
+		m, err := e.b.certRevocation.revokedCertificates(t.Context(), e.storage)
+		exp, ok := m[certificateThumbprint(leaf)]
+		return err == nil && ok && !exp.Before(e.b.now().Add(cfg.MaxTTL).Add(-time.Second))
+	})
+}
