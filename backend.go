@@ -106,6 +106,11 @@ type backend struct {
 	claimsRendered *claimsCache
 	// claimsMetrics counts logins refused by claims templates.
 	claimsMetrics templateMetrics
+	// certRevocation checks client certificates against CRLs and OCSP
+	// (cert_revocation.go); storageView is the mount's storage, for its
+	// background work.
+	certRevocation *certRevocation
+	storageView    logical.Storage
 
 	// now is the clock; tests replace it to cross leeway and lockout edges.
 	now func() time.Time
@@ -133,6 +138,7 @@ func newBackend() *backend {
 		claimsRendered: newClaimsCache(claimsCacheSize),
 		now:            time.Now,
 	}
+	b.certRevocation = newCertRevocation(b)
 	b.Backend = &framework.Backend{
 		Help:           strings.TrimSpace(backendHelp),
 		BackendType:    logical.TypeLogical,
@@ -155,6 +161,7 @@ func newBackend() *backend {
 			pathRevocations(b),
 			pathMetrics(b),
 			pathTidy(b),
+			pathCRLs(b),
 		),
 		InitializeFunc: b.initialize,
 		PeriodicFunc:   b.periodic,
@@ -167,6 +174,9 @@ func newBackend() *backend {
 // initialize makes sure a signing key ring exists before the first login.
 // Vault calls it on the node that can write; elsewhere it has nothing to do.
 func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
+	if b.storageView == nil {
+		b.storageView = req.Storage
+	}
 	if !b.canWrite() {
 		return nil
 	}
@@ -224,6 +234,11 @@ func (b *backend) invalidate(_ context.Context, key string) {
 		b.dropTrustDomain()
 	case strings.HasPrefix(key, storageDeletedPrefix):
 		b.feed.drop()
+	case strings.HasPrefix(key, storageCRLPrefix):
+		b.certRevocation.pushedChanged()
+	case strings.HasPrefix(key, storageRevokedCertsPrefix):
+		b.certRevocation.listed.drop()
+		b.feed.drop()
 	case strings.HasPrefix(key, storageRevokedPrefix):
 		// One token's revocation changed: re-read that entry alone, on
 		// its next lookup.
@@ -241,6 +256,7 @@ func (b *backend) cleanup(_ context.Context) {
 	b.feed.drop()
 	b.verifiedChains.dropAll()
 	b.claimsRendered.dropAll()
+	b.certRevocation.stop()
 }
 
 const backendHelp = `

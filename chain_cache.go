@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/binary"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -40,6 +41,9 @@ type chainCall struct {
 	// before an update can finish after the update's dropService and store
 	// its result, but the next login holds the new trust and never sees it.
 	trust *serviceTrust
+	// revocations is the revocation generation the result was computed
+	// in; a result of an older one is computed again (bumpRevocations).
+	revocations uint64
 }
 
 // chainCache remembers verification results per service and chain.
@@ -48,6 +52,9 @@ type chainCache struct {
 	max       int
 	size      int
 	byService map[string]map[chainKey]*chainCall
+	// revocations advances whenever revocation data (a CRL, an OCSP
+	// answer, a pushed CRL) changes.
+	revocations atomic.Uint64
 }
 
 // newChainCache returns an empty cache holding at most max results.
@@ -72,14 +79,23 @@ func keyOf(chain []*x509.Certificate) chainKey {
 // verify returns the cached result for (service, chain), or runs check once
 // while concurrent callers with the same chain wait for it.
 func (c *chainCache) verify(service string, trust *serviceTrust, chain []*x509.Certificate, now time.Time, check func() error) error {
+	return c.verifyUntil(service, trust, chain, now, func() (time.Time, error) { return time.Time{}, check() })
+}
+
+// verifyUntil is verify for a check that may also bound how long its
+// success counts (a revocation answer's life; zero for no bound).
+func (c *chainCache) verifyUntil(service string, trust *serviceTrust, chain []*x509.Certificate, now time.Time, check func() (time.Time, error)) error {
 	key := keyOf(chain)
+	// Read before the check reads any revocation data: a check racing a
+	// change is stored under the old generation and never reused.
+	gen := c.revocations.Load()
 	c.mu.Lock()
 	m := c.byService[service]
 	if m == nil {
 		m = make(map[chainKey]*chainCall)
 		c.byService[service] = m
 	}
-	if call, ok := m[key]; ok && call.trust != trust {
+	if call, ok := m[key]; ok && (call.trust != trust || call.revocations != gen) {
 		// Computed against trust that has since been replaced.
 		delete(m, key)
 		c.size--
@@ -105,17 +121,21 @@ func (c *chainCache) verify(service string, trust *serviceTrust, chain []*x509.C
 		m = make(map[chainKey]*chainCall)
 		c.byService[service] = m
 	}
-	call := &chainCall{done: make(chan struct{}), trust: trust}
+	call := &chainCall{done: make(chan struct{}), trust: trust, revocations: gen}
 	m[key] = call
 	c.size++
 	c.mu.Unlock()
 
-	call.res.err = check()
+	bound, err := check()
+	call.res.err = err
 	call.res.until = now.Add(failedChainTTL)
 	if call.res.err == nil {
 		call.res.until = earliestNotAfter(chain)
 		if !trust.expires.IsZero() && trust.expires.Before(call.res.until) {
 			call.res.until = trust.expires
+		}
+		if !bound.IsZero() && bound.Before(call.res.until) {
+			call.res.until = bound
 		}
 	}
 	close(call.done)
@@ -132,6 +152,10 @@ func earliestNotAfter(chain []*x509.Certificate) time.Time {
 	}
 	return t
 }
+
+// bumpRevocations makes every stored result stale: revocation data changed.
+// Called after the new data is visible to checks.
+func (c *chainCache) bumpRevocations() { c.revocations.Add(1) }
 
 // dropService forgets every result for one service: its trust changed.
 func (c *chainCache) dropService(service string) {

@@ -114,6 +114,7 @@ func TestClaimsTemplateLogin(t *testing.T) {
 	e, sys := templateEnv(t)
 	sys.set(checkoutEntity(), []*logical.Group{{ID: "g1", Name: "shop-admins", Metadata: map[string]string{"owner": "alice"}}})
 	ca := newTestCA(t, "mesh-ca")
+	e.trustDomain(t, testTD, ca)
 	id := "spiffe://" + testTD + "/ns/shop/sa/orders"
 	key := e.register(t, "orders", map[string]any{
 		"ca_chain": ca.pem, "spiffe_ids": id, "claims": map[string]any{"tier": "gold"},

@@ -21,6 +21,8 @@ type metrics struct {
 	keyRotations  atomic.Uint64
 	// loginStorageOps counts storage calls made by logins: 0 in steady state.
 	loginStorageOps atomic.Uint64
+	// certRevocation counts revocation checks by result (cert_revocation.go).
+	certRevocation *labelCounters
 }
 
 // serviceCounters are one service's counters.
@@ -37,7 +39,7 @@ type serviceCounters struct {
 
 // newMetrics returns zeroed counters.
 func newMetrics() *metrics {
-	return &metrics{services: map[string]*serviceCounters{}, verifications: map[string]*atomic.Uint64{}}
+	return &metrics{services: map[string]*serviceCounters{}, verifications: map[string]*atomic.Uint64{}, certRevocation: newLabelCounters()}
 }
 
 // metricsName labels a login by its service when it is registered.
@@ -120,6 +122,7 @@ func (m *metrics) snapshot(lockedCallers int) map[string]any {
 		"key_rotations":            m.keyRotations.Load(),
 		"login_storage_operations": m.loginStorageOps.Load(),
 		"locked_callers":           lockedCallers,
+		"certificate_revocation":   m.certRevocation.snapshot(),
 	}
 }
 
@@ -170,5 +173,6 @@ func (m *metrics) prometheus(lockedCallers int) string {
 	fmt.Fprintf(&sb, "meshauth_login_storage_operations_total %d\n", m.loginStorageOps.Load())
 	family("meshauth_locked_callers", "Service/caller pairs locked out right now on this node.", "gauge")
 	fmt.Fprintf(&sb, "meshauth_locked_callers %d\n", lockedCallers)
+	m.certRevocation.prometheus(&sb, "meshauth_certificate_revocation_total", "Client-certificate revocation checks by result: certificate_revoked (login refused), revocation_unavailable (refused: no current CRL/OCSP answer), revocation_fail_open (allowed without one), crl_fetch_failed, ocsp_fetch_failed.")
 	return sb.String()
 }

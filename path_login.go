@@ -178,6 +178,10 @@ func (b *backend) login(ctx context.Context, req *logical.Request, d *framework.
 	if err != nil {
 		return nil, err
 	}
+	if x5t != "" {
+		// Remembered so that a later revocation lists it in the feed.
+		b.certRevocation.track(x5t, peerChain(connState(req)), svc.trust, minted.expiresAt, now)
+	}
 	b.metrics.loginSucceeded(name)
 	resp := &logical.Response{Data: map[string]any{
 		"token":      minted.token,
@@ -345,8 +349,11 @@ func (b *backend) checkClientCertificate(svc *cachedService, chain []*x509.Certi
 	case !svc.trust.hasTrust():
 		return "", errNoTrust
 	}
-	err := b.verifiedChains.verify(svc.entry.Name, svc.trust, chain, now, func() error {
-		return verifyPresentedChain(svc.trust, chain, now)
+	err := b.verifiedChains.verifyUntil(svc.entry.Name, svc.trust, chain, now, func() (time.Time, error) {
+		if err := verifyPresentedChain(svc.trust, chain, now); err != nil {
+			return time.Time{}, err
+		}
+		return b.checkRevocation(svc.trust, chain, now) // cert_revocation.go
 	})
 	if err != nil {
 		return "", err

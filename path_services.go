@@ -119,6 +119,7 @@ func serviceFields() map[string]*framework.FieldSchema {
 	addSPIFFEServiceFields(fields) // spiffe_ids, trust_domains, token_subject (spiffe.go)
 	// claims_template, template_missing (claims_template.go)
 	addClaimsTemplateFields(fields)
+	addRevocationServiceFields(fields) // revocation_check and its settings (cert_revocation.go)
 	return fields
 }
 
@@ -203,6 +204,7 @@ func serviceResponse(e *serviceEntry, now time.Time) map[string]any {
 	}
 	addSPIFFEServiceResponse(data, e)
 	addClaimsTemplateResponse(data, e)
+	addRevocationServiceResponse(data, e)
 	if e.RevokedBefore > 0 {
 		data["tokens_revoked_before"] = time.Unix(e.RevokedBefore, 0).UTC().Format(time.RFC3339)
 	}
@@ -392,6 +394,9 @@ func applyServiceFields(e *serviceEntry, d *framework.FieldData, creating bool) 
 		_, spiffeIDs := d.GetOk("spiffe_ids")
 		e.RequireMTLS = e.Certificate != "" || e.CAChain != "" || spiffeIDs
 	}
+	if msg := applyRevocationFields(e, d); msg != "" {
+		return msg
+	}
 	return applySPIFFEFields(e, d)
 }
 
@@ -448,6 +453,9 @@ func validateService(e *serviceEntry, cfg *configEntry, now time.Time) string {
 		return msg
 	}
 	if msg := validateServiceSPIFFE(e, cfg); msg != "" {
+		return msg
+	}
+	if msg := validateServiceRevocation(e); msg != "" {
 		return msg
 	}
 	return validateServiceTLS(e, now)

@@ -67,6 +67,10 @@ func (b *backend) tidy(ctx context.Context, s logical.Storage) (tidyResult, erro
 	if res.tombstones, err = b.tidyDeletedServices(ctx, s, cfg, now); err != nil {
 		return res, err
 	}
+	// Revoked client certificates whose tokens have all expired (path_crls.go).
+	if err := b.certRevocation.tidyRevokedCertificates(ctx, s, now.Add(-cfg.Leeway)); err != nil {
+		return res, err
+	}
 
 	b.keyRingLock.Lock()
 	defer b.keyRingLock.Unlock()

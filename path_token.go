@@ -211,6 +211,12 @@ func (b *backend) pathVerify(ctx context.Context, req *logical.Request, d *frame
 	if v.reason == "" {
 		v.reason = binding.check(v.parsed.claims.Confirmation)
 	}
+	if v.reason == "" && v.parsed.claims.Bound() {
+		// A token bound to a certificate revoked since (cert_revocation.go).
+		if v.reason, err = b.certificateRevokedReason(ctx, req.Storage, v.parsed.claims.Confirmation.X5tS256); err != nil {
+			return nil, err
+		}
+	}
 	if v.reason != "" {
 		b.metrics.verified(v.reason)
 		return &logical.Response{Data: map[string]any{"valid": false, "reason": v.reason}}, nil
@@ -296,7 +302,8 @@ algorithm_mismatch, unsupported_critical_header, bad_signature, expired,
 not_yet_valid, issued_in_future, wrong_issuer, wrong_audience, missing_claim,
 unknown_service, service_disabled, service_revoked, other_registration,
 token_revoked, ambiguous_claims, certificate_mismatch, unbound_token,
-spiffe_id_not_registered.
+spiffe_id_not_registered, certificate_revoked (the token is bound to a client
+certificate found revoked after it logged in; see revocation_check).
 
 A JWT-SVID (a service with token_subject=spiffe_id) has the SPIFFE ID in sub
 and names its service in meshauth_service; it is valid only while that

@@ -54,6 +54,10 @@ type feedDocument struct {
 	// Keys maps each kid removed at keys/<kid>/revoke to when it leaves the
 	// feed: every token that names it is refused.
 	Keys map[string]int64 `json:"keys"`
+	// Certificates maps the x5t#S256 of each revoked client certificate
+	// that logged in to the exp of the last token bound to it
+	// (cert_revocation.go): every token whose cnf names it is refused.
+	Certificates map[string]int64 `json:"certificates"`
 }
 
 // feedService is one service in the feed.
@@ -150,6 +154,8 @@ func (b *backend) renderFeed(ctx context.Context, s logical.Storage, now time.Ti
 		Services: map[string]feedService{},
 		Disabled: map[string]int64{},
 		Keys:     map[string]int64{},
+
+		Certificates: map[string]int64{},
 	}
 	// next is the earliest time an entry leaves: the first step at or
 	// after its exp + leeway.
@@ -242,6 +248,16 @@ func (b *backend) renderFeed(ctx context.Context, s logical.Storage, now time.Ti
 		// any other entry's.
 		if live(r.ListedUntil) {
 			doc.Keys[r.KID] = r.ListedUntil.Unix()
+		}
+	}
+
+	certs, err := b.certRevocation.revokedCertificates(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	for x5t, exp := range certs {
+		if live(exp) {
+			doc.Certificates[x5t] = exp.Unix()
 		}
 	}
 

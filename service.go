@@ -113,6 +113,14 @@ type serviceEntry struct {
 	// operators; entries written before Registration existed also refuse
 	// tokens without gen whose iat is not after it.
 	RevokedBefore int64 `json:"revoked_before,omitempty"`
+	// RevocationCheck is "" (none), crl, ocsp or crl,ocsp; with CRLURLs,
+	// OCSPServers, RevocationFailOpen and RevocationMaxAge it is the
+	// service's client-certificate revocation checking (cert_revocation.go).
+	RevocationCheck    string        `json:"revocation_check,omitempty"`
+	CRLURLs            []string      `json:"crl_urls,omitempty"`
+	OCSPServers        []string      `json:"ocsp_servers,omitempty"`
+	RevocationFailOpen bool          `json:"revocation_fail_open,omitempty"`
+	RevocationMaxAge   time.Duration `json:"revocation_max_age,omitempty"`
 	// CreatedAt is when the service was registered.
 	CreatedAt time.Time `json:"created_at"`
 	// UpdatedAt is the last write.

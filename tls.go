@@ -47,6 +47,8 @@ type serviceTrust struct {
 	// domains maps the trust domain of each spiffe entry to the pool of its
 	// registered bundle, nil when it has no entry (path_trust_domains.go).
 	domains map[string]*x509.CertPool
+	// revocation is the service's revocation checking; nil for none.
+	revocation *revocationPolicy
 	// expires is the earliest not_after of the registered certificate and
 	// CAs: a cached verification must not outlive the trust it used.
 	expires time.Time
@@ -243,7 +245,7 @@ func matchesPinnedCertificate(presented, pinned *x509.Certificate) bool {
 // buildTrust parses a service's stored trust material. It was validated on
 // write; an error here means storage holds something it should not.
 func buildTrust(e *serviceEntry) (*serviceTrust, error) {
-	t := &serviceTrust{hostnames: e.Hostnames}
+	t := &serviceTrust{hostnames: e.Hostnames, revocation: revocationPolicyOf(e)}
 	if e.Certificate != "" {
 		certs, err := parseCertificates("certificate", e.Certificate, 1)
 		if err != nil {

@@ -69,7 +69,10 @@ type revocationList struct {
 	}
 	disabled map[string]int64
 	keys     map[string]int64
-	etag     string
+	// certificates maps x5t#S256 of revoked client certificates to when
+	// their last token expires: a token bound to one is refused.
+	certificates map[string]int64
+	etag         string
 	// confirmed is when Vault last served or confirmed this list (the start
 	// of that fetch).
 	confirmed time.Time
@@ -184,6 +187,8 @@ func (v *Verifier) parseRevocations(ctx context.Context, raw string) (*revocatio
 		} `json:"services"`
 		Disabled map[string]int64 `json:"disabled"`
 		Keys     map[string]int64 `json:"keys"`
+		// Certificates lists revoked client certificates by x5t#S256.
+		Certificates map[string]int64 `json:"certificates"`
 	}
 	_, err := jwt.NewParser(jwt.WithValidMethods(Algorithms), jwt.WithoutClaimsValidation()).Parse(raw, func(t *jwt.Token) (any, error) {
 		if t.Header["typ"] != RevocationsType {
@@ -209,7 +214,7 @@ func (v *Verifier) parseRevocations(ctx context.Context, raw string) (*revocatio
 	if doc.Issuer != v.cfg.Issuer {
 		return nil, fmt.Errorf(errPrefix+"revocations feed is of issuer %q, not %q", doc.Issuer, v.cfg.Issuer)
 	}
-	return &revocationList{tokens: doc.Tokens, services: doc.Services, disabled: doc.Disabled, keys: doc.Keys}, nil
+	return &revocationList{tokens: doc.Tokens, services: doc.Services, disabled: doc.Disabled, keys: doc.Keys, certificates: doc.Certificates}, nil
 }
 
 // refetchRevocations starts one background fetch of the feed when none runs
@@ -254,6 +259,11 @@ func (v *Verifier) checkRevoked(ctx context.Context, c *Claims) error {
 	}
 	if _, ok := list.tokens[c.ID]; ok {
 		return fmt.Errorf("%w: jti %s", ErrRevoked, c.ID)
+	}
+	if c.Bound() {
+		if _, ok := list.certificates[c.Confirmation.X5tS256]; ok {
+			return fmt.Errorf("%w: its client certificate %s was revoked", ErrRevoked, c.Confirmation.X5tS256)
+		}
 	}
 	service := c.Subject
 	if c.Service != "" {

@@ -51,7 +51,7 @@ func NewCA(t T, dir, name string) *CA {
 		NotAfter:              time.Now().Add(48 * time.Hour),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
@@ -82,6 +82,41 @@ func (ca *CA) Issue(t T, dir, name string, dns []string, ips []net.IP, usage x50
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 	}
 	return ca.sign(t, dir, name, tmpl, key)
+}
+
+// IssueRevocable signs a client certificate whose CRL distribution point is
+// crlURL.
+func (ca *CA) IssueRevocable(t T, dir, name string, dns []string, crlURL string) *Cert {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(time.Now().UnixNano()),
+		Subject:               pkix.Name{CommonName: name},
+		DNSNames:              dns,
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		CRLDistributionPoints: []string{crlURL},
+	}
+	return ca.sign(t, dir, name, tmpl, key)
+}
+
+// CRL signs a DER CRL listing revoked, valid for life.
+func (ca *CA) CRL(t T, number int64, life time.Duration, revoked ...*big.Int) []byte {
+	t.Helper()
+	entries := make([]x509.RevocationListEntry, 0, len(revoked))
+	for _, s := range revoked {
+		entries = append(entries, x509.RevocationListEntry{SerialNumber: s, RevocationTime: time.Now().Add(-time.Second)})
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+		Number: big.NewInt(number), ThisUpdate: time.Now().Add(-time.Minute), NextUpdate: time.Now().Add(life),
+		RevokedCertificateEntries: entries,
+	}, ca.X509, ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
 }
 
 // IssueSVID signs an X.509-SVID shaped as SPIRE and Istio issue them: the
