@@ -79,11 +79,11 @@ test-e2e: build ## end-to-end tests against real Vault servers (builds Vault if 
 test-e2e-ha: ## the 3-node Raft HA scenario alone (failover, snapshot restore, periodic rotation; ~4 min)
 	$(MAKE) test-e2e E2E_RUN=TestHACluster
 
-bench: tools build ## in-process benchmarks (benchstat), then the load tool against a real Vault (writes BENCHMARKS.md)
+bench: tools build ## in-process benchmarks (benchstat), then the load tool against a real Vault (writes docs/benchmarks.md)
 	go test -run='^$$' -bench=. -benchmem -count=$(BENCH_COUNT) . | tee bench.txt
 	$(TOOLS_DIR)/benchstat bench.txt
 	@vault_bin=$$(./scripts/vault-bin.sh) && cd e2e && VAULT_BIN=$$vault_bin MESHAUTH_PLUGIN=$(PLUGIN_BIN) \
-	  go run ./cmd/meshauth-bench -out $(CURDIR)/BENCHMARKS.md $(BENCH_FLAGS)
+	  go run ./cmd/meshauth-bench -out $(CURDIR)/docs/benchmarks.md $(BENCH_FLAGS)
 
 fmt: tools ## format with gofumpt
 	$(TOOLS_DIR)/gofumpt -w .

@@ -214,7 +214,7 @@ func pathConfig(b *backend) []*framework.Path {
 			},
 		},
 		HelpSynopsis:    "Engine settings: issuer, signing algorithm, token lifetimes, key rotation, lockout, API key policy.",
-		HelpDescription: "Read or update the engine's settings. An update changes only the fields it names. Changing signing_algorithm publishes a next key of that algorithm, which signs once it has been in jwks for min_publication_age; until then the current key keeps signing.",
+		HelpDescription: "Read or update the engine's settings. An update changes only the fields it names. Changing signing_algorithm publishes a next key of that algorithm, which signs once it has been in jwks for min_publication_age; until then the current key keeps signing. A read also names jwks_uri and revocation_endpoint (read only): where verifiers fetch the keys and the signed revocations feed, as the discovery document names them.",
 	}}
 }
 
@@ -253,6 +253,11 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 
 		"min_publication_age":      seconds(cfg.MinPublicationAge),
 		"revocation_max_staleness": seconds(cfg.RevocationMaxStaleness),
+
+		// Read only: where verifiers fetch the keys and the revocations
+		// feed, as discovery names them.
+		"jwks_uri":            cfg.publishedURL(req.MountPoint, "jwks"),
+		"revocation_endpoint": cfg.publishedURL(req.MountPoint, "revocations"),
 	}}, nil
 }
 
