@@ -193,7 +193,7 @@ func TestTokenSourceLoginMethod(t *testing.T) {
 		}
 	})
 	for name, off := range map[string]*func(f *fakeVault){
-		"405 from the engine": ptr(func(f *fakeVault) { f.getOff.Store(true) }),
+		"405 from the engine":  ptr(func(f *fakeVault) { f.getOff.Store(true) }),
 		"403 from Vault's ACL": ptr(func(f *fakeVault) { f.getACLDenied.Store(true) }),
 	} {
 		t.Run("PreferGET, "+name, func(t *testing.T) {
