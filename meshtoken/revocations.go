@@ -41,7 +41,8 @@ var (
 )
 
 // RevocationConfig makes a Verifier refuse what the engine's revocations
-// feed lists. Set it in VerifierConfig.Revocations.
+// feed lists. The feed is checked by default; set this in
+// VerifierConfig.Revocations to tune it.
 type RevocationConfig struct {
 	// URL is the engine's revocations path. Default: discovery's
 	// revocation_endpoint, else the jwks URL with its last element replaced
