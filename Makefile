@@ -35,7 +35,7 @@ BENCH_FLAGS ?=
 .PHONY: help build dev test test-unit fuzz fuzz-short test-e2e test-e2e-ha vault vuln bench fmt vet lint tools clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 build: ## build the plugin binary into bin/
 	go build -trimpath -o $(PLUGIN_BIN) ./cmd/$(PLUGIN)
