@@ -26,7 +26,7 @@ func TestDocLinks(t *testing.T) {
 		files = append(files, m...)
 	}
 	for _, file := range files {
-		text, err := os.ReadFile(file) //nolint:gosec // the repository's own documents
+		text, err := os.ReadFile(file)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -48,7 +48,7 @@ func TestDocLinks(t *testing.T) {
 			if anchor == "" || info.IsDir() {
 				continue
 			}
-			body, err := os.ReadFile(resolved) //nolint:gosec // the repository's own documents
+			body, err := os.ReadFile(resolved)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -44,7 +44,7 @@ func ExampleVerifier_Middleware() {
 	}
 	handler := verifier.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		claims, _ := meshtoken.ClaimsFromContext(r.Context())
-		fmt.Fprintf(w, "hello %s", claims.Subject)
+		_, _ = fmt.Fprintf(w, "hello %s", claims.Subject)
 	}))
 	for _, audience := range []string{"payments", "ledger"} {
 		req := httptest.NewRequest(http.MethodGet, "/charge", nil)
