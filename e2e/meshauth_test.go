@@ -298,6 +298,17 @@ path "` + mount + `/services/payments/*" { capabilities = ["deny"] }`
 		}
 	})
 
+	t.Run("an invalid service name answers 400 with the rule, not 404", func(t *testing.T) {
+		cl := s.MustClient()
+		for _, p := range []string{"services/-lead", "login/.hidden", "services/" + strings.Repeat("a", 129) + "/rotate-key"} {
+			_, err := cl.Logical().Write(mount+"/"+p, map[string]any{"api_key": "x"})
+			var re *api.ResponseError
+			if !errors.As(err, &re) || re.StatusCode != http.StatusBadRequest || !strings.Contains(err.Error(), "[a-z0-9][a-z0-9._-]{0,127}") {
+				t.Fatalf("%s: %v; want a 400 stating the name rule", p, err)
+			}
+		}
+	})
+
 	t.Run("plugin reload and a killed plugin process lose nothing", func(t *testing.T) {
 		tok := f.mustLogin(t, "orders", f.ordersKey, f.orders)
 		s.MustCLI(t, "plugin", "reload", "-plugin="+vaultlab.CatalogName)
