@@ -427,9 +427,11 @@ func (ts *TokenSource) send(ctx context.Context) (*api.Secret, error) {
 	return sec, err
 }
 
-// LoginRefusedPrefix starts the engine's answer to a refused login (a 403
+// LoginRefusedPrefix starts the engine's text of a refused login (a 403
 // that is not a lockout), so it can be told from Vault's own "permission
-// denied", which comes from an ACL policy.
+// denied", which comes from an ACL policy. Vault wraps the text in its own
+// ("1 error occurred:\n\t* meshauth: login refused ..."): look for it
+// inside the message.
 const LoginRefusedPrefix = "meshauth: login refused"
 
 // getRefused reports whether a GET login was refused for the way it was
@@ -454,7 +456,9 @@ func getRefused(err error) bool {
 			return false
 		}
 		for _, msg := range re.Errors {
-			if strings.HasPrefix(msg, LoginRefusedPrefix) {
+			// Vault wraps a plugin's error ("1 error occurred:\n\t* ..."),
+			// so the engine's text is inside the message, not at its start.
+			if strings.Contains(msg, LoginRefusedPrefix) {
 				return false
 			}
 		}

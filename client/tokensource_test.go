@@ -55,12 +55,12 @@ func newFakeVault(t *testing.T, ttl time.Duration) *fakeVault {
 			f.posts.Add(1)
 			var body map[string]any
 			if json.NewDecoder(r.Body).Decode(&body) != nil || body["api_key"] != "mak_key" {
-				http.Error(w, `{"errors":["meshauth: login refused for service \"orders\": ..."]}`, http.StatusForbidden)
+				http.Error(w, `{"errors":["1 error occurred:\n\t* meshauth: login refused for service \"orders\": ...\n\n"]}`, http.StatusForbidden)
 				return
 			}
 		}
 		if r.Method == http.MethodGet && r.Header.Get(APIKeyHeader) != "mak_key" || r.URL.Query().Get("api_key") != "" {
-			http.Error(w, `{"errors":["meshauth: login refused for service \"orders\": ..."]}`, http.StatusForbidden)
+			http.Error(w, `{"errors":["1 error occurred:\n\t* meshauth: login refused for service \"orders\": ...\n\n"]}`, http.StatusForbidden)
 			return
 		}
 		time.Sleep(f.delay)
