@@ -186,7 +186,7 @@ func pathConfig(b *backend) []*framework.Path {
 			},
 			"allow_get_login": {
 				Type:        framework.TypeBool,
-				Description: "Serve the one-round-trip GET login (API key in the X-Meshauth-Api-Key header). With it on, read capability on login/<name> mints tokens for that service, so grant read on login/* knowingly. The mount must also pass the header through (vault secrets tune -passthrough-request-headers=X-Meshauth-Api-Key). Default: false.",
+				Description: "Serve the one-round-trip GET login (API key in the X-Meshauth-Api-Key header). With it on, read capability on login/<name> mints tokens for that service, so grant read on login/* knowingly. The mount must also pass the header through, with the mount's one tune line: vault secrets tune -allowed-response-headers=ETag -passthrough-request-headers=X-Meshauth-Api-Key -passthrough-request-headers=If-None-Match meshauth (a tune replaces each list, so it names every header). Default: false.",
 			},
 			"trust_domain": {
 				Type:        framework.TypeString,
