@@ -36,7 +36,7 @@ BENCH_FLAGS ?=
 .PHONY: test-python vectors lint-python python-deps
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 build: ## build the plugin binary into bin/
 	go build -trimpath -o $(PLUGIN_BIN) ./cmd/$(PLUGIN)
@@ -54,19 +54,23 @@ FUZZ_TARGETS := .:FuzzParseToken .:FuzzParseCertificates .:FuzzServiceWrite .:Fu
 # import (meshtoken), the client library, gRPC credentials and interceptors
 # (grpcauth), and the end-to-end suite.
 LIB_MODULES := meshtoken client grpcauth
+# The worked example (orders and payments) is a module of its own too, so
+# the plugin's module does not carry its dependencies; it is vetted, linted,
+# kept tidy and tested with the libraries.
+MODULES     := $(LIB_MODULES) examples
 # Go tools of the Python package: the shared-vector generator (its own module).
 PY_GO_MODULES := python/vectorgen
 # Every Go module that ships or tests something: vet, lint and vuln cover
 # them all, so a module added here is checked on every submission.
-GO_MODULES  := . $(LIB_MODULES) e2e $(PY_GO_MODULES)
+GO_MODULES  := . $(MODULES) e2e $(PY_GO_MODULES)
 # Debian's interpreter, never another python3 that may come first on PATH.
 PYTHON := /usr/bin/python3
 
 test: test-unit test-python fuzz-short test-e2e ## run every test: unit (-race), Python, a short fuzz of each target, end-to-end against real Vault
 
-test-unit: ## unit tests of the plugin, meshtoken and client modules, with the race detector
+test-unit: ## unit tests of the plugin and of every module but e2e (meshtoken, client, grpcauth, examples), with the race detector
 	go test -race -count=1 ./...
-	@for m in $(LIB_MODULES); do (cd $$m && go test -race -count=1 ./...) || exit 1; done
+	@for m in $(MODULES); do (cd $$m && go test -race -count=1 ./...) || exit 1; done
 	@for m in $(PY_GO_MODULES); do (cd $$m && go test -race -count=1 ./...) || exit 1; done
 
 python-deps: ## install the Debian packages python/ needs, when missing (says what it installs)
@@ -104,11 +108,11 @@ test-e2e: build ## end-to-end tests against real Vault servers (builds Vault if 
 test-e2e-ha: ## the 3-node Raft HA scenario alone (failover, snapshot restore, periodic rotation; ~4 min)
 	$(MAKE) test-e2e E2E_RUN=TestHACluster
 
-bench: tools build ## in-process benchmarks (benchstat), then the load tool against a real Vault (writes BENCHMARKS.md)
+bench: tools build ## in-process benchmarks (benchstat), then the load tool against a real Vault (writes docs/benchmarks.md)
 	go test -run='^$$' -bench=. -benchmem -count=$(BENCH_COUNT) . | tee bench.txt
 	$(TOOLS_DIR)/benchstat bench.txt
 	@vault_bin=$$(./scripts/vault-bin.sh) && cd e2e && VAULT_BIN=$$vault_bin MESHAUTH_PLUGIN=$(PLUGIN_BIN) \
-	  go run ./cmd/meshauth-bench -out $(CURDIR)/BENCHMARKS.md $(BENCH_FLAGS)
+	  go run ./cmd/meshauth-bench -out $(CURDIR)/docs/benchmarks.md $(BENCH_FLAGS)
 
 fmt: tools ## format with gofumpt
 	$(TOOLS_DIR)/gofumpt -w .

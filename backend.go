@@ -28,7 +28,7 @@ const (
 	// every write of a service atomic.
 	storageServicePrefix = "services/"
 	// storageKeyRing holds the whole signing key ring (private keys included)
-	// in one entry, so rotation is a single atomic Put. It is seal-wrapped.
+	// in one entry, so rotation is a single atomic Put. It is seal-wrapped, which only Vault Enterprise with an HSM or KMS seal honours (docs/security.md).
 	storageKeyRing = "keyring"
 	// storageRevokedPrefix prefixes one revocationEntry per revoked token jti.
 	storageRevokedPrefix = "revoked/"

@@ -685,7 +685,7 @@ func (b *backend) templateClaims(req *logical.Request, id *loginIdentity, now ti
 		b.claimsMetrics.refused(name, templateReasonStored)
 		b.metrics.loginFailed(name)
 		b.Logger().Warn("login refused: the stored claims_template no longer passes registration's checks; write it again", "service", name, "error", svc.tmplErr)
-		return nil, logical.ErrPermissionDenied
+		return nil, errLoginRefused(req, name)
 	}
 	key := claimsKey{entity: req.EntityID, x5t: id.x5t, spiffeID: id.spiffeID}
 	r := b.claimsRendered.get(svc, key, now)
@@ -700,7 +700,7 @@ func (b *backend) templateClaims(req *logical.Request, id *loginIdentity, now ti
 		b.claimsMetrics.refused(name, r.fail.reason)
 		b.metrics.loginFailed(name)
 		b.Logger().Warn("login refused: claims_template did not render", "service", name, "directive", "{{"+r.fail.directive+"}}", "reason", r.fail.reason, "detail", r.fail.detail, "entity_id", req.EntityID)
-		return nil, logical.ErrPermissionDenied
+		return nil, errLoginRefused(req, name)
 	}
 	return r.body, nil
 }

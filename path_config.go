@@ -191,7 +191,7 @@ func pathConfig(b *backend) []*framework.Path {
 			},
 			"allow_get_login": {
 				Type:        framework.TypeBool,
-				Description: "Serve the one-round-trip GET login (API key in the X-Meshauth-Api-Key header). With it on, read capability on login/<name> mints tokens for that service, so grant read on login/* knowingly. The mount must also pass the header through (vault secrets tune -passthrough-request-headers=X-Meshauth-Api-Key). Default: false.",
+				Description: "Serve the one-round-trip GET login (API key in the X-Meshauth-Api-Key header). With it on, read capability on login/<name> mints tokens for that service, so grant read on login/* knowingly. The mount must also pass the header through, with the mount's one tune line: vault secrets tune -allowed-response-headers=ETag -passthrough-request-headers=X-Meshauth-Api-Key -passthrough-request-headers=If-None-Match meshauth (a tune replaces each list, so it names every header). Default: false.",
 			},
 			"api_key_wrap_ttl": {
 				Type:        framework.TypeDurationSecond,
@@ -223,7 +223,7 @@ func pathConfig(b *backend) []*framework.Path {
 			},
 		},
 		HelpSynopsis:    "Engine settings: issuer, signing algorithm, token lifetimes, key rotation, lockout, API key policy.",
-		HelpDescription: "Read or update the engine's settings. An update changes only the fields it names. Changing signing_algorithm publishes a next key of that algorithm, which signs once it has been in jwks for min_publication_age; until then the current key keeps signing.",
+		HelpDescription: "Read or update the engine's settings. An update changes only the fields it names. Changing signing_algorithm publishes a next key of that algorithm, which signs once it has been in jwks for min_publication_age; until then the current key keeps signing. A read also names jwks_uri and revocation_endpoint (read only): where verifiers fetch the keys and the signed revocations feed, as the discovery document names them.",
 	}}
 }
 
@@ -263,6 +263,11 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 
 		"min_publication_age":      seconds(cfg.MinPublicationAge),
 		"revocation_max_staleness": seconds(cfg.RevocationMaxStaleness),
+
+		// Read only: where verifiers fetch the keys and the revocations
+		// feed, as discovery names them.
+		"jwks_uri":            cfg.publishedURL(req.MountPoint, "jwks"),
+		"revocation_endpoint": cfg.publishedURL(req.MountPoint, "revocations"),
 	}}, nil
 }
 

@@ -56,7 +56,7 @@ func pathJWKS(b *backend) []*framework.Path {
 				},
 			},
 			HelpSynopsis:    "Discovery document for verifiers.",
-			HelpDescription: "Names the issuer, the jwks_uri (<issuer>/jwks when the issuer is a URL, otherwise /v1/<mount>/jwks) and the signing algorithms. Needs no Vault token.",
+			HelpDescription: "Names the issuer, the jwks_uri (<issuer>/jwks when the issuer is a URL, otherwise /v1/<mount>/jwks), the revocation_endpoint (the signed revocations feed, <issuer>/revocations or /v1/<mount>/revocations) and the signing algorithms. Needs no Vault token.",
 		},
 	}
 }
@@ -95,13 +95,10 @@ func (b *backend) pathDiscoveryRead(ctx context.Context, req *logical.Request, _
 	if err != nil {
 		return nil, err
 	}
-	jwksURI := "/v1/" + strings.TrimSuffix(req.MountPoint, "/") + "/jwks"
-	if cfg.issuerIsURL() {
-		jwksURI = strings.TrimSuffix(cfg.Issuer, "/") + "/jwks"
-	}
 	doc := map[string]any{
 		"issuer":                                cfg.Issuer,
-		"jwks_uri":                              jwksURI,
+		"jwks_uri":                              cfg.publishedURL(req.MountPoint, "jwks"),
+		"revocation_endpoint":                   cfg.publishedURL(req.MountPoint, "revocations"),
 		"id_token_signing_alg_values_supported": supportedAlgorithms,
 		"response_types_supported":              []string{"id_token"},
 		"subject_types_supported":               []string{"public"},
@@ -113,6 +110,18 @@ func (b *backend) pathDiscoveryRead(ctx context.Context, req *logical.Request, _
 	}
 	now := b.now()
 	return rawJSON(body, cacheAge(ring, cfg, now)), nil
+}
+
+// publishedURL is where verifiers fetch one of the mount's unauthenticated
+// documents (jwks, revocations): under the issuer when the issuer is a URL
+// (standard OIDC verifiers need it absolute), otherwise the path on Vault,
+// which meshauth's verifiers resolve against the discovery URL. Discovery and
+// config read both name it, from this one place.
+func (cfg *configEntry) publishedURL(mountPoint, doc string) string {
+	if cfg.issuerIsURL() {
+		return strings.TrimSuffix(cfg.Issuer, "/") + "/" + doc
+	}
+	return "/v1/" + strings.TrimSuffix(mountPoint, "/") + "/" + doc
 }
 
 // rawJSON answers a body as is, without Vault's response envelope.

@@ -66,3 +66,20 @@ func TestDiscoveryDocument(t *testing.T) {
 		t.Fatalf("discovery %#v", d)
 	}
 }
+
+// Discovery advertises the revocations feed, so verifiers find it without
+// configuration, and config read names the same URLs.
+func TestDiscoveryAndConfigNameTheRevocationFeed(t *testing.T) {
+	e := getTestBackend(t)
+	var d map[string]any
+	_ = json.Unmarshal(e.mustOK(t, logical.ReadOperation, ".well-known/openid-configuration", nil).Data[logical.HTTPRawBody].([]byte), &d)
+	cfg := e.mustOK(t, logical.ReadOperation, "config", nil).Data
+	if d["revocation_endpoint"] != "/v1/meshauth/revocations" || cfg["revocation_endpoint"] != d["revocation_endpoint"] || cfg["jwks_uri"] != d["jwks_uri"] {
+		t.Fatalf("discovery %#v, config %#v", d, cfg)
+	}
+	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"issuer": "https://vault.example:8200/v1/meshauth"})
+	_ = json.Unmarshal(e.mustOK(t, logical.ReadOperation, ".well-known/openid-configuration", nil).Data[logical.HTTPRawBody].([]byte), &d)
+	if d["revocation_endpoint"] != "https://vault.example:8200/v1/meshauth/revocations" {
+		t.Fatalf("discovery %#v", d)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -62,6 +63,41 @@ func pathLogin(b *backend) []*framework.Path {
 // key, and it names when the lock ends.
 func errLoginLocked(until time.Time) error {
 	return logical.CodedError(http.StatusForbidden, fmt.Sprintf("login locked for this caller after too many failed attempts; try again after %s", until.UTC().Format(time.RFC3339)))
+}
+
+// loginRefusal is the answer of every refused login (not a lockout). It is
+// meshauth's own, so a caller can tell it from Vault's ACL refusal
+// ("permission denied"), and it says where the reason is, but not which
+// factor failed: that stays in Vault's log, for the operator. It names a
+// missing client certificate, which the caller knows anyway. It unwraps to
+// logical.ErrPermissionDenied for code inside the plugin; across the plugin
+// boundary Vault carries its code and text (logical.HTTPCodedError).
+type loginRefusal struct{ msg string }
+
+func (e *loginRefusal) Error() string { return e.msg }
+func (e *loginRefusal) Code() int     { return http.StatusForbidden }
+func (e *loginRefusal) Unwrap() error { return logical.ErrPermissionDenied }
+
+// loginRefusedPrefix starts every refused login's answer; the client
+// library and scripts recognise meshauth's refusal by it.
+const loginRefusedPrefix = "meshauth: login refused"
+
+// loginRefusedLogMessage is the log message of a refused login, at Info;
+// the answer tells the caller to look for it.
+const loginRefusedLogMessage = "login refused"
+
+// errLoginRefused builds the refusal of a login as name over req's
+// connection.
+func errLoginRefused(req *logical.Request, name string) error {
+	var b strings.Builder
+	b.WriteString(loginRefusedPrefix + " for service " + strconv.Quote(name) + ": ")
+	if len(peerChain(connState(req))) == 0 {
+		b.WriteString("no client certificate came on the TLS connection to Vault (a service that requires mTLS must present its certificate: VAULT_CLIENT_CERT and VAULT_CLIENT_KEY for the vault CLI); ")
+	}
+	b.WriteString("the API key, the client certificate or the service's state did not pass, and the answer does not say which. " +
+		"Vault's server log has the reason at level info (message \"" + loginRefusedLogMessage + "\", fields service, caller and reason): " +
+		"see it in the server's log output, or live with: vault monitor -log-level=info")
+	return &loginRefusal{msg: b.String()}
 }
 
 // errGetLoginOff answers a GET login while config allow_get_login is off. A
@@ -253,7 +289,8 @@ func (b *backend) authenticateCaller(ctx context.Context, req *logical.Request, 
 			}
 		}
 		if failure, stored := authenticate(svc, apiKey, certErr, cfg, now); failure != "" {
-			return nil, b.loginFailed(svc, name, who, key, failure, !stored, cfg, now)
+			b.loginFailed(svc, name, who, key, failure, !stored, cfg, now)
+			return nil, errLoginRefused(req, name)
 		}
 		current, err := b.serviceIsCurrent(ctx, req.Storage, name, svc)
 		if err != nil {
@@ -275,8 +312,8 @@ func (b *backend) authenticateCaller(ctx context.Context, req *logical.Request, 
 		}
 		if attempt == maxLoginAttempts {
 			b.metrics.loginFailed(metricsName(svc))
-			b.Logger().Warn("login refused: the service kept changing while it was checked", "service", name)
-			return nil, logical.ErrPermissionDenied
+			b.Logger().Warn(loginRefusedLogMessage, "service", name, "reason", "the service kept changing while it was checked")
+			return nil, errLoginRefused(req, name)
 		}
 	}
 }
@@ -311,10 +348,10 @@ func authenticate(svc *cachedService, apiKey string, certErr error, cfg *configE
 	return "", false
 }
 
-// loginFailed counts a failure toward lockout (when it is the caller's),
-// logs it without any secret, and returns the one error every failed login
-// gets.
-func (b *backend) loginFailed(svc *cachedService, name string, who caller, key lockKey, failure string, callersFault bool, cfg *configEntry, now time.Time) error {
+// loginFailed counts a failure toward lockout (when it is the caller's) and
+// logs it without any secret, at Info: Vault's default level, so the
+// operator the refusal points to finds the reason without turning on debug.
+func (b *backend) loginFailed(svc *cachedService, name string, who caller, key lockKey, failure string, callersFault bool, cfg *configEntry, now time.Time) {
 	b.metrics.loginFailed(metricsName(svc))
 	if !callersFault && svc != nil {
 		// The stored entry fails closed: an operator must act, so the
@@ -324,7 +361,7 @@ func (b *backend) loginFailed(svc *cachedService, name string, who caller, key l
 		}
 		b.Logger().Warn("login refused: the service's stored entry does not pass today's checks", "service", name, "caller", who, "reason", failure)
 	} else {
-		b.Logger().Debug("login refused", "service", name, "caller", who, "reason", failure)
+		b.Logger().Info(loginRefusedLogMessage, "service", name, "caller", who, "reason", failure)
 	}
 	if callersFault && cfg.LockoutThreshold > 0 {
 		if until, locked := b.lockout.fail(key, now, cfg); locked {
@@ -332,7 +369,6 @@ func (b *backend) loginFailed(svc *cachedService, name string, who caller, key l
 			b.Logger().Warn("login locked out after repeated failures", "service", name, "caller", who, "until", until.UTC().Format(time.RFC3339))
 		}
 	}
-	return logical.ErrPermissionDenied
 }
 
 // checkClientCertificate verifies the presented chain against the service's
@@ -444,12 +480,14 @@ mount must pass through (vault secrets tune -allowed-response-headers=ETag
 list, so it keeps the revocation feed's headers), never in the URL; audience
 and ttl are query parameters.
 
-Every failure answers the same "permission denied", whichever factor failed,
-and counts toward lockout of this caller (its verified client certificate, or
+Every failure answers the same 403, "meshauth: login refused for service
+<name>: ...", whichever factor failed; it says so when no client certificate
+came on the TLS connection, and points to Vault's server log, where the
+reason is logged at level info (message "login refused"). Every failure counts toward lockout of this caller (its verified client certificate, or
 its address) for this service. A locked caller gets an error that says when
 the lock ends. A login never writes to storage.
 
 A service with a claims_template renders it after every factor passed; a
-login it refuses (template_missing=fail) gets the same "permission denied",
+login it refuses (template_missing=fail) gets the same refusal,
 is logged naming the directive, and does not count toward lockout.
 `

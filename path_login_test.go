@@ -1,12 +1,15 @@
 package meshauth
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"math/big"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -302,5 +305,68 @@ func TestHeaderLoginIsTheSameLoginInOneRoundTrip(t *testing.T) {
 	}
 	if got := e.b.metrics.loginStorageOps.Load() - warm; got != 0 {
 		t.Fatalf("warm logins made %d storage calls", got)
+	}
+}
+
+// The three refusals a newcomer meets first, by their text: a wrong API key,
+// a missing client certificate and an audience the service may not ask for.
+// A refused login is recognisably meshauth's (not Vault's "permission
+// denied"), says where the reason is logged, names a missing certificate
+// (the caller knows whether it sent one), and never which factor failed; the
+// reason is in the log at Info, Vault's default level.
+func TestLoginRefusalText(t *testing.T) {
+	var logs bytes.Buffer
+	e := getTestBackendLogging(t, &logs)
+	ca := newTestCA(t, "mesh-ca")
+	leaf, leafKey, _ := ca.issue(t, "orders", leafOptions{})
+	withCert := tlsConn(handshake(t, []*x509.Certificate{leaf}, leafKey))
+	key := e.register(t, "orders", map[string]any{"ca_chain": ca.pem, "allowed_audiences": "payments"})
+
+	refusal := func(t *testing.T, err error) string {
+		t.Helper()
+		var coded logical.HTTPCodedError
+		if !errors.As(err, &coded) || coded.Code() != http.StatusForbidden {
+			t.Fatalf("err = %v; want a 403", err)
+		}
+		msg := err.Error()
+		for _, want := range []string{`meshauth: login refused for service "orders": `, "does not say which", `message "login refused"`, "vault monitor -log-level=info"} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("refusal %q lacks %q", msg, want)
+			}
+		}
+		for _, leak := range []string{"api key", "API key did", "did not match", "chain", "unknown service", "disabled"} {
+			if strings.Contains(msg, leak) {
+				t.Errorf("refusal %q says which factor failed (%q)", msg, leak)
+			}
+		}
+		return msg
+	}
+
+	t.Run("wrong key", func(t *testing.T) {
+		_, err := mtlsLogin(t, e, "orders", "mak_wrong", withCert)
+		if msg := refusal(t, err); strings.Contains(msg, "no client certificate") {
+			t.Errorf("refusal %q speaks of a missing certificate that was presented", msg)
+		}
+		if !strings.Contains(logs.String(), `[INFO]  login refused: service=orders`) || !strings.Contains(logs.String(), `reason="api key did not match a live key"`) {
+			t.Errorf("the reason is not logged at Info:\n%s", logs.String())
+		}
+	})
+	t.Run("missing certificate", func(t *testing.T) {
+		_, err := e.login(t, "orders", key, nil)
+		if msg := refusal(t, err); !strings.Contains(msg, "no client certificate came on the TLS connection to Vault") {
+			t.Errorf("refusal %q does not say that no certificate came", msg)
+		}
+	})
+	t.Run("wrong audience", func(t *testing.T) {
+		resp, err := e.requestWith(t, logical.UpdateOperation, "login/orders", map[string]any{"api_key": key, "audience": "ledger"}, withCert)
+		if err != nil || resp == nil || !resp.IsError() {
+			t.Fatalf("got %v, %v; want a 400", resp, err)
+		}
+		if msg := resp.Error().Error(); msg != `audience "ledger" is not allowed for service "orders"; allowed: payments` {
+			t.Errorf("refusal = %q", msg)
+		}
+	})
+	if strings.Contains(logs.String(), key) {
+		t.Error("the API key reached the log")
 	}
 }

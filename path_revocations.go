@@ -100,9 +100,8 @@ the age past which a verifier's copy must no longer be trusted.
 Vault passes ETag to clients and If-None-Match to the engine only when the
 mount allows them:
 
-  vault secrets tune -allowed-response-headers=ETag \
-    -passthrough-request-headers=If-None-Match meshauth/
+  vault secrets tune -allowed-response-headers=ETag -passthrough-request-headers=X-Meshauth-Api-Key -passthrough-request-headers=If-None-Match meshauth
 
-A tune replaces the whole list: with the GET login on, repeat
--passthrough-request-headers=X-Meshauth-Api-Key in the same command.
+This is the mount's one tune line (it also passes the GET login's key
+header): a tune replaces each whole list, so every header is named at once.
 `

@@ -55,7 +55,7 @@ func pathServiceActions(b *backend) []*framework.Path {
 				},
 			},
 			HelpSynopsis:    "Revoke every token a service holds.",
-			HelpDescription: "Every token of the service issued before this call fails verify from now on: the service's revocation epoch advances, and tokens carry the epoch they were minted in (claim gen), so tokens minted afterwards carry their real iat and verify as usual unless disable=true. Offline verifiers do not see this; they rely on the tokens' short lifetime.",
+			HelpDescription: "Every token of the service issued before this call fails verify from now on: the service's revocation epoch advances, and tokens carry the epoch they were minted in (claim gen), so tokens minted afterwards carry their real iat and verify as usual unless disable=true. Offline verifiers see it through the signed revocations feed (path revocations, which lists the service by its new epoch) within config revocation_max_staleness: the Go meshtoken.Verifier checks the feed by default.",
 		},
 	}
 }

@@ -118,12 +118,36 @@ func TestServiceRefusesBadInputAndWritesNothing(t *testing.T) {
 	}
 }
 
-func TestServiceNamesOutsideTheSyntaxMatchNoPath(t *testing.T) {
+// A name outside the syntax is refused with a 400 that states the rule, on
+// every path that takes a name, instead of Vault's "404 unsupported path"
+// (which told the caller nothing), and nothing is written.
+func TestInvalidServiceNamesAreRefusedWithTheRule(t *testing.T) {
 	e := getTestBackend(t)
-	for _, name := range []string{"-lead", ".hidden", strings.Repeat("a", 129), "a/b", "a b", "ünï"} {
-		if _, err := e.request(t, logical.UpdateOperation, "services/"+name, nil); err == nil {
-			t.Errorf("name %q was accepted", name)
+	for _, name := range []string{"-lead", ".hidden", strings.Repeat("a", 129), "a b", "ünï"} {
+		for _, tc := range []struct {
+			op   logical.Operation
+			path string
+		}{
+			{logical.UpdateOperation, "services/" + name},
+			{logical.ReadOperation, "services/" + name},
+			{logical.UpdateOperation, "login/" + name},
+			{logical.UpdateOperation, "services/" + name + "/rotate-key"},
+			{logical.UpdateOperation, "services/" + name + "/revoke"},
+			{logical.ReadOperation, "services/" + name + "/tls"},
+		} {
+			puts := e.storage.puts.Load()
+			resp, err := e.request(t, tc.op, tc.path, map[string]any{"api_key": "mak_x"})
+			if err != nil || resp == nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), serviceNameRule) {
+				t.Errorf("%s %q: got %v, %v; want a 400 stating the name rule", tc.op, tc.path, resp, err)
+			}
+			if e.storage.puts.Load() != puts {
+				t.Errorf("%s %q wrote to storage", tc.op, tc.path)
+			}
 		}
+	}
+	// A slash is a path separator, never part of a name: no path matches.
+	if _, err := e.request(t, logical.UpdateOperation, "services/a/b", nil); err == nil {
+		t.Error(`"services/a/b" was accepted`)
 	}
 }
 

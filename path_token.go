@@ -62,7 +62,7 @@ func pathToken(b *backend) []*framework.Path {
 					Summary:      "Revoke one token before it expires.",
 				},
 			},
-			HelpSynopsis:    "Revoke one token by its jti.",
+			HelpSynopsis:    "Revoke one token: send the token itself; its jti is denied.",
 			HelpDescription: revokeHelp,
 		},
 	}

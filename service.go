@@ -152,8 +152,15 @@ func newRegistration() string {
 	return rand.Text()
 }
 
-// serviceNamePattern is the contract's service-name syntax, for path patterns.
-const serviceNamePattern = `(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})`
+// serviceNamePattern matches any one path segment where a service name
+// goes. Vault matches a path against the patterns before any handler runs,
+// and a path no pattern matches answers "404 unsupported path", which tells
+// the caller nothing; so the pattern takes every segment, and serviceName
+// refuses a bad one with a 400 that states the name rule.
+const serviceNamePattern = `(?P<name>[^/]+)`
+
+// serviceNameRule is the name rule, as the refusal of a bad name states it.
+const serviceNameRule = "a service name is 1 to 128 characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit ([a-z0-9][a-z0-9._-]{0,127})"
 
 // serviceNameRe checks a whole name against the contract's syntax; the
 // upper-case letters it admits are then refused by serviceName with the
@@ -169,7 +176,7 @@ var serviceNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 func serviceName(req *logical.Request, d *framework.FieldData) (string, *logical.Response) {
 	name := d.Get("name").(string)
 	if !serviceNameRe.MatchString(name) {
-		return "", logical.ErrorResponse("service name must match [a-z0-9][a-z0-9._-]{0,127} (lower case)")
+		return "", logical.ErrorResponse("invalid service name: " + serviceNameRule)
 	}
 	if lower := strings.ToLower(name); lower != name {
 		return "", logical.ErrorResponse(fmt.Sprintf("service names are lower case and have one spelling; use %s", canonicalPath(req, name, lower)))

@@ -80,11 +80,14 @@ type TokenSourceConfig struct {
 	Audience []string
 	// TTL is the requested lifetime; 0 uses the service's default.
 	TTL time.Duration
-	// UsePOST logs in with a POST (two round trips inside Vault) instead of a
-	// GET with the key in APIKeyHeader (one). Without it, the source tries
-	// the GET first and, when the mount answers 405 (config.allow_get_login
-	// is off), switches to the POST for the rest of its life.
-	UsePOST bool
+	// PreferGET tries the one-round-trip GET login (the key in APIKeyHeader)
+	// before the POST. It needs config allow_get_login=true, the mount tune
+	// line that passes APIKeyHeader through, and read capability on
+	// login/<service>. When the GET is refused for any of these (405 from
+	// the engine, or 403 from Vault's ACL: a policy that grants update
+	// only), the source logs in with POST for the rest of its life. Without
+	// it the source always logs in with POST, which needs update alone.
+	PreferGET bool
 	// MinBackoff and MaxBackoff bound the wait after a failed login, doubling
 	// from one to the other with each failure in a row; defaults 500ms and
 	// 30s. No login (on demand or in the background) starts before it ends.
@@ -118,14 +121,16 @@ type Token struct {
 //   - the failure state (last error, when the next login may start): cleared
 //     by the next successful login; it never holds a login back longer than
 //     MaxBackoff, or the lockout the engine named (at most 24h).
-//   - the switch to POST after a 405 GET: kept for the source's life. It can
-//     only cost a round trip inside Vault, never accept or refuse anything.
+//   - the switch to POST after a refused GET (PreferGET): kept for the
+//     source's life. It can only cost a round trip inside Vault, never
+//     accept or refuse anything.
 type TokenSource struct {
 	cfg TokenSourceConfig
 	// getVault sends the GET login (a clone carrying APIKeyHeader, so the key
-	// never rides on the caller's other requests); nil with UsePOST.
+	// never rides on the caller's other requests); nil unless PreferGET.
 	getVault *api.Client
-	// postOnly is set once a GET login answers 405: from then on the source
+	// postOnly is set once a GET login is refused by the mount or by Vault's
+	// ACL (getRefused): from then on the source
 	// logs in with POST only. It is never reset (re-probing would cost every
 	// refresh a failed round trip on mounts that keep GET off); a service
 	// picks the GET up again when it creates a new TokenSource.
@@ -182,7 +187,7 @@ func NewTokenSource(cfg TokenSourceConfig) (*TokenSource, error) {
 		}
 		ts.vault = c
 	}
-	if !cfg.UsePOST {
+	if cfg.PreferGET {
 		c, err := cfg.Vault.Clone()
 		if err != nil {
 			return nil, err
@@ -384,9 +389,9 @@ func (ts *TokenSource) login(ctx context.Context, start time.Time) (*Token, erro
 	return &Token{Value: value, ExpiresAt: start.Add(life), refreshAt: refreshAt}, nil
 }
 
-// send makes the login request: the GET with the key in a header unless
-// the source uses POST, falling back to POST (for good) when the GET is
-// answered 405 (config.allow_get_login off).
+// send makes the login request: the POST, or with PreferGET the GET with
+// the key in a header, falling back to POST (for good) when the GET is
+// refused for the way it was sent (getRefused).
 func (ts *TokenSource) send(ctx context.Context) (*api.Secret, error) {
 	if err := ts.ensureVaultToken(ctx); err != nil {
 		return nil, err
@@ -404,12 +409,14 @@ func (ts *TokenSource) send(ctx context.Context) (*api.Secret, error) {
 		// is now (renewed or replaced since construction).
 		ts.getVault.SetToken(ts.vault.Token())
 		sec, err := ts.getVault.Logical().ReadWithDataWithContext(ctx, path, params)
-		var re *api.ResponseError
-		if !errors.As(err, &re) || re.StatusCode != http.StatusMethodNotAllowed {
+		if !getRefused(err) {
 			ts.checkVaultToken(err)
 			return sec, err
 		}
 		ts.postOnly.Store(true)
+		if ts.cfg.Logger != nil {
+			ts.cfg.Logger.Info("meshauth: the GET login was refused by the mount or Vault's ACL; logging in with POST from now on", "service", ts.cfg.Service, "status", statusOf(err))
+		}
 	}
 	data := map[string]any{"api_key": ts.cfg.APIKey}
 	for k, v := range params {
@@ -418,6 +425,55 @@ func (ts *TokenSource) send(ctx context.Context) (*api.Secret, error) {
 	sec, err := ts.vault.Logical().WriteWithContext(ctx, path, data)
 	ts.checkVaultToken(err)
 	return sec, err
+}
+
+// LoginRefusedPrefix starts the engine's text of a refused login (a 403
+// that is not a lockout), so it can be told from Vault's own "permission
+// denied", which comes from an ACL policy. Vault wraps the text in its own
+// ("1 error occurred:\n\t* meshauth: login refused ..."): look for it
+// inside the message.
+const LoginRefusedPrefix = "meshauth: login refused"
+
+// getRefused reports whether a GET login was refused for the way it was
+// sent rather than for the service's credentials: 405 (the engine's GET
+// login is off), 400 (the key header did not reach the engine) or a 403 that is not the engine's (Vault's ACL granted
+// update on login/<service> but not read). The engine's own refusals (a
+// refused login, a lockout) are not: a POST would be refused the same way
+// and count twice toward lockout.
+func getRefused(err error) bool {
+	var re *api.ResponseError
+	if !errors.As(err, &re) {
+		return false
+	}
+	switch re.StatusCode {
+	case http.StatusMethodNotAllowed, http.StatusBadRequest:
+		// 400: the mount does not pass the key header through (the tune
+		// line is missing), or the GET is malformed; the POST is the
+		// canonical login and says what is wrong, if anything.
+		return true
+	case http.StatusForbidden:
+		if _, locked := lockedUntil(err); locked {
+			return false
+		}
+		for _, msg := range re.Errors {
+			// Vault wraps a plugin's error ("1 error occurred:\n\t* ..."),
+			// so the engine's text is inside the message, not at its start.
+			if strings.Contains(msg, LoginRefusedPrefix) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// statusOf is the HTTP status of a Vault answer, 0 for none.
+func statusOf(err error) int {
+	var re *api.ResponseError
+	if errors.As(err, &re) {
+		return re.StatusCode
+	}
+	return 0
 }
 
 // lifetime reads how long the answered token lives: expires_in (seconds,

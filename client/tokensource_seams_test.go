@@ -160,34 +160,67 @@ func TestTokenSourceBacksOffOnRefusals(t *testing.T) {
 	}
 }
 
-// Issue 11 item 5: when the mount answers the GET login 405
-// (config.allow_get_login off), the source logs in with POST and sticks to
-// it; with GET on, it keeps the one-round-trip GET.
-func TestTokenSourceFallsBackToPOSTOn405(t *testing.T) {
-	f := newFakeVault(t, time.Hour)
-	ts := f.source(t)
-	if _, err := ts.Token(t.Context()); err != nil || f.gets.Load() != 1 || f.posts.Load() != 0 {
-		t.Fatalf("GET on: %v, %d GETs, %d POSTs; want one GET", err, f.gets.Load(), f.posts.Load())
-	}
-
-	f = newFakeVault(t, time.Hour)
-	f.getOff.Store(true)
-	ts = f.source(t)
-	if tok, err := ts.Token(t.Context()); err != nil || tok != "token-1" {
-		t.Fatalf("GET off: Token = %q, %v", tok, err)
-	}
-	for range 3 {
-		ts.mu.Lock()
-		ts.current = nil // force another login
-		ts.mu.Unlock()
-		if _, err := ts.Token(t.Context()); err != nil {
-			t.Fatal(err)
+// The source logs in with POST unless told to prefer the GET. With
+// PreferGET, a GET the mount refuses (405, allow_get_login off) or Vault's
+// ACL refuses (403 that is not the engine's: a policy granting update only)
+// falls back to POST and sticks to it; the engine's own refusal does not
+// (a POST would count twice toward lockout); with GET on, it keeps the GET.
+func TestTokenSourceLoginMethod(t *testing.T) {
+	relogin := func(t *testing.T, ts *TokenSource, n int) {
+		t.Helper()
+		for range n {
+			ts.mu.Lock()
+			ts.current = nil // force another login
+			ts.mu.Unlock()
+			if _, err := ts.Token(t.Context()); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
-	if g, p := f.gets.Load(), f.posts.Load(); g != 1 || p != 4 {
-		t.Fatalf("%d GETs, %d POSTs for 4 logins; want 1 GET (the probe), then POST only", g, p)
+	t.Run("POST by default", func(t *testing.T) {
+		f := newFakeVault(t, time.Hour)
+		relogin(t, f.source(t), 2)
+		if g, p := f.gets.Load(), f.posts.Load(); g != 0 || p != 2 {
+			t.Fatalf("%d GETs, %d POSTs; want POST only", g, p)
+		}
+	})
+	t.Run("PreferGET with GET on", func(t *testing.T) {
+		f := newFakeVault(t, time.Hour)
+		f.preferGET = true
+		relogin(t, f.source(t), 2)
+		if g, p := f.gets.Load(), f.posts.Load(); g != 2 || p != 0 {
+			t.Fatalf("%d GETs, %d POSTs; want GET only", g, p)
+		}
+	})
+	for name, off := range map[string]*func(f *fakeVault){
+		"405 from the engine":  ptr(func(f *fakeVault) { f.getOff.Store(true) }),
+		"403 from Vault's ACL": ptr(func(f *fakeVault) { f.getACLDenied.Store(true) }),
+	} {
+		t.Run("PreferGET, "+name, func(t *testing.T) {
+			f := newFakeVault(t, time.Hour)
+			f.preferGET = true
+			(*off)(f)
+			relogin(t, f.source(t), 4)
+			if g, p := f.gets.Load(), f.posts.Load(); g != 1 || p != 4 {
+				t.Fatalf("%d GETs, %d POSTs for 4 logins; want 1 GET (the probe), then POST only", g, p)
+			}
+		})
 	}
+	t.Run("PreferGET, the engine's refusal", func(t *testing.T) {
+		f := newFakeVault(t, time.Hour)
+		f.preferGET = true
+		ts := f.source(t)
+		ts.getVault.SetHeaders(http.Header{APIKeyHeader: {"mak_wrong"}})
+		if _, err := ts.Token(t.Context()); err == nil || !strings.Contains(err.Error(), LoginRefusedPrefix) {
+			t.Fatalf("err = %v; want the engine's refusal", err)
+		}
+		if g, p := f.gets.Load(), f.posts.Load(); g != 1 || p != 0 || ts.postOnly.Load() {
+			t.Fatalf("%d GETs, %d POSTs, postOnly %v; a refused login must not be tried again with POST", g, p, ts.postOnly.Load())
+		}
+	})
 }
+
+func ptr[T any](v T) *T { return &v }
 
 // A caller that gives up does not fail the login others wait for.
 func TestTokenSourceCallerCancelDoesNotFailOthers(t *testing.T) {

@@ -23,6 +23,11 @@ type fakeVault struct {
 	// getOff answers every GET login 405, as the engine does while
 	// config.allow_get_login is off.
 	getOff atomic.Bool
+	// getACLDenied answers every GET login Vault's own 403, as an ACL
+	// policy with update (and not read) on login/<service> does.
+	getACLDenied atomic.Bool
+	// preferGET makes source() build a source with PreferGET.
+	preferGET bool
 	// answer, when set, writes the whole answer of a login instead.
 	answer atomic.Pointer[func(w http.ResponseWriter)]
 	ttl    time.Duration
@@ -42,16 +47,20 @@ func newFakeVault(t *testing.T, ttl time.Duration) *fakeVault {
 				http.Error(w, `{"errors":["the GET login is off on this mount: an operator enables it with config.allow_get_login=true; or log in with a POST"]}`, http.StatusMethodNotAllowed)
 				return
 			}
+			if f.getACLDenied.Load() {
+				http.Error(w, `{"errors":["1 error occurred:\n\t* permission denied\n\n"]}`, http.StatusForbidden)
+				return
+			}
 		} else {
 			f.posts.Add(1)
 			var body map[string]any
 			if json.NewDecoder(r.Body).Decode(&body) != nil || body["api_key"] != "mak_key" {
-				http.Error(w, `{"errors":["permission denied"]}`, http.StatusForbidden)
+				http.Error(w, `{"errors":["1 error occurred:\n\t* meshauth: login refused for service \"orders\": ...\n\n"]}`, http.StatusForbidden)
 				return
 			}
 		}
 		if r.Method == http.MethodGet && r.Header.Get(APIKeyHeader) != "mak_key" || r.URL.Query().Get("api_key") != "" {
-			http.Error(w, `{"errors":["permission denied"]}`, http.StatusForbidden)
+			http.Error(w, `{"errors":["1 error occurred:\n\t* meshauth: login refused for service \"orders\": ...\n\n"]}`, http.StatusForbidden)
 			return
 		}
 		time.Sleep(f.delay)
@@ -93,7 +102,7 @@ func (f *fakeVault) source(t *testing.T) *TokenSource {
 		t.Fatal(err)
 	}
 	c.SetToken("vault-token")
-	ts, err := NewTokenSource(TokenSourceConfig{Vault: c, Service: "orders", APIKey: "mak_key", MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	ts, err := NewTokenSource(TokenSourceConfig{Vault: c, Service: "orders", APIKey: "mak_key", PreferGET: f.preferGET, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

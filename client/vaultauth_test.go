@@ -107,7 +107,7 @@ func (v *authVault) lastVaultToken() string {
 // the new Vault token from then on.
 func TestTokenSourceAuthMethodRenewsAndLogsInAgain(t *testing.T) {
 	v := newAuthVault(t, 2)
-	ts, err := NewTokenSource(TokenSourceConfig{Vault: v.client(t), Auth: fakeAuth{}, Service: "orders", APIKey: "mak_key", UsePOST: true})
+	ts, err := NewTokenSource(TokenSourceConfig{Vault: v.client(t), Auth: fakeAuth{}, Service: "orders", APIKey: "mak_key"})
 	if err != nil {
 		t.Fatal(err)
 	}

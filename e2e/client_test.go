@@ -38,7 +38,7 @@ func TestClientLibraryAgainstVault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	source, err := client.NewTokenSource(client.TokenSourceConfig{Vault: vault, Mount: mount, Service: "orders", APIKey: key, Audience: []string{"payments"}, TTL: 5 * time.Minute})
+	source, err := client.NewTokenSource(client.TokenSourceConfig{Vault: vault, Mount: mount, Service: "orders", APIKey: key, Audience: []string{"payments"}, TTL: 5 * time.Minute, PreferGET: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,7 +41,7 @@ func TestGRPCAgainstVault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	source, err := client.NewTokenSource(client.TokenSourceConfig{Vault: vault, Auth: client.StaticToken(s.Token), Mount: mount, Service: "orders", APIKey: key, Audience: []string{"payments"}, UsePOST: true})
+	source, err := client.NewTokenSource(client.TokenSourceConfig{Vault: vault, Auth: client.StaticToken(s.Token), Mount: mount, Service: "orders", APIKey: key, Audience: []string{"payments"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,8 +7,10 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"io"
 	"math/big"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -116,10 +118,16 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("login without or with a foreign certificate is refused", func(t *testing.T) {
+		// Through real Vault the refusal is the engine's own 403, not
+		// Vault's "permission denied"; it names a missing certificate and
+		// nothing else.
 		for name, cert := range map[string]*vaultlab.Cert{"none": nil, "other CA": f.stranger} {
-			_, err := f.login(t, "orders", f.ordersKey, cert)
-			if err == nil || !strings.Contains(err.Error(), "permission denied") {
+			_, err := f.login(t, "orders", f.ordersKey, cert) // the vault CLI: its output is the error
+			if err == nil || !strings.Contains(err.Error(), "Code: 403") || !strings.Contains(err.Error(), `meshauth: login refused for service "orders": `) {
 				t.Fatalf("%s: %v", name, err)
+			}
+			if noCert := strings.Contains(err.Error(), "no client certificate came on the TLS connection to Vault"); noCert != (cert == nil) {
+				t.Fatalf("%s: the refusal %q says a certificate is missing: %v", name, err, noCert)
 			}
 		}
 	})
@@ -289,6 +297,17 @@ path "` + mount + `/services/payments/*" { capabilities = ["deny"] }`
 		}
 	})
 
+	t.Run("an invalid service name answers 400 with the rule, not 404", func(t *testing.T) {
+		cl := s.MustClient()
+		for _, p := range []string{"services/-lead", "login/.hidden", "services/" + strings.Repeat("a", 129) + "/rotate-key"} {
+			_, err := cl.Logical().Write(mount+"/"+p, map[string]any{"api_key": "x"})
+			var re *api.ResponseError
+			if !errors.As(err, &re) || re.StatusCode != http.StatusBadRequest || !strings.Contains(err.Error(), "[a-z0-9][a-z0-9._-]{0,127}") {
+				t.Fatalf("%s: %v; want a 400 stating the name rule", p, err)
+			}
+		}
+	})
+
 	t.Run("plugin reload and a killed plugin process lose nothing", func(t *testing.T) {
 		tok := f.mustLogin(t, "orders", f.ordersKey, f.orders)
 		s.MustCLI(t, "plugin", "reload", "-plugin="+vaultlab.CatalogName)
@@ -353,7 +372,7 @@ path "` + mount + `/services/payments/*" { capabilities = ["deny"] }`
 		}
 		bad, _ := s.ClientWith(s.Token, f.orders)
 		bad.AddHeader("X-Meshauth-Api-Key", "mak_wrong")
-		if _, err := bad.Logical().Read(mount + "/login/orders"); err == nil || !strings.Contains(err.Error(), "permission denied") {
+		if _, err := bad.Logical().Read(mount + "/login/orders"); err == nil || !strings.Contains(err.Error(), "meshauth: login refused") {
 			t.Fatalf("wrong key by header: %v", err)
 		}
 	})

@@ -130,7 +130,7 @@ func TestSPIFFEIdentity(t *testing.T) {
 
 	t.Run("other SVIDs of the same CA are refused", func(t *testing.T) {
 		for name, cert := range map[string]*vaultlab.Cert{"another ID": admin, "two URI SANs": twoIDs, "another trust domain": foreignTD, "a DNS certificate": legacy} {
-			if _, err := login("orders", ordersKey, cert); err == nil || !strings.Contains(err.Error(), "permission denied") {
+			if _, err := login("orders", ordersKey, cert); err == nil || !strings.Contains(err.Error(), "meshauth: login refused") {
 				t.Fatalf("%s: %v", name, err)
 			}
 		}

@@ -12,11 +12,13 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -70,7 +72,7 @@ func (i *issuer) sign(tb testing.TB, bound *x509.Certificate) string {
 }
 
 func (i *issuer) verifier(tb testing.TB, proxies *meshtoken.TrustedProxies) *meshtoken.Verifier {
-	v, err := meshtoken.NewVerifier(context.Background(), meshtoken.VerifierConfig{JWKSURL: i.srv.URL, Issuer: "meshauth", Audience: "payments", HTTPClient: i.srv.Client(), TrustedProxies: proxies})
+	v, err := meshtoken.NewVerifier(context.Background(), meshtoken.VerifierConfig{JWKSURL: i.srv.URL, Issuer: "meshauth", Audience: "payments", HTTPClient: i.srv.Client(), TrustedProxies: proxies, SkipRevocations: true})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -283,5 +285,36 @@ func TestInterceptorForwardedCertOnlyFromTrustedProxies(t *testing.T) {
 	addr2, _ := serve(t, p, iss.verifier(t, byAddr), false)
 	if _, err := dial(t, addr2, p, nil, creds).Check(withXFCC(t.Context()), &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatalf("sidecar trusted by address: %v", err)
+	}
+}
+
+// A refused call tells the caller how to ask Vault why, and hands the
+// reason to the service (the Verifier's OnReject), never to the caller.
+func TestInterceptorHandsTheReasonToTheService(t *testing.T) {
+	iss, p := newIssuer(t), newPKI(t)
+	orders := p.issue(t, "orders", x509.ExtKeyUsageClientAuth)
+	var mu sync.Mutex
+	var reasons []error
+	v, err := meshtoken.NewVerifier(t.Context(), meshtoken.VerifierConfig{
+		JWKSURL: iss.srv.URL, Issuer: "meshauth", Audience: "payments", HTTPClient: iss.srv.Client(), SkipRevocations: true,
+		OnReject: func(_ context.Context, err error) {
+			mu.Lock()
+			reasons = append(reasons, err)
+			mu.Unlock()
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := serve(t, p, v, false)
+	c := dial(t, addr, p, nil, grpc.WithPerRPCCredentials(PerRPCCredentials(static(iss.sign(t, orders.Leaf)))))
+	_, err = c.Check(t.Context(), &healthpb.HealthCheckRequest{})
+	if status.Code(err) != codes.Unauthenticated || !strings.Contains(status.Convert(err).Message(), "invalid token; to see why, ask Vault: vault write") {
+		t.Fatalf("err = %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(reasons) != 1 || !errors.Is(reasons[0], meshtoken.ErrCertMissing) {
+		t.Fatalf("OnReject saw %v; want ErrCertMissing", reasons)
 	}
 }

@@ -35,10 +35,12 @@ func UnaryServerInterceptor(v *meshtoken.Verifier) grpc.UnaryServerInterceptor {
 // context (meshtoken.ClaimsFromContext). The certificate is the gRPC
 // connection's, or, from a peer in the Verifier's TrustedProxies, the one
 // its forwarded-certificate header (x-forwarded-client-cert or client-cert
-// metadata) names. Failures are Unauthenticated and say nothing about why;
-// while the Verifier's key set is past MaxStaleness they are Unavailable
-// (the caller is not at fault); an unreadable header from a trusted proxy
-// is InvalidArgument.
+// metadata) names. Failures are Unauthenticated and say nothing about why
+// beyond how to ask Vault's verify; the reason goes to the service through
+// the Verifier's Logger and OnReject (meshtoken.Verifier.Rejected). While
+// the Verifier's key set or revocations feed is past its MaxStaleness they
+// are Unavailable (the caller is not at fault); an unreadable header from a
+// trusted proxy is InvalidArgument.
 func StreamServerInterceptor(v *meshtoken.Verifier) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		ctx, err := authenticate(ss.Context(), v)
@@ -90,14 +92,20 @@ func authenticate(ctx context.Context, v *meshtoken.Verifier) (context.Context, 
 	}
 	thumb, err := v.PeerThumbprint(direct, addr, forwarded)
 	if err != nil {
+		v.Rejected(ctx, err)
 		return nil, status.Error(codes.InvalidArgument, "unreadable forwarded client certificate")
 	}
 	claims, err := v.VerifyThumbprint(ctx, token, thumb)
+	if err != nil {
+		// The reason goes to the service (VerifierConfig.Logger,
+		// OnReject), never to the caller.
+		v.Rejected(ctx, err)
+	}
 	switch {
-	case errors.Is(err, meshtoken.ErrKeysStale):
+	case errors.Is(err, meshtoken.ErrKeysStale), errors.Is(err, meshtoken.ErrRevocationsStale):
 		return nil, status.Error(codes.Unavailable, "token verification unavailable")
 	case err != nil:
-		return nil, status.Error(codes.Unauthenticated, "invalid token")
+		return nil, status.Error(codes.Unauthenticated, "invalid token; "+v.VerifyHint())
 	}
 	return meshtoken.NewContext(ctx, claims), nil
 }

@@ -113,9 +113,10 @@ func TestMiddlewareForwardedCertOnlyFromTrustedProxies(t *testing.T) {
 	unbound := j.sign(t, kid, map[string]any{"jti": "J3"})
 	mk := func(header string) http.Handler {
 		v, err := NewVerifier(t.Context(), VerifierConfig{
-			DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration",
-			Audience:     "payments",
-			HTTPClient:   j.srv.Client(),
+			SkipRevocations: true, // this test serves no revocations feed
+			DiscoveryURL:    j.srv.URL + "/v1/meshauth/.well-known/openid-configuration",
+			Audience:        "payments",
+			HTTPClient:      j.srv.Client(),
 			TrustedProxies: &TrustedProxies{
 				Certificates: []string{x5t(proxy)},
 				Networks:     []netip.Prefix{netip.MustParsePrefix("192.0.2.1/32")},

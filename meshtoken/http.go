@@ -10,6 +10,9 @@ import (
 	"strings"
 )
 
+// errNoBearer is the reason of a request without a bearer token.
+var errNoBearer = errors.New(errPrefix + "no bearer token in the Authorization header")
+
 // claimsKey is the context key of verified claims.
 type claimsKey struct{}
 
@@ -26,22 +29,29 @@ func ClaimsFromContext(ctx context.Context) (*Claims, bool) {
 // TrustedProxies names, and only from the proxies it names; from anyone
 // else the forwarded-certificate headers are ignored and removed before
 // the next handler sees them. Failures answer 401 with an RFC 6750
-// WWW-Authenticate header and say nothing about why; while the key set is
-// past MaxStaleness (Vault unreachable) every request answers 503.
+// WWW-Authenticate header and say nothing about why, except how to ask
+// Vault's verify (VerifyHint); the reason goes to the service through
+// Rejected (VerifierConfig.Logger, OnReject). While the key set is past
+// MaxStaleness (Vault unreachable) every request answers 503.
 func (v *Verifier) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || token == "" {
+			v.Rejected(r.Context(), errNoBearer)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="meshauth"`)
 			http.Error(w, "missing bearer token", http.StatusUnauthorized)
 			return
 		}
 		thumb, err := v.requestPeer(r)
 		if err != nil {
+			v.Rejected(r.Context(), err)
 			http.Error(w, "unreadable forwarded client certificate", http.StatusBadRequest)
 			return
 		}
 		claims, err := v.VerifyThumbprint(r.Context(), token, thumb)
+		if err != nil {
+			v.Rejected(r.Context(), err)
+		}
 		if errors.Is(err, ErrKeysStale) || errors.Is(err, ErrRevocationsStale) {
 			// Failing closed on our side, not the caller's fault: a 401
 			// would send it to log in again for nothing.
@@ -50,7 +60,7 @@ func (v *Verifier) Middleware(next http.Handler) http.Handler {
 		}
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="meshauth", error="invalid_token"`)
-			http.Error(w, "invalid token", http.StatusUnauthorized)
+			http.Error(w, "invalid token; "+v.verifyHint, http.StatusUnauthorized)
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(NewContext(r.Context(), claims)))

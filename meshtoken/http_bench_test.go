@@ -19,7 +19,7 @@ func BenchmarkMiddleware(b *testing.B) {
 	j := newJWKSServerB(b)
 	kid := j.addKey("ES256")
 	tok := j.sign(b, kid, nil)
-	v, err := NewVerifier(b.Context(), VerifierConfig{DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration", Audience: "payments", HTTPClient: j.srv.Client()})
+	v, err := NewVerifier(b.Context(), VerifierConfig{DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration", Audience: "payments", HTTPClient: j.srv.Client(), SkipRevocations: true})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func BenchmarkMiddlewareRatio(b *testing.B) {
 	j := newJWKSServerB(b)
 	kid := j.addKey("ES256")
 	tok := j.sign(b, kid, nil)
-	v, err := NewVerifier(b.Context(), VerifierConfig{DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration", Audience: "payments", HTTPClient: j.srv.Client()})
+	v, err := NewVerifier(b.Context(), VerifierConfig{DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration", Audience: "payments", HTTPClient: j.srv.Client(), SkipRevocations: true})
 	if err != nil {
 		b.Fatal(err)
 	}

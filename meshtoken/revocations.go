@@ -41,10 +41,12 @@ var (
 )
 
 // RevocationConfig makes a Verifier refuse what the engine's revocations
-// feed lists. Set it in VerifierConfig.Revocations.
+// feed lists. The feed is checked by default; set this in
+// VerifierConfig.Revocations to tune it.
 type RevocationConfig struct {
-	// URL is the engine's revocations path. Default: the jwks URL with its
-	// last element replaced by "revocations".
+	// URL is the engine's revocations path. Default: discovery's
+	// revocation_endpoint, else the jwks URL with its last element replaced
+	// by "revocations".
 	URL string
 	// MaxStaleness is the oldest a copy of the feed may be, counted from
 	// when Vault last served or confirmed it (200 or 304). Past it every
@@ -98,6 +100,9 @@ func (v *Verifier) startRevocations(ctx context.Context) error {
 	rc := *v.cfg.Revocations
 	if rc.MaxStaleness <= 0 {
 		rc.MaxStaleness = DefaultRevocationMaxStaleness
+	}
+	if rc.URL == "" {
+		rc.URL = v.revocationsURL
 	}
 	if rc.URL == "" {
 		u, err := url.Parse(v.jwksURL)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
@@ -78,9 +79,26 @@ type VerifierConfig struct {
 	MaxStaleness time.Duration
 	// HTTPClient fetches discovery and JWKS; configure it to trust Vault's CA.
 	HTTPClient *http.Client
-	// Revocations, when set, makes Verify refuse what the engine's
-	// revocations feed lists (revocations.go).
+	// Revocations tunes how Verify refuses what the engine's revocations
+	// feed lists (revocations.go). The feed is checked by default, found
+	// through discovery's revocation_endpoint (or next to the JWKS): nil
+	// means the defaults. A Verifier does not start without its first copy.
 	Revocations *RevocationConfig
+	// SkipRevocations turns the revocations feed off: revoked tokens,
+	// revoked and disabled services and removed keys are then accepted
+	// offline until the tokens expire or their key leaves the JWKS. Set it
+	// only where online verify, or short token lifetimes, cover revocation.
+	SkipRevocations bool
+	// Logger, when set, receives one line per refused request of the
+	// Middleware and the gRPC interceptors (Rejected): the reason, which
+	// the caller is not told. LogLevel is its level (default Info).
+	Logger *slog.Logger
+	// LogLevel is the level of those lines.
+	LogLevel slog.Level
+	// OnReject, when set, is called with the reason of every refused
+	// request of the Middleware and the gRPC interceptors, for metrics or
+	// the service's own log. It must not block.
+	OnReject func(ctx context.Context, err error)
 	// MaxCachedTokens bounds how many verified tokens the Verifier
 	// remembers, so a caller that reuses its token for many requests costs
 	// one signature check, not one per request; default
@@ -136,6 +154,11 @@ type Verifier struct {
 
 	// revocations is the revocations feed; nil when not enforced.
 	revocations *revocationState
+	// revocationsURL is discovery's revocation_endpoint, resolved; "" when
+	// discovery named none.
+	revocationsURL string
+	// verifyHint tells a refused caller how to learn why (Middleware).
+	verifyHint string
 }
 
 // NewVerifier resolves discovery (if configured) and fetches the keys once.
@@ -161,6 +184,12 @@ func NewVerifier(ctx context.Context, cfg VerifierConfig) (*Verifier, error) {
 	case cfg.Audience != "" && cfg.AllowAnyAudience:
 		return nil, errors.New(errPrefix + "Audience and AllowAnyAudience contradict each other: set one")
 	}
+	switch {
+	case cfg.SkipRevocations && cfg.Revocations != nil:
+		return nil, errors.New(errPrefix + "Revocations and SkipRevocations contradict each other: set one")
+	case !cfg.SkipRevocations && cfg.Revocations == nil:
+		cfg.Revocations = &RevocationConfig{}
+	}
 	if cfg.MaxCachedTokens == 0 {
 		cfg.MaxCachedTokens = DefaultMaxCachedTokens
 	}
@@ -179,6 +208,7 @@ func NewVerifier(ctx context.Context, cfg VerifierConfig) (*Verifier, error) {
 	if v.cfg.Issuer == "" {
 		return nil, errors.New(errPrefix + "no issuer: set Issuer, or use DiscoveryURL")
 	}
+	v.verifyHint = verifyHint(v.jwksURL, v.cfg.Audience)
 	first := v.now()
 	v.keysFetch.attempted(first)
 	if err := v.fetch(ctx, first); err != nil {
@@ -197,8 +227,9 @@ func (v *Verifier) discover(ctx context.Context) error {
 		return fmt.Errorf(errPrefix+"discovery: %w", err)
 	}
 	var doc struct {
-		Issuer  string `json:"issuer"`
-		JWKSURI string `json:"jwks_uri"`
+		Issuer             string `json:"issuer"`
+		JWKSURI            string `json:"jwks_uri"`
+		RevocationEndpoint string `json:"revocation_endpoint"`
 	}
 	if err := json.Unmarshal(body, &doc); err != nil || doc.JWKSURI == "" {
 		return fmt.Errorf(errPrefix+"discovery document at %s has no jwks_uri", v.cfg.DiscoveryURL)
@@ -219,6 +250,19 @@ func (v *Verifier) discover(ctx context.Context) error {
 		return fmt.Errorf(errPrefix+"jwks_uri %s is not on %s", resolved, base.Host)
 	}
 	v.jwksURL = resolved.String()
+	if doc.RevocationEndpoint != "" {
+		// The same rule as jwks_uri: a tampered document must not point
+		// the verifier at another host's idea of what is revoked.
+		ref, err := url.Parse(doc.RevocationEndpoint)
+		if err != nil {
+			return fmt.Errorf(errPrefix+"revocation_endpoint %q: %w", doc.RevocationEndpoint, err)
+		}
+		r := base.ResolveReference(ref)
+		if r.Scheme != base.Scheme || r.Host != base.Host {
+			return fmt.Errorf(errPrefix+"revocation_endpoint %s is not on %s", r, base.Host)
+		}
+		v.revocationsURL = r.String()
+	}
 	if v.cfg.Issuer == "" {
 		v.cfg.Issuer = doc.Issuer
 	}

@@ -60,7 +60,8 @@ func FuzzVerifierSigned(f *testing.F) {
 	thumb := base64.RawURLEncoding.EncodeToString(sum[:])
 	v := &Verifier{
 		cfg: VerifierConfig{
-			Issuer: "meshauth", Audience: "payments", Leeway: DefaultLeeway,
+			SkipRevocations: true, // this test serves no revocations feed
+			Issuer:          "meshauth", Audience: "payments", Leeway: DefaultLeeway,
 			MinRefetchInterval: 24 * time.Hour, MaxStaleness: time.Hour,
 		},
 		now: time.Now,

@@ -95,14 +95,14 @@ func TestVerifierAudienceAndBindingRequirements(t *testing.T) {
 	j := newJWKSServer(t)
 	kid := j.addKey("ES256")
 	discovery := j.srv.URL + "/v1/meshauth/.well-known/openid-configuration"
-	_, err := NewVerifier(t.Context(), VerifierConfig{DiscoveryURL: discovery, HTTPClient: j.srv.Client()})
+	_, err := NewVerifier(t.Context(), VerifierConfig{DiscoveryURL: discovery, HTTPClient: j.srv.Client(), SkipRevocations: true})
 	if err == nil || !strings.Contains(err.Error(), "Audience") || !strings.Contains(err.Error(), "AllowAnyAudience") {
 		t.Fatalf("NewVerifier without Audience: %v; want an error naming Audience and AllowAnyAudience", err)
 	}
-	if _, err := NewVerifier(t.Context(), VerifierConfig{DiscoveryURL: discovery, HTTPClient: j.srv.Client(), Audience: "payments", AllowAnyAudience: true}); err == nil {
+	if _, err := NewVerifier(t.Context(), VerifierConfig{DiscoveryURL: discovery, HTTPClient: j.srv.Client(), Audience: "payments", AllowAnyAudience: true, SkipRevocations: true}); err == nil {
 		t.Fatal("NewVerifier accepted Audience with AllowAnyAudience")
 	}
-	anyAud, err := NewVerifier(t.Context(), VerifierConfig{DiscoveryURL: discovery, HTTPClient: j.srv.Client(), AllowAnyAudience: true})
+	anyAud, err := NewVerifier(t.Context(), VerifierConfig{DiscoveryURL: discovery, HTTPClient: j.srv.Client(), AllowAnyAudience: true, SkipRevocations: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +110,7 @@ func TestVerifierAudienceAndBindingRequirements(t *testing.T) {
 		t.Fatalf("AllowAnyAudience refused another audience: %v", err)
 	}
 
-	bound, err := NewVerifier(t.Context(), VerifierConfig{DiscoveryURL: discovery, HTTPClient: j.srv.Client(), Audience: "payments", RequireBinding: true})
+	bound, err := NewVerifier(t.Context(), VerifierConfig{DiscoveryURL: discovery, HTTPClient: j.srv.Client(), Audience: "payments", RequireBinding: true, SkipRevocations: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +269,7 @@ func (c *fakeClock) advance(d time.Duration) {
 // it, instead of only "unknown authority".
 func TestVerifierNamesTheCAProblem(t *testing.T) {
 	j := newJWKSServer(t)
-	_, err := NewVerifier(t.Context(), VerifierConfig{DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration", Audience: "payments"})
+	_, err := NewVerifier(t.Context(), VerifierConfig{DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration", Audience: "payments", SkipRevocations: true})
 	if err == nil || !strings.Contains(err.Error(), "HTTPClient") || !strings.Contains(err.Error(), "VAULT_CACERT") {
 		t.Fatalf("NewVerifier against an untrusted CA: %v", err)
 	}

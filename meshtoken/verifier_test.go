@@ -42,6 +42,9 @@ type jwksServer struct {
 	// gets a value when a held request arrives.
 	block   atomic.Pointer[chan struct{}]
 	started chan struct{}
+	// feed, when set, is the revocations feed served at
+	// /v1/meshauth/feed and advertised as discovery's revocation_endpoint.
+	feed atomic.Pointer[string]
 }
 
 func newJWKSServer(t *testing.T) *jwksServer { return newJWKSServerB(t) }
@@ -50,7 +53,20 @@ func newJWKSServerB(t testing.TB) *jwksServer {
 	j := &jwksServer{keys: map[string]crypto.Signer{}, algs: map[string]string{}, started: make(chan struct{}, 100)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/meshauth/.well-known/openid-configuration", func(w http.ResponseWriter, _ *http.Request) {
-		_ = json.NewEncoder(w).Encode(map[string]any{"issuer": "meshauth", "jwks_uri": "/v1/meshauth/jwks"})
+		doc := map[string]any{"issuer": "meshauth", "jwks_uri": "/v1/meshauth/jwks"}
+		if j.feed.Load() != nil {
+			doc["revocation_endpoint"] = "/v1/meshauth/feed"
+		}
+		_ = json.NewEncoder(w).Encode(doc)
+	})
+	mux.HandleFunc("/v1/meshauth/feed", func(w http.ResponseWriter, _ *http.Request) {
+		body := j.feed.Load()
+		if body == nil {
+			http.NotFound(w, nil)
+			return
+		}
+		w.Header().Set("Cache-Control", "max-age=30")
+		_, _ = w.Write([]byte(*body))
 	})
 	mux.HandleFunc("/v1/meshauth/jwks", func(w http.ResponseWriter, _ *http.Request) {
 		j.fetches.Add(1)
@@ -132,6 +148,7 @@ func (j *jwksServer) sign(t testing.TB, kid string, mod map[string]any) string {
 
 func (j *jwksServer) verifier(t *testing.T, audience string) *Verifier {
 	v, err := NewVerifier(t.Context(), VerifierConfig{
+		SkipRevocations:  true, // this test serves no revocations feed
 		DiscoveryURL:     j.srv.URL + "/v1/meshauth/.well-known/openid-configuration",
 		Audience:         audience,
 		AllowAnyAudience: audience == "",
@@ -295,7 +312,7 @@ func BenchmarkVerifyES256(b *testing.B) {
 	kid := j.addKey("ES256")
 	tok := j.sign(b, kid, nil)
 	mk := func(cached int) *Verifier {
-		v, err := NewVerifier(b.Context(), VerifierConfig{DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration", Audience: "payments", HTTPClient: j.srv.Client(), MaxCachedTokens: cached})
+		v, err := NewVerifier(b.Context(), VerifierConfig{DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration", Audience: "payments", HTTPClient: j.srv.Client(), MaxCachedTokens: cached, SkipRevocations: true})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -340,7 +357,7 @@ func BenchmarkVerifiedTokenMemory(b *testing.B) {
 		toks[i] = j.sign(b, kid, map[string]any{"jti": fmt.Sprintf("jti-%08d", i), "cnf": map[string]string{"x5t#S256": strings.Repeat("A", 43)}})
 	}
 	for b.Loop() {
-		v, err := NewVerifier(b.Context(), VerifierConfig{DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration", Audience: "payments", HTTPClient: j.srv.Client(), MaxCachedTokens: n})
+		v, err := NewVerifier(b.Context(), VerifierConfig{DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration", Audience: "payments", HTTPClient: j.srv.Client(), MaxCachedTokens: n, SkipRevocations: true})
 		if err != nil {
 			b.Fatal(err)
 		}

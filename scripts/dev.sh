@@ -5,7 +5,9 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-dev=$root/.dev
+# MESHAUTH_DEV_DIR moves .dev elsewhere (the README's end-to-end test does).
+dev=${MESHAUTH_DEV_DIR:-$root/.dev}
+mkdir -p "$dev" && dev=$(cd "$dev" && pwd)
 port=${MESHAUTH_DEV_PORT:-8200}
 addr=127.0.0.1:$port
 plugin=vault-plugin-secrets-meshauth
@@ -17,7 +19,7 @@ if curl -s -o /dev/null "https://$addr" --insecure 2>/dev/null || curl -s -o /de
   exit 1
 fi
 
-rm -rf "$dev" && mkdir -p "$dev/plugins" "$dev/tls" "$dev/certs"
+rm -rf "$dev/plugins" "$dev/tls" "$dev/certs" "$dev/env" "$dev/vault.log" && mkdir -p "$dev/plugins" "$dev/tls" "$dev/certs"
 echo "==> Building the plugin"
 (cd "$root" && go build -trimpath -o "$dev/plugins/$plugin" ./cmd/$plugin)
 
@@ -52,55 +54,55 @@ sha=$(sha256sum "$dev/plugins/$plugin" | cut -d' ' -f1)
 echo "==> Registering meshauth (command $plugin, sha256 $sha) and mounting it at meshauth/"
 "$vault" plugin register -sha256="$sha" -command="$plugin" secret meshauth >/dev/null
 "$vault" secrets enable meshauth >/dev/null
-# Let the revocations feed's ETag reach clients and If-None-Match reach the
-# engine (Vault drops both unless the mount lists them).
-"$vault" secrets tune -allowed-response-headers=ETag -passthrough-request-headers=If-None-Match meshauth/ >/dev/null
+# The one tune line (docs/operating.md): the revocations feed's ETag out and
+# If-None-Match in, and the GET login's key header in. A tune replaces each
+# list, so every header is named in one command.
+"$vault" secrets tune -allowed-response-headers=ETag -passthrough-request-headers=X-Meshauth-Api-Key -passthrough-request-headers=If-None-Match meshauth >/dev/null
 
-echo "==> Making a demo mesh CA and a client certificate for the service 'orders' in $dev/certs"
+echo "==> Making a demo mesh CA and certificates for the services 'orders' and 'payments' in $dev/certs"
 (
   cd "$dev/certs"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
     -subj "/CN=demo mesh CA" -keyout ca.key -out ca.pem \
     -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign >/dev/null 2>&1
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=orders" \
-    -keyout orders.key -out orders.csr >/dev/null 2>&1
-  printf 'subjectAltName=DNS:orders.mesh\nextendedKeyUsage=clientAuth\n' >orders.ext
-  openssl x509 -req -in orders.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 7 \
-    -extfile orders.ext -out orders.pem >/dev/null 2>&1
-  # A server certificate for the example's payments service (make dev prints how to run it).
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=payments" \
-    -keyout payments.key -out payments.csr >/dev/null 2>&1
-  printf 'subjectAltName=DNS:payments.mesh,DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >payments.ext
-  openssl x509 -req -in payments.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 7 \
-    -extfile payments.ext -out payments.pem >/dev/null 2>&1
+  # Each service both calls (clientAuth: it logs in to Vault and calls its
+  # peers with it) and serves (serverAuth).
+  for svc in orders payments; do
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$svc" \
+      -keyout "$svc.key" -out "$svc.csr" >/dev/null 2>&1
+    printf 'subjectAltName=DNS:%s.mesh,DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=clientAuth,serverAuth\nkeyUsage=critical,digitalSignature\n' "$svc" >"$svc.ext"
+    openssl x509 -req -in "$svc.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 7 \
+      -extfile "$svc.ext" -out "$svc.pem" >/dev/null 2>&1
+  done
 )
+
+# The environment for other shells, written last: once it exists, all of the
+# above is ready.
+cat >"$dev/env.tmp" <<ENV
+# Written by make dev (scripts/dev.sh). In another shell: source .dev/env
+export VAULT_ADDR=$VAULT_ADDR
+export VAULT_CACERT=$VAULT_CACERT
+export VAULT_TOKEN=root
+export MESHAUTH_DEV=$dev
+export PATH="$(dirname "$vault"):\$PATH"
+ENV
+mv "$dev/env.tmp" "$dev/env"
 
 cat <<MSG
 
-meshauth is running. In another shell:
+meshauth is running on $VAULT_ADDR. In another shell, at the root of the clone:
 
-  export VAULT_ADDR=$VAULT_ADDR VAULT_CACERT=$VAULT_CACERT VAULT_TOKEN=root
+  source ${dev#"$root"/}/env     # VAULT_ADDR, VAULT_CACERT, VAULT_TOKEN, MESHAUTH_DEV, and vault on PATH
 
-  # Register a service with its mTLS identity (the response shows its API key once)
-  vault write meshauth/services/orders ca_chain=@$dev/certs/ca.pem hostnames=orders.mesh allowed_audiences=payments
+then follow the README's walkthrough:
 
-  # Log in as the service: API key + the client certificate on the TLS connection
-  VAULT_CLIENT_CERT=$dev/certs/orders.pem VAULT_CLIENT_KEY=$dev/certs/orders.key \\
-    vault write meshauth/login/orders api_key=<api_key>
-
-  # Verify the token online, or fetch the public keys (no token needed)
-  vault write meshauth/verify token=<token>
-  curl --cacert \$VAULT_CACERT \$VAULT_ADDR/v1/meshauth/jwks
-  curl -i --cacert \$VAULT_CACERT \$VAULT_ADDR/v1/meshauth/revocations   # ETag; If-None-Match gives 304
-
+  API_KEY=\$(vault write -field=api_key meshauth/services/orders \\
+      ca_chain=@\$MESHAUTH_DEV/certs/ca.pem hostnames=orders.mesh allowed_audiences=payments)
+  VAULT_CLIENT_CERT=\$MESHAUTH_DEV/certs/orders.pem VAULT_CLIENT_KEY=\$MESHAUTH_DEV/certs/orders.key \\
+    vault write meshauth/login/orders api_key=\$API_KEY audience=payments
   vault path-help meshauth/login/orders     # every path documents its fields
 
-  # The example: orders calls payments over mutual TLS with a meshauth JWT
-  # (a tune replaces the header list, so it names the feed's If-None-Match again)
-  vault secrets tune -passthrough-request-headers=X-Meshauth-Api-Key -passthrough-request-headers=If-None-Match meshauth
-  go run ./examples/payments &
-  MESHAUTH_API_KEY=<api_key> go run ./examples/orders
-
+Vault's log (login refusals give their reason there): $dev/vault.log
 Press Ctrl-C to stop Vault.
 MSG
 wait "$vault_pid"

@@ -16,7 +16,7 @@ import (
 // raftNodeConfig is the HCL of one node with integrated storage. Besides its
 // main listener, each node has a second one that trusts a TLS-terminating
 // proxy on loopback to forward the client certificate it verified in a header,
-// configured as the README's proxy section says: the headers are trusted only
+// configured as docs/security.md ("Behind a TLS-terminating proxy") says: the headers are trusted only
 // from the proxy's address, a request without them is refused, and the
 // listener requests no client certificate of its own (so only the forwarded
 // one reaches the plugin).

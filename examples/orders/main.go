@@ -7,11 +7,14 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"flag"
 	"io"
 	"log"
+	"log/slog"
 	"net/http"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/vault/api"
@@ -20,10 +23,11 @@ import (
 )
 
 func main() {
+	dev := devDir()
 	payments := flag.String("payments", "https://127.0.0.1:9443/charge", "URL of the payments service")
-	meshCA := flag.String("mesh-ca", ".dev/certs/ca.pem", "CA that issues the mesh's certificates")
-	cert := flag.String("cert", ".dev/certs/orders.pem", "this service's client certificate")
-	key := flag.String("key", ".dev/certs/orders.key", "its private key")
+	meshCA := flag.String("mesh-ca", dev+"/certs/ca.pem", "CA that issues the mesh's certificates")
+	cert := flag.String("cert", dev+"/certs/orders.pem", "this service's client certificate")
+	key := flag.String("key", dev+"/certs/orders.key", "its private key")
 	calls := flag.Int("calls", 3, "how many calls to make, one a second")
 	flag.Parse()
 
@@ -42,7 +46,12 @@ func main() {
 	if err != nil {
 		log.Fatalf("orders: %v", err)
 	}
-	source, err := client.NewTokenSource(client.TokenSourceConfig{Vault: vault, Service: "orders", APIKey: apiKey, Audience: []string{"payments"}})
+	// The defaults: POST login (a policy with update on login/orders is
+	// enough), failures logged.
+	source, err := client.NewTokenSource(client.TokenSourceConfig{
+		Vault: vault, Service: "orders", APIKey: apiKey, Audience: []string{"payments"},
+		Logger: slog.Default(),
+	})
 	if err != nil {
 		log.Fatalf("orders: %v", err)
 	}
@@ -69,7 +78,7 @@ func main() {
 		if i > 0 {
 			time.Sleep(time.Second)
 		}
-		resp, err := httpClient.Get(*payments)
+		resp, err := call(httpClient, *payments)
 		if err != nil {
 			log.Fatalf("orders: calling payments: %v", err)
 		}
@@ -77,4 +86,26 @@ func main() {
 		_ = resp.Body.Close()
 		log.Printf("payments answered %s: %s", resp.Status, body)
 	}
+}
+
+// call GETs url, waiting up to 15 seconds for payments to listen: started
+// in the background just before, it may still be fetching its keys.
+func call(c *http.Client, url string) (*http.Response, error) {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := c.Get(url) //nolint:noctx // a command-line example
+		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
+			return resp, err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// devDir is where make dev put its certificates: MESHAUTH_DEV (which
+// .dev/env exports), else .dev under the current directory.
+func devDir() string {
+	if d := os.Getenv("MESHAUTH_DEV"); d != "" {
+		return d
+	}
+	return ".dev"
 }

@@ -1,6 +1,6 @@
 // Command payments is the called side of the meshauth example: an HTTPS
 // service that requires mutual TLS and a meshauth JWT bound to the caller's
-// certificate, verified offline from the engine's JWKS.
+// certificate, verified offline from the engine's JWKS and revocations feed.
 package main
 
 import (
@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"flag"
 	"log"
+	"log/slog"
 	"net/http"
 	"os"
 	"time"
@@ -19,9 +20,13 @@ import (
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:9443", "address to serve on")
-	meshCA := flag.String("mesh-ca", ".dev/certs/ca.pem", "CA that issues the mesh's certificates")
-	cert := flag.String("cert", ".dev/certs/payments.pem", "this service's server certificate")
-	key := flag.String("key", ".dev/certs/payments.key", "its private key")
+	dev := ".dev"
+	if d := os.Getenv("MESHAUTH_DEV"); d != "" {
+		dev = d // .dev/env exports it
+	}
+	meshCA := flag.String("mesh-ca", dev+"/certs/ca.pem", "CA that issues the mesh's certificates")
+	cert := flag.String("cert", dev+"/certs/payments.pem", "this service's certificate")
+	key := flag.String("key", dev+"/certs/payments.key", "its private key")
 	mount := flag.String("mount", "meshauth", "meshauth mount path in Vault")
 	flag.Parse()
 
@@ -36,6 +41,11 @@ func main() {
 		Audience:       "payments",
 		RequireBinding: true,
 		HTTPClient:     httpsClient(mustPool(vaultCA)),
+		// The defaults do the rest: revoked tokens are refused from the
+		// engine's signed revocations feed. Why a token was refused goes
+		// to this service's log, never to the caller.
+		Logger:   slog.Default(),
+		LogLevel: slog.LevelInfo,
 	})
 	if err != nil {
 		log.Fatalf("payments: %v", err)

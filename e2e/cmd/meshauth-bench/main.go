@@ -3,7 +3,7 @@
 // registered, sets up meshauth and AppRole + identity tokens side by side,
 // and times them in interleaved rounds with one keep-alive HTTP client. It
 // prints ratios (median and p10-p90 of per-round ratios) and writes them to
-// BENCHMARKS.md. Every loop is bounded in count; traffic stays on 127.0.0.1.
+// docs/benchmarks.md. Every loop is bounded in count; traffic stays on 127.0.0.1.
 package main
 
 import (
@@ -25,7 +25,7 @@ func main() {
 	perRound := flag.Int("per-round", 40, "sequential requests per flow per round at concurrency 1")
 	conc := flag.Int("concurrency", 16, "concurrency of the throughput phase")
 	concRequests := flag.Int("concurrent-requests", 480, "requests per flow per round in the throughput phase")
-	out := flag.String("out", "BENCHMARKS.md", "where to write the report")
+	out := flag.String("out", "../docs/benchmarks.md", "where to write the report (the default is docs/benchmarks.md of the clone, run from e2e/)")
 	profileRequests := flag.Int("profile-requests", 20000, "requests per flow while the plugin process profiles itself")
 	profileDir := flag.String("profile-dir", "", "keep the plugin's CPU profiles in this directory (default: removed after the run)")
 	only := flag.String("only", "", "run only these phases (comma-separated: latency, profile, mtls, storm) and print, not write, the report; for trying changes")
