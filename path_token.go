@@ -105,6 +105,17 @@ func (b *backend) verifyToken(ctx context.Context, s logical.Storage, raw, audie
 		reason = reasonUnknownService
 	case !subjectBelongs(svc, parsed.claims.Subject):
 		reason = reasonSPIFFEIDNotRegistered
+	case svc.identityErr != nil:
+		// The service's stored identity no longer passes (its trust domain
+		// was deleted, or it still carries the withdrawn per-service
+		// trust_domains): its logins fail closed, and so do its tokens.
+		reason = reasonIdentityWithdrawn
+	case strings.HasPrefix(parsed.claims.Subject, spiffeScheme) &&
+		(svc.entry.TokenSubject != tokenSubjectSPIFFEID || !inEngineTrustDomain(parsed.claims.Subject, cfg)):
+		// A JWT-SVID holds only while the engine would still mint it: the
+		// service still asks for SPIFFE subjects and the ID is still in
+		// config trust_domain.
+		reason = reasonIdentityWithdrawn
 	case svc.entry.Disabled:
 		reason = reasonServiceDisabled
 	default:
@@ -302,7 +313,9 @@ algorithm_mismatch, unsupported_critical_header, bad_signature, expired,
 not_yet_valid, issued_in_future, wrong_issuer, wrong_audience, missing_claim,
 unknown_service, service_disabled, service_revoked, other_registration,
 token_revoked, ambiguous_claims, certificate_mismatch, unbound_token,
-spiffe_id_not_registered, certificate_revoked (the token is bound to a client
+spiffe_id_not_registered, identity_withdrawn (the service's trust domain is no longer
+registered, or a JWT-SVID's service no longer gets SPIFFE subjects in config
+trust_domain), certificate_revoked (the token is bound to a client
 certificate found revoked after it logged in; see revocation_check).
 
 A JWT-SVID (a service with token_subject=spiffe_id) has the SPIFFE ID in sub

@@ -437,3 +437,48 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	defer s.mu.Unlock()
 	return s.w.Write(p)
 }
+
+// A JWT-SVID holds only while the engine would still mint it. Found by the
+// attacker's read of the trust-domain change: deleting the trust domain,
+// moving config trust_domain or switching token_subject back to name left
+// issued JWT-SVIDs valid at verify.
+func TestJWTSVIDEndsWhenItsIdentityIsWithdrawn(t *testing.T) {
+	id := "spiffe://" + testTD + "/ns/shop/sa/svid"
+	mint := func(t *testing.T) (*testEnv, string, string) {
+		e, mesh := operatorEnv(t)
+		key := e.register(t, "svid", map[string]any{"spiffe_ids": id, "token_subject": "spiffe_id", "default_audience": "payments"})
+		resp, err := mtlsLogin(t, e, "svid", key, mesh.svidConn(t, svidOptions{uris: []string{id}}))
+		if err != nil || resp.IsError() {
+			t.Fatalf("login: %v %#v", err, resp)
+		}
+		tok := resp.Data["token"].(string)
+		if ok, reason := e.verify(t, tok, nil); !ok {
+			t.Fatalf("fresh JWT-SVID refused: %s", reason)
+		}
+		return e, tok, key
+	}
+	t.Run("trust domain deleted", func(t *testing.T) {
+		e, tok, _ := mint(t)
+		e.mustOK(t, logical.DeleteOperation, "trust_domains/"+testTD, nil)
+		if ok, reason := e.verify(t, tok, nil); ok || reason != reasonIdentityWithdrawn {
+			t.Fatalf("verify after the trust domain went: %v %q", ok, reason)
+		}
+	})
+	t.Run("config trust_domain moved", func(t *testing.T) {
+		e, tok, _ := mint(t)
+		e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"trust_domain": "new.example"})
+		if ok, reason := e.verify(t, tok, nil); ok || reason != reasonIdentityWithdrawn {
+			t.Fatalf("verify after trust_domain moved: %v %q", ok, reason)
+		}
+	})
+	t.Run("token_subject back to name", func(t *testing.T) {
+		e, tok, _ := mint(t)
+		resp := e.mustOK(t, logical.UpdateOperation, "services/svid", map[string]any{"token_subject": "name"})
+		if ok, reason := e.verify(t, tok, nil); ok {
+			t.Fatalf("JWT-SVID still valid after token_subject=name (%q)", reason)
+		}
+		if len(resp.Warnings) == 0 {
+			t.Fatal("the write did not warn that earlier tokens end")
+		}
+	})
+}

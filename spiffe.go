@@ -43,6 +43,10 @@ const (
 	// reasonSPIFFEIDNotRegistered is verify's reason for a JWT-SVID whose
 	// sub its service no longer lists (or that names no service properly).
 	reasonSPIFFEIDNotRegistered = "spiffe_id_not_registered"
+	// reasonIdentityWithdrawn is verify's reason for a token whose service's
+	// identity no longer holds: its SPIFFE IDs' trust domain is no longer
+	// registered, or a JWT-SVID the engine would no longer mint.
+	reasonIdentityWithdrawn = "identity_withdrawn"
 )
 
 // jwtSVIDAlgorithms are the algorithms meshauth signs with that the JWT-SVID

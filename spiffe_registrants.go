@@ -141,6 +141,9 @@ func identityChange(old, e *serviceEntry) string {
 			return fmt.Sprintf("spiffe_ids entry %q was removed or narrowed", id)
 		}
 	}
+	if old.TokenSubject == tokenSubjectSPIFFEID && e.TokenSubject != tokenSubjectSPIFFEID {
+		return "token_subject no longer spiffe_id: the JWT-SVIDs issued so far end"
+	}
 	// Trust material given for the first time only narrows who may log in
 	// from now on; replacing or removing it changes who the tokens were for.
 	switch {
