@@ -3,7 +3,9 @@
 client certificate (TokenSource, AppRole for its Vault token) and serves
 
   /charge   behind meshauth's WSGI middleware (a Verifier from the issuer's
-            discovery document, enforcing the revocation feed, believing the
+            discovery document, checking the revocation feed found through
+            its revocation_endpoint (by default; only its staleness is
+            tuned here, to the engine's 10s), believing the
             X-Forwarded-Client-Cert header only from its trusted proxy's
             network): answers the caller's service name;
   /token    the service's token (?fresh=1: a new login);
