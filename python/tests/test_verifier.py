@@ -246,3 +246,49 @@ def test_garbage_only_ever_refused():
             v.verify(tok)
         except VerifyError:
             pass
+
+
+def test_extra_claims_objects_lists_numbers_intact():
+    # claims_template renders objects, lists and numbers (with UseNumber, so
+    # integers beyond 2**53 stay exact in the token).
+    import decimal
+    iss, clock = Issuer(), Clock()
+    v, _, _ = make(iss, clock)
+    big = "1" + "0" * 5000
+    body = ('{"iss":"%s","sub":"orders","aud":"payments","iat":%d,"nbf":%d,"exp":%d,"jti":"x1",'
+            '"team":"pay","ctx":{"env":"prod","tier":2,"tags":["a",{"b":[1,2.5,-0,1e3]}],"none":null,"ok":true},'
+            '"ids":[9007199254740993,-12345678901234567890123],"ratio":0.1,"huge":1e400,"long":%s,"e":[]}'
+            % (ISSUER, clock.t, clock.t, clock.t + 600, big))
+    tok = iss.sign("k1", body.encode())
+    c = v.verify(tok)
+    x = c.extra()
+    assert set(x) == {"team", "ctx", "ids", "ratio", "huge", "long", "e"}
+    assert x["team"] == "pay" and x["e"] == []
+    assert x["ctx"] == {"env": "prod", "tier": 2, "tags": ["a", {"b": [1, 2.5, 0, 1000.0]}], "none": None, "ok": True}
+    assert type(x["ctx"]["tier"]) is int and type(x["ctx"]["tags"][1]["b"][1]) is float
+    assert x["ids"] == [9007199254740993, -12345678901234567890123] and all(type(i) is int for i in x["ids"])
+    assert x["ratio"] == 0.1 and type(x["ratio"]) is float
+    assert x["huge"] == decimal.Decimal("1e400")
+    assert x["long"] == decimal.Decimal(big)
+    # Numbers are numbers, not their literal text.
+    assert not isinstance(x["ctx"]["tier"], str)
+    # Regression: extra() handed out the cached claims' own nested objects,
+    # so a caller changing them changed what the next request saw.
+    x["ctx"]["env"] = "dev"
+    x["ctx"]["tags"].append("z")
+    again = v.verify(tok).extra()
+    assert again["ctx"]["env"] == "prod" and again["ctx"]["tags"][-1] != "z"
+
+
+def test_extra_of_deeply_nested_arrays():
+    # Arrays are not depth-bounded (objects are, at 32, as in meshtoken):
+    # extra() must not hit Python's recursion limit.
+    iss, clock = Issuer(), Clock()
+    v, _, _ = make(iss, clock)
+    body = ('{"iss":"%s","sub":"orders","aud":"payments","iat":%d,"nbf":%d,"exp":%d,"jti":"d1","deep":%s1%s}'
+            % (ISSUER, clock.t, clock.t, clock.t + 600, "[" * 3000, "]" * 3000))
+    x = v.verify(iss.sign("k1", body.encode())).extra()["deep"]
+    n = 0
+    while isinstance(x, list):
+        x, n = x[0], n + 1
+    assert n == 3000 and x == 1 and type(x) is int
