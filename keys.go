@@ -31,9 +31,6 @@ const (
 	algRS256 = meshtoken.RS256
 )
 
-// supportedAlgorithms lists the signing algorithms in the order help shows them.
-var supportedAlgorithms = meshtoken.Algorithms
-
 // Key states in the ring.
 const (
 	keyStateNext    = "next"

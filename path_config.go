@@ -10,6 +10,8 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 // configVersion is the current layout of configEntry.
@@ -369,7 +371,7 @@ func (c *configEntry) validate() string {
 	case len(c.Issuer) > 512:
 		return "issuer is longer than 512 characters"
 	case !isSupportedAlgorithm(c.SigningAlgorithm):
-		return fmt.Sprintf("signing_algorithm %q is not supported; use one of %s", c.SigningAlgorithm, strings.Join(supportedAlgorithms, ", "))
+		return fmt.Sprintf("signing_algorithm %q is not supported; use one of %s", c.SigningAlgorithm, strings.Join(meshtoken.Algorithms(), ", "))
 	case c.MaxTTL <= 0:
 		return "max_ttl must be positive"
 	case c.DefaultTTL <= 0:

@@ -11,6 +11,8 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 // readFeedOn reads revocations from b, with If-None-Match when inm is set.
@@ -47,7 +49,7 @@ func feedOf(t *testing.T, e *testEnv, resp *logical.Response) *feedDocument {
 			t.Fatal("feed signed by a key not in jwks")
 		}
 		return k.signer.Public(), nil
-	}, jwt.WithValidMethods(supportedAlgorithms))
+	}, jwt.WithValidMethods(meshtoken.Algorithms()))
 	if err != nil || !tok.Valid {
 		t.Fatalf("feed signature: %v", err)
 	}
@@ -186,7 +188,7 @@ func TestRevocationFeedIsIdenticalOnEveryNode(t *testing.T) {
 	same("after a key removal")
 	// Rendering again from scratch gives the same bytes (deterministic
 	// signatures), for every algorithm.
-	for _, alg := range supportedAlgorithms {
+	for _, alg := range meshtoken.Algorithms() {
 		e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"signing_algorithm": alg})
 		standby.invalidate(t.Context(), storageConfig)
 		standby.invalidate(t.Context(), storageKeyRing)

@@ -183,7 +183,7 @@ func checkClaimNames(claims map[string]string) string {
 	}
 	slices.Sort(names)
 	for _, k := range names {
-		if r := meshtoken.FoldsTo(k, meshtoken.ReservedNames); r != "" {
+		if r := meshtoken.IsReservedName(k); r != "" {
 			if r == k {
 				return fmt.Sprintf("claims may not set the registered claim %q", k)
 			}

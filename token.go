@@ -267,8 +267,6 @@ const (
 	reasonWrongIssuer       = meshtoken.ReasonWrongIssuer
 	reasonWrongAudience     = meshtoken.ReasonWrongAudience
 	reasonMissingClaim      = meshtoken.ReasonMissingClaim
-	reasonCertMismatch      = "certificate_mismatch"
-	reasonUnbound           = "unbound_token"
 	reasonOtherRegistration = "other_registration"
 	reasonUnknownService    = "unknown_service"
 	reasonServiceDisabled   = "service_disabled"

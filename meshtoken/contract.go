@@ -17,11 +17,15 @@ const (
 	RS256 = "RS256"
 )
 
-// Algorithms lists the signing algorithms, in the order help shows them.
-var Algorithms = []string{ES256, ES384, EdDSA, RS256}
+// algorithms lists the signing algorithms, in the order help shows them.
+var algorithms = [...]string{ES256, ES384, EdDSA, RS256}
+
+// Algorithms returns the signing algorithms, in the order help shows them:
+// a new slice each call, so no caller can change what another reads.
+func Algorithms() []string { return slices.Clone(algorithms[:]) }
 
 // IsAlgorithm reports whether alg is one meshauth signs with.
-func IsAlgorithm(alg string) bool { return slices.Contains(Algorithms, alg) }
+func IsAlgorithm(alg string) bool { return slices.Contains(algorithms[:], alg) }
 
 // MaxTokenLength bounds a token before any parsing: meshauth's are well under
 // 4 KiB, the engine refuses registrations whose tokens could exceed it, and a
@@ -36,19 +40,66 @@ const DefaultLeeway = 30 * time.Second
 // never the URL (which lands in access and audit logs).
 const APIKeyHeader = "X-Meshauth-Api-Key" //nolint:gosec // a header name, not a credential
 
-// RegisteredClaims are the claim names a meshauth token's payload carries
-// itself; gen names the service's registration and revocation epoch, which
-// the engine's online verify checks, and meshauth_service the service of a
-// JWT-SVID, whose sub is a SPIFFE ID. No other member may spell them
-// differently (see CheckMembers).
-var RegisteredClaims = []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf", "gen", "meshauth_service"}
+// Claim names a meshauth token's payload carries itself.
+const (
+	ClaimIssuer    = "iss"
+	ClaimSubject   = "sub"
+	ClaimAudience  = "aud"
+	ClaimExpiry    = "exp"
+	ClaimNotBefore = "nbf"
+	ClaimIssuedAt  = "iat"
+	ClaimID        = "jti"
+	// ClaimConfirmation is cnf (RFC 8705): the client certificate's
+	// x5t#S256.
+	ClaimConfirmation = "cnf"
+	// ClaimGeneration is gen: the service's registration and revocation
+	// epoch, which the engine's online verify and the revocation feed check.
+	ClaimGeneration = "gen"
+	// ClaimService is meshauth_service: the service of a JWT-SVID, whose
+	// sub is a SPIFFE ID.
+	ClaimService = "meshauth_service"
+)
 
-// ReservedNames are the names no service-defined extra claim may take in any
-// spelling: the registered claims, the JOSE header parameters (RFC 7515
-// section 4.1) and the member of cnf. Keeping header names out of the payload
-// stops a token from seeming to carry header facts among its claims.
-var ReservedNames = append(slices.Clone(RegisteredClaims),
-	"alg", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "typ", "cty", "crit")
+// JOSE header parameter names (RFC 7515 section 4.1).
+const (
+	HeaderAlgorithm = "alg"
+	HeaderKeyID     = "kid"
+	HeaderType      = "typ"
+	HeaderCritical  = "crit"
+)
+
+// registeredClaims are the claim names a meshauth token carries itself: the
+// one list behind RegisteredClaims, CheckMembers, Claims.Extra and the
+// engine's discovery document.
+var registeredClaims = [...]string{
+	ClaimIssuer, ClaimSubject, ClaimAudience, ClaimExpiry, ClaimNotBefore, ClaimIssuedAt,
+	ClaimID, ClaimConfirmation, ClaimGeneration, ClaimService,
+}
+
+// headerNames are the JOSE header parameters (RFC 7515 section 4.1): a
+// header may spell them only exactly, and no extra claim may take them.
+var headerNames = [...]string{
+	HeaderAlgorithm, "jku", "jwk", HeaderKeyID, "x5u", "x5c", "x5t", "x5t#S256", HeaderType, "cty", HeaderCritical,
+}
+
+// RegisteredClaims returns the claim names a meshauth token's payload
+// carries itself, a new slice each call. No other member may spell them
+// differently (see CheckMembers).
+func RegisteredClaims() []string { return slices.Clone(registeredClaims[:]) }
+
+// reservedNames are the registered claims and the JOSE header names.
+var reservedNames = append(RegisteredClaims(), headerNames[:]...)
+
+// ReservedNames returns the names no service-defined extra claim may take
+// in any spelling, a new slice each call: the registered claims and the
+// JOSE header parameters (RFC 7515 section 4.1). Keeping header names out of
+// the payload stops a token from seeming to carry header facts among its
+// claims.
+func ReservedNames() []string { return slices.Clone(reservedNames) }
+
+// IsReservedName returns the reserved name that name folds to (any case,
+// Unicode simple folding), or "" when it folds to none.
+func IsReservedName(name string) string { return FoldsTo(name, reservedNames) }
 
 // Confirmation is the RFC 8705 cnf claim binding a token to the client
 // certificate that was verified at login.

@@ -185,7 +185,7 @@ func (v *Verifier) parseRevocations(ctx context.Context, raw string) (*revocatio
 		Disabled map[string]int64 `json:"disabled"`
 		Keys     map[string]int64 `json:"keys"`
 	}
-	_, err := jwt.NewParser(jwt.WithValidMethods(Algorithms), jwt.WithoutClaimsValidation()).Parse(raw, func(t *jwt.Token) (any, error) {
+	_, err := jwt.NewParser(jwt.WithValidMethods(Algorithms()), jwt.WithoutClaimsValidation()).Parse(raw, func(t *jwt.Token) (any, error) {
 		if t.Header["typ"] != RevocationsType {
 			return nil, errors.New("not a revocations feed (typ)")
 		}
