@@ -217,6 +217,14 @@ func (b *backend) pathServiceWrite(ctx context.Context, req *logical.Request, d 
 	if err != nil {
 		return nil, err
 	}
+	if old == nil {
+		if msg, err := serviceRoom(ctx, req.Storage); err != nil || msg != "" {
+			if err != nil {
+				return nil, err
+			}
+			return logical.ErrorResponse(msg), nil
+		}
+	}
 	now := b.now().UTC()
 	entry := &serviceEntry{Name: name, CreatedAt: now, Registration: newRegistration()}
 	if old != nil {

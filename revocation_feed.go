@@ -19,48 +19,21 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
-// feedType is the typ header of the revocations feed: a JWS whose payload
-// is a feedDocument, signed by the current key and verified with jwks.
-const feedType = "meshauth-revocations+jwt"
-
-// feedGranularity is the step of the clock the feed is computed at. Entries
-// leave the feed at a whole minute, so nodes whose clocks agree to within
-// the step serve the same bytes, and the ETag stays the same for as long as
-// nothing is revoked or expires.
+// feedGranularity is the step of the clock the feed is computed at: its
+// iat is a whole minute, and entries leave it at a whole minute, so nodes
+// whose clocks agree to within the step serve the same bytes, and the ETag
+// stays the same within a minute. A new feed is rendered every minute, so
+// a verifier counting staleness from iat sees the feed's age, not the age
+// of the last change.
 const feedGranularity = time.Minute
 
-// maxFeedCacheLife bounds how long a rendered feed is kept when nothing in
-// it expires; every stored change drops it sooner.
-const maxFeedCacheLife = time.Hour
-
-// feedDocument is the payload of the revocations feed. Every map is keyed by
-// the name a verifier looks up; encoding/json writes map keys sorted, so the
-// same stored state always gives the same bytes. Every entry carries exp
-// (Unix seconds): past exp plus the verifier's leeway it can no longer
-// refuse anything, and the engine drops it.
-type feedDocument struct {
-	// Issuer is iss, the engine's issuer, as in the tokens.
-	Issuer string `json:"iss"`
-	// Tokens maps each revoked jti to its token's exp.
-	Tokens map[string]int64 `json:"tokens"`
-	// Services maps a service whose tokens were revoked (services/<name>/
-	// revoke, or a disable) to its current gen: a token of that service
-	// whose gen claim is another value is revoked.
-	Services map[string]feedService `json:"services"`
-	// Disabled maps each disabled service to the exp of its last token.
-	Disabled map[string]int64 `json:"disabled"`
-	// Keys maps each kid removed at keys/<kid>/revoke to when it leaves the
-	// feed: every token that names it is refused.
-	Keys map[string]int64 `json:"keys"`
-}
-
-// feedService is one service in the feed.
-type feedService struct {
-	Gen string `json:"gen"`
-	Exp int64  `json:"exp"`
-}
+// The feed's payload is meshtoken.Feed: one schema for the engine that
+// writes it and the verifiers that read it. encoding/json writes map keys
+// sorted, so the same stored state and minute always give the same bytes.
 
 // feedBody is a rendered, signed feed.
 type feedBody struct {
@@ -72,20 +45,35 @@ type feedBody struct {
 	until time.Time
 }
 
-// feedCache holds the rendered feed on one node.
+// feedCache holds the rendered feed on one node, and renders it once at a
+// time: concurrent readers of an expired feed wait for the one render in
+// flight and are all served from it.
 //
 // What drops it: every write of the key ring (writeKeyRingLocked), of the
 // config and of a service (dropService), every revoke and tidy of a token
 // revocation on this node, and Vault's Invalidate of each of those storage
 // keys on the other nodes (backend.invalidate). A render reads the epoch
 // before it reads anything, and its result is kept only if no drop came in
-// between, so a render that began before a write never outlives the write.
-// Past until (the first whole minute at which an entry expires) it is
-// rendered again.
+// between, so a render that began before a write never outlives the write;
+// a reader that arrives after a drop never joins a render that began before
+// it. Past until (the next whole minute, or sooner when an entry expires)
+// it is rendered again.
 type feedCache struct {
 	mu    sync.Mutex
 	epoch uint64
 	body  *feedBody
+	// flight is the render in progress; nil when none.
+	flight *feedFlight
+	// renders counts renders started, for tests.
+	renders int
+}
+
+// feedFlight is one render and the readers waiting for it.
+type feedFlight struct {
+	epoch uint64
+	done  chan struct{}
+	body  *feedBody
+	err   error
 }
 
 // get returns the cached body if still valid at now, and the epoch to hand
@@ -116,21 +104,51 @@ func (c *feedCache) drop() {
 	c.body = nil
 }
 
+// load returns the body valid at now, rendering it with render when there
+// is none: one render at a time per epoch, every concurrent reader served
+// from it.
+func (c *feedCache) load(ctx context.Context, now time.Time, render func() (*feedBody, error)) (*feedBody, error) {
+	c.mu.Lock()
+	if c.body != nil && now.Before(c.body.until) {
+		body := c.body
+		c.mu.Unlock()
+		return body, nil
+	}
+	if f := c.flight; f != nil && f.epoch == c.epoch {
+		c.mu.Unlock()
+		select {
+		case <-f.done:
+			return f.body, f.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	f := &feedFlight{epoch: c.epoch, done: make(chan struct{})}
+	c.flight = f
+	c.renders++
+	c.mu.Unlock()
+
+	f.body, f.err = render()
+	c.mu.Lock()
+	if f.err == nil && c.epoch == f.epoch {
+		c.body = f.body
+	}
+	if c.flight == f {
+		c.flight = nil
+	}
+	c.mu.Unlock()
+	close(f.done)
+	return f.body, f.err
+}
+
 // revocationFeed returns the signed feed, rendered from stored data only
 // (the ring, config, services and revocations) and the clock at
 // feedGranularity, so every node of a cluster renders the same bytes.
 func (b *backend) revocationFeed(ctx context.Context, s logical.Storage) (*feedBody, error) {
 	now := b.now()
-	cached, epoch := b.feed.get(now)
-	if cached != nil {
-		return cached, nil
-	}
-	body, err := b.renderFeed(ctx, s, now)
-	if err != nil {
-		return nil, err
-	}
-	b.feed.fill(body, epoch)
-	return body, nil
+	return b.feed.load(ctx, now, func() (*feedBody, error) {
+		return b.renderFeed(ctx, s, now)
+	})
 }
 
 // renderFeed builds and signs the feed at now.
@@ -144,16 +162,17 @@ func (b *backend) renderFeed(ctx context.Context, s logical.Storage, now time.Ti
 		return nil, err
 	}
 	cutoff := now.Truncate(feedGranularity)
-	doc := &feedDocument{
+	doc := &meshtoken.Feed{
 		Issuer:   cfg.Issuer,
+		IssuedAt: cutoff.Unix(),
 		Tokens:   map[string]int64{},
-		Services: map[string]feedService{},
+		Services: map[string]meshtoken.FeedService{},
 		Disabled: map[string]int64{},
 		Keys:     map[string]int64{},
 	}
-	// next is the earliest time an entry leaves: the first step at or
-	// after its exp + leeway.
-	next := cutoff.Add(maxFeedCacheLife)
+	// next is when the feed is rendered again: the next step (a new iat),
+	// or sooner the first step at or after an entry's exp + leeway.
+	next := cutoff.Add(feedGranularity)
 	live := func(exp time.Time) bool {
 		gone := exp.Add(cfg.Leeway)
 		if !cutoff.Before(gone) {
@@ -198,7 +217,7 @@ func (b *backend) renderFeed(ctx context.Context, s logical.Storage, now time.Ti
 		e := svc.entry
 		exp := e.UpdatedAt.Add(ttl)
 		if e.Registration != "" && e.RevocationEpoch > 0 && live(exp) {
-			doc.Services[e.Name] = feedService{Gen: e.generation(), Exp: exp.Unix()}
+			doc.Services[e.Name] = meshtoken.FeedService{Gen: e.generation(), Exp: exp.Unix()}
 		}
 		if e.Disabled && live(exp) {
 			doc.Disabled[e.Name] = exp.Unix()
@@ -233,7 +252,7 @@ func (b *backend) renderFeed(ctx context.Context, s logical.Storage, now time.Ti
 			doc.Disabled[name] = max(doc.Disabled[name], exp.Unix())
 		case svc.entry.Registration != "":
 			listed := doc.Services[name]
-			doc.Services[name] = feedService{Gen: svc.entry.generation(), Exp: max(listed.Exp, exp.Unix())}
+			doc.Services[name] = meshtoken.FeedService{Gen: svc.entry.generation(), Exp: max(listed.Exp, exp.Unix())}
 		}
 	}
 
@@ -249,7 +268,7 @@ func (b *backend) renderFeed(ctx context.Context, s logical.Storage, now time.Ti
 	if err != nil {
 		return nil, fmt.Errorf("encoding revocations: %w", err)
 	}
-	jws, err := signDeterministic(ring.current, feedType, payload)
+	jws, err := signDeterministic(ring.current, meshtoken.RevocationsType, payload)
 	if err != nil {
 		return nil, err
 	}
@@ -259,6 +278,32 @@ func (b *backend) renderFeed(ctx context.Context, s logical.Storage, now time.Ti
 		etag:  `"` + base64.RawURLEncoding.EncodeToString(sum[:18]) + `"`,
 		until: next,
 	}, nil
+}
+
+// maxServiceNames bounds the names a mount holds (meshtoken.
+// MaxServiceNames); a variable so tests can lower it.
+var maxServiceNames = meshtoken.MaxServiceNames
+
+// serviceRoom refuses a new service when the mount already holds
+// maxServiceNames names, registered or tombstoned: every such name may be
+// listed in the revocation feed, and this bound is what keeps the feed
+// within what every verifier reads (meshtoken.MaxFeedLength). Only creation
+// is refused; disabling, revoking and deleting never are. Two creations
+// racing past the count add at most one name each, well within the
+// headroom between the feed's worst case and MaxFeedLength.
+func serviceRoom(ctx context.Context, s logical.Storage) (string, error) {
+	live, err := s.List(ctx, storageServicePrefix)
+	if err != nil {
+		return "", fmt.Errorf("listing services: %w", err)
+	}
+	deleted, err := s.List(ctx, storageDeletedPrefix)
+	if err != nil {
+		return "", fmt.Errorf("listing deleted services: %w", err)
+	}
+	if n := len(live) + len(deleted); n >= maxServiceNames {
+		return fmt.Sprintf("this mount holds %d service names (%d registered, %d deleted with tokens that may still be live), its most: every one may be listed in the revocation feed, which must stay small enough for every verifier to read. Delete unused services; a deleted name frees its room once tidy removes its tombstone after its tokens expire", n, len(live), len(deleted)), nil
+	}
+	return "", nil
 }
 
 // ceilTime rounds t up to a multiple of d.

@@ -195,7 +195,7 @@ const (
 	// its dot.
 	worstSignatureB64 = 345
 	// maxIssuerLen is config's bound on issuer.
-	maxIssuerLen = 512
+	maxIssuerLen = meshtoken.MaxIssuerLength
 )
 
 // checkTokenSize refuses a service whose largest possible token would exceed

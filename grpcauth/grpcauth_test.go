@@ -36,7 +36,7 @@ import (
 )
 
 // issuer is a stand-in engine: one ES256 key served as a JWKS, and an
-// empty revocation feed at /revocations until feedDown is set.
+// empty revocation feed an hour old at /revocations until feedDown is set.
 type issuer struct {
 	key      *ecdsa.PrivateKey
 	srv      *httptest.Server
@@ -59,7 +59,7 @@ func newIssuer(tb testing.TB) *issuer {
 			http.Error(w, "down", http.StatusServiceUnavailable)
 			return
 		}
-		feed := jwt.NewWithClaims(jwt.SigningMethodES256, jwt.MapClaims{"iss": "meshauth", "iat": time.Now().Unix(), "tokens": map[string]any{}, "services": map[string]any{}, "disabled": map[string]any{}, "keys": map[string]any{}})
+		feed := jwt.NewWithClaims(jwt.SigningMethodES256, jwt.MapClaims{"iss": "meshauth", "iat": time.Now().Add(-time.Hour).Unix(), "tokens": map[string]any{}, "services": map[string]any{}, "disabled": map[string]any{}, "keys": map[string]any{}})
 		feed.Header["kid"], feed.Header["typ"] = "k1", meshtoken.RevocationsType
 		s, _ := feed.SignedString(key)
 		_, _ = w.Write([]byte(s))

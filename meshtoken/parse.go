@@ -159,67 +159,19 @@ type registered struct {
 // and nbf. Certificate binding, revocation and service state are the
 // caller's next steps.
 func Parse(raw string, keys KeyFunc, opts Options) (*Claims, error) {
-	if len(raw) > MaxTokenLength {
-		return nil, refuse(ReasonTooLarge, errors.New("token is larger than 16 KiB"))
-	}
-	if !WellFormed(raw) {
-		return nil, refuse(ReasonMalformed, errors.New("not a compact JWS of three base64url segments"))
-	}
-	first := strings.IndexByte(raw, '.')
-	second := first + 1 + strings.IndexByte(raw[first+1:], '.')
-	header, err := b64.DecodeString(raw[:first])
-	if err != nil {
-		return nil, refuse(ReasonMalformed, err)
-	}
-	if err := checkMembers(header, headerNames[:], nil); err != nil {
-		return nil, refuse(ReasonMalformed, err)
-	}
-	payload, err := b64.DecodeString(raw[first+1 : second])
-	if err != nil {
-		return nil, refuse(ReasonMalformed, err)
-	}
-	// The claims golang-jwt decodes below must be the claims every other
-	// verifier of the same bytes sees.
-	if err := CheckMembers(payload); err != nil {
-		return nil, refuse(ReasonAmbiguousClaims, err)
-	}
-
-	// The header: its members were checked above, so decoding it into a
-	// struct reads exactly alg, kid and crit.
-	var h struct {
-		Alg  string          `json:"alg"`
-		Kid  string          `json:"kid"`
-		Crit json.RawMessage `json:"crit"`
-	}
-	if err := json.Unmarshal(header, &h); err != nil {
-		return nil, refuse(ReasonMalformed, err)
-	}
-	if !IsAlgorithm(h.Alg) {
-		return nil, refuse(ReasonAlgNotAllowed, fmt.Errorf("alg %q is not one meshauth signs with", h.Alg))
-	}
-	if h.Crit != nil {
-		return nil, refuse(ReasonCritHeader, errCritHeader)
-	}
-	k, err := keys(h.Kid)
-	if err != nil {
-		if errors.Is(err, ErrUnknownKey) {
-			return nil, refuse(ReasonUnknownKey, err)
+	h, payload, rerr := verifyJWS(raw, MaxTokenLength, keys, func(payload []byte) *Error {
+		// The claims decoded below must be the claims every other
+		// verifier of the same bytes sees.
+		if err := CheckMembers(payload); err != nil {
+			return refuse(ReasonAmbiguousClaims, err)
 		}
-		return nil, refuse(ReasonMalformed, err)
+		return nil
+	})
+	if rerr != nil {
+		return nil, rerr
 	}
-	// Each kid is bound to exactly one algorithm: a token may not choose how
-	// its key is used (no HS256 with a public key as the secret).
-	if h.Alg != k.Algorithm {
-		return nil, refuse(ReasonAlgMismatch, errAlgMismatch)
-	}
-	sig, err := b64.DecodeString(raw[second+1:])
-	if err != nil {
-		return nil, refuse(ReasonMalformed, err)
-	}
-	// golang-jwt checks the signature over the segments as sent; the
-	// header and payload are decoded once, here, not again by a parser.
-	if err := jwt.GetSigningMethod(h.Alg).Verify(raw[:second], sig, k.Public); err != nil {
-		return nil, refuse(ReasonBadSignature, err)
+	if h.Typ == RevocationsType {
+		return nil, refuse(ReasonMalformed, errors.New("a revocation feed is not a token"))
 	}
 
 	rc := &registered{}
@@ -294,6 +246,79 @@ func (c *Claims) identity(issuer, audience string) (string, error) {
 		return ReasonWrongAudience, errWrongAudience
 	}
 	return "", nil
+}
+
+// jwsHeader is what meshauth reads of a JOSE header; its members were
+// checked (checkMembers) before it is decoded, so it reads exactly these.
+type jwsHeader struct {
+	Alg  string          `json:"alg"`
+	Kid  string          `json:"kid"`
+	Typ  string          `json:"typ"`
+	Crit json.RawMessage `json:"crit"`
+}
+
+// verifyJWS is the one check of a compact JWS meshauth signs, a token or
+// the revocation feed: at most maxLen bytes; one spelling (WellFormed and
+// strict base64url in every segment); a header whose members every JSON
+// reader reads alike; no crit; an alg meshauth signs with; a kid that keys
+// names and the one algorithm bound to it; a payload that checkPayload
+// accepts; the signature over the segments as sent. It returns the header
+// and the decoded payload.
+func verifyJWS(raw string, maxLen int, keys KeyFunc, checkPayload func([]byte) *Error) (jwsHeader, []byte, *Error) {
+	var h jwsHeader
+	if len(raw) > maxLen {
+		return h, nil, refuse(ReasonTooLarge, fmt.Errorf("larger than %d bytes", maxLen))
+	}
+	if !WellFormed(raw) {
+		return h, nil, refuse(ReasonMalformed, errors.New("not a compact JWS of three base64url segments"))
+	}
+	first := strings.IndexByte(raw, '.')
+	second := first + 1 + strings.IndexByte(raw[first+1:], '.')
+	header, err := b64.DecodeString(raw[:first])
+	if err != nil {
+		return h, nil, refuse(ReasonMalformed, err)
+	}
+	if err := checkMembers(header, headerNames[:], nil); err != nil {
+		return h, nil, refuse(ReasonMalformed, err)
+	}
+	payload, err := b64.DecodeString(raw[first+1 : second])
+	if err != nil {
+		return h, nil, refuse(ReasonMalformed, err)
+	}
+	if e := checkPayload(payload); e != nil {
+		return h, nil, e
+	}
+	if err := json.Unmarshal(header, &h); err != nil {
+		return h, nil, refuse(ReasonMalformed, err)
+	}
+	if !IsAlgorithm(h.Alg) {
+		return h, nil, refuse(ReasonAlgNotAllowed, fmt.Errorf("alg %q is not one meshauth signs with", h.Alg))
+	}
+	if h.Crit != nil {
+		return h, nil, refuse(ReasonCritHeader, errCritHeader)
+	}
+	k, err := keys(h.Kid)
+	if err != nil {
+		if errors.Is(err, ErrUnknownKey) {
+			return h, nil, refuse(ReasonUnknownKey, err)
+		}
+		return h, nil, refuse(ReasonMalformed, err)
+	}
+	// Each kid is bound to exactly one algorithm: a token may not choose how
+	// its key is used (no HS256 with a public key as the secret).
+	if h.Alg != k.Algorithm {
+		return h, nil, refuse(ReasonAlgMismatch, errAlgMismatch)
+	}
+	sig, err := b64.DecodeString(raw[second+1:])
+	if err != nil {
+		return h, nil, refuse(ReasonMalformed, err)
+	}
+	// golang-jwt checks the signature over the segments as sent; the
+	// header and payload are decoded once, here, not again by a parser.
+	if err := jwt.GetSigningMethod(h.Alg).Verify(raw[:second], sig, k.Public); err != nil {
+		return h, nil, refuse(ReasonBadSignature, err)
+	}
+	return h, payload, nil
 }
 
 func claimsOf(rc *registered, kid string, payload []byte) *Claims {
