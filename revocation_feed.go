@@ -23,13 +23,16 @@ import (
 	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
-// feedGranularity is the step of the clock the feed is computed at: its
-// iat is a whole minute, and entries leave it at a whole minute, so nodes
-// whose clocks agree to within the step serve the same bytes, and the ETag
-// stays the same within a minute. A new feed is rendered every minute, so
-// a verifier counting staleness from iat sees the feed's age, not the age
-// of the last change.
-const feedGranularity = time.Minute
+// feedStep is the step of the clock the feed is computed at: its iat is a
+// multiple of it, and entries leave it at a multiple of it, so nodes whose
+// clocks agree to within the step serve the same bytes, and the ETag stays
+// the same within a step. A new feed is rendered every step, so a verifier
+// counting staleness from iat sees the feed's age, not the age of the last
+// change: a tenth of revocation_max_staleness (30s by default), at least a
+// second and at most a minute.
+func feedStep(cfg *configEntry) time.Duration {
+	return min(max((cfg.RevocationMaxStaleness / 10).Truncate(time.Second), time.Second), time.Minute)
+}
 
 // The feed's payload is meshtoken.Feed: one schema for the engine that
 // writes it and the verifiers that read it. encoding/json writes map keys
@@ -56,8 +59,8 @@ type feedBody struct {
 // before it reads anything, and its result is kept only if no drop came in
 // between, so a render that began before a write never outlives the write;
 // a reader that arrives after a drop never joins a render that began before
-// it. Past until (the next whole minute, or sooner when an entry expires)
-// it is rendered again.
+// it. Past until (the next step, or sooner when an entry expires) it is
+// rendered again.
 type feedCache struct {
 	mu    sync.Mutex
 	epoch uint64
@@ -143,7 +146,7 @@ func (c *feedCache) load(ctx context.Context, now time.Time, render func() (*fee
 
 // revocationFeed returns the signed feed, rendered from stored data only
 // (the ring, config, services and revocations) and the clock at
-// feedGranularity, so every node of a cluster renders the same bytes.
+// feedStep, so every node of a cluster renders the same bytes.
 func (b *backend) revocationFeed(ctx context.Context, s logical.Storage) (*feedBody, error) {
 	now := b.now()
 	return b.feed.load(ctx, now, func() (*feedBody, error) {
@@ -161,7 +164,8 @@ func (b *backend) renderFeed(ctx context.Context, s logical.Storage, now time.Ti
 	if err != nil {
 		return nil, err
 	}
-	cutoff := now.Truncate(feedGranularity)
+	step := feedStep(cfg)
+	cutoff := now.Truncate(step)
 	doc := &meshtoken.Feed{
 		Issuer:   cfg.Issuer,
 		IssuedAt: cutoff.Unix(),
@@ -172,13 +176,13 @@ func (b *backend) renderFeed(ctx context.Context, s logical.Storage, now time.Ti
 	}
 	// next is when the feed is rendered again: the next step (a new iat),
 	// or sooner the first step at or after an entry's exp + leeway.
-	next := cutoff.Add(feedGranularity)
+	next := cutoff.Add(step)
 	live := func(exp time.Time) bool {
 		gone := exp.Add(cfg.Leeway)
 		if !cutoff.Before(gone) {
 			return false
 		}
-		if step := ceilTime(gone, feedGranularity); step.Before(next) {
+		if step := ceilTime(gone, step); step.Before(next) {
 			next = step
 		}
 		return true

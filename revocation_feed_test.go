@@ -150,7 +150,7 @@ func TestRevocationFeedEntriesLeaveWhenTheirTokensExpire(t *testing.T) {
 		t.Fatal("revoked token not listed")
 	}
 	// Without tidy: the feed is rendered anew when an entry's time is up.
-	e.clock.advance(10*time.Minute + defaultLeeway + 2*feedGranularity)
+	e.clock.advance(10*time.Minute + defaultLeeway + 2*time.Minute)
 	if doc := feedOf(t, e, readFeedOn(t, e.b, e.storage, "")); len(doc.Tokens) != 0 {
 		t.Fatalf("an expired token's revocation stayed: %v", doc.Tokens)
 	}
@@ -267,7 +267,7 @@ func TestRevocationFeedRendersOnceForConcurrentReaders(t *testing.T) {
 	e.register(t, "orders", nil)
 	slow := &slowListStorage{Storage: e.storage}
 	readFeedOn(t, e.b, slow, "")
-	e.clock.advance(feedGranularity) // the cached feed has expired
+	e.clock.advance(time.Minute) // the cached feed has expired
 	slow.renders.Store(0)
 	var wg sync.WaitGroup
 	bodies := make([][]byte, 32)
@@ -287,18 +287,19 @@ func TestRevocationFeedRendersOnceForConcurrentReaders(t *testing.T) {
 	}
 }
 
-// The feed carries iat, a whole minute, and a new one each minute even when
+// The feed carries iat, a multiple of its step, and a new one each step even when
 // nothing changed, so a verifier counting staleness from iat sees the
 // feed's real age.
 func TestRevocationFeedCarriesIssuedAt(t *testing.T) {
 	e := getTestBackend(t)
 	doc := feedOf(t, e, readFeedOn(t, e.b, e.storage, ""))
-	if want := e.clock.now().Truncate(time.Minute).Unix(); doc.IssuedAt != want {
+	// The default revocation_max_staleness (5m) gives a 30s step.
+	if want := e.clock.now().Truncate(30 * time.Second).Unix(); doc.IssuedAt != want {
 		t.Fatalf("iat %d, want %d", doc.IssuedAt, want)
 	}
-	e.clock.advance(time.Minute)
-	if later := feedOf(t, e, readFeedOn(t, e.b, e.storage, "")); later.IssuedAt != doc.IssuedAt+60 {
-		t.Fatalf("a minute later iat %d, want %d", later.IssuedAt, doc.IssuedAt+60)
+	e.clock.advance(30 * time.Second)
+	if later := feedOf(t, e, readFeedOn(t, e.b, e.storage, "")); later.IssuedAt != doc.IssuedAt+30 {
+		t.Fatalf("a step later iat %d, want %d", later.IssuedAt, doc.IssuedAt+30)
 	}
 }
 

@@ -74,8 +74,8 @@ var _ = [MaxFeedLength - worstFeed]struct{}{}
 type Feed struct {
 	// Issuer is iss, the engine's issuer, as in the tokens.
 	Issuer string `json:"iss"`
-	// IssuedAt is iat: the time (Unix seconds, a whole minute) the feed
-	// describes, the same on every node. A verifier refuses a feed older
+	// IssuedAt is iat: the time (Unix seconds, a multiple of the engine's
+	// feed step) the feed describes, the same on every node. A verifier refuses a feed older
 	// than one it accepted, and counts staleness from it.
 	IssuedAt int64 `json:"iat"`
 	// Tokens maps each revoked jti to its token's exp.

@@ -43,9 +43,11 @@ type RevocationConfig struct {
 	URL string
 	// MaxStaleness is the oldest a copy of the feed may be, counted from
 	// its iat (the time it describes; the engine renders a new one every
-	// minute), plus Leeway for the clocks' skew. Past it every Verify fails
-	// closed with ErrRevocationsStale until a fetch brings a newer one. Set
-	// it to the engine's revocation_max_staleness. Default 5m.
+	// tenth of its revocation_max_staleness and serves it with a max-age of
+	// half of it, so a copy is refetched well before this). Past it every
+	// Verify fails closed with ErrRevocationsStale until a fetch brings a
+	// newer one. Set it to the engine's revocation_max_staleness. Default
+	// 5m. This Verifier's clock running ahead of Vault's counts against it.
 	MaxStaleness time.Duration
 	// AllowStale keeps verifying with the last copy past MaxStaleness, for
 	// services that prefer availability to prompt revocation.
@@ -185,7 +187,7 @@ func (v *Verifier) checkRevoked(ctx context.Context, c *Claims) error {
 	list := rs.list.Load()
 	now := v.now()
 	stale := func(now time.Time, l *revocationList) bool {
-		return now.Sub(l.issued) > rs.cfg.MaxStaleness+v.cfg.Leeway
+		return now.Sub(l.issued) > rs.cfg.MaxStaleness
 	}
 	// MaxStaleness may be shorter than the feed's max-age: it wins.
 	if !now.Before(list.freshUntil) || stale(now, list) {
