@@ -24,7 +24,7 @@ const (
 	defaultTokenTTL            = time.Hour
 	defaultMaxTTL              = 24 * time.Hour
 	defaultKeyRotationPeriod   = 24 * time.Hour
-	defaultLeeway              = 30 * time.Second
+	defaultLeeway              = meshtoken.DefaultLeeway
 	defaultLockoutThreshold    = 5
 	defaultLockoutDuration     = 15 * time.Minute
 	defaultLockoutCounterReset = 15 * time.Minute
@@ -40,7 +40,7 @@ const (
 	// revocation feed may be: the longest a revoked token is still accepted
 	// offline. The feed's max-age is half of it, so one failed refetch still
 	// leaves a verifier within it.
-	defaultRevocationMaxStaleness = 5 * time.Minute
+	defaultRevocationMaxStaleness = meshtoken.DefaultRevocationMaxStaleness
 	// Bounds of revocation_max_staleness: under 10s every verifier polls
 	// Vault several times a minute; over 1h revocation means little.
 	minRevocationStaleness = 10 * time.Second

@@ -19,7 +19,7 @@ import (
 const (
 	// maxJWKSCacheAge caps it, so a new next key reaches verifiers within
 	// the hour.
-	maxJWKSCacheAge = time.Hour
+	maxJWKSCacheAge = meshtoken.MaxKeyCacheAge
 	// minJWKSCacheAge floors it. Without a floor, a rotation that is due but
 	// not yet run (the periodic function runs about once a minute, and not
 	// at all while the active node is sealed or failing over) gave max-age=0,

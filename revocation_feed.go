@@ -31,7 +31,7 @@ import (
 // change: a tenth of revocation_max_staleness (30s by default), at least a
 // second and at most a minute.
 func feedStep(cfg *configEntry) time.Duration {
-	return min(max((cfg.RevocationMaxStaleness / 10).Truncate(time.Second), time.Second), time.Minute)
+	return min(max((cfg.RevocationMaxStaleness/10).Truncate(time.Second), time.Second), time.Minute)
 }
 
 // The feed's payload is meshtoken.Feed: one schema for the engine that

@@ -121,3 +121,16 @@ func TestParseRefusesUncheckableConfirmation(t *testing.T) {
 		}
 	}
 }
+
+// The lockout answer the engine writes is the one the client reads.
+func TestLockoutMessageRoundTrip(t *testing.T) {
+	until := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, msg := range []string{LockoutMessage(until), "1 error occurred:\n\t* " + LockoutMessage(until) + "\n"} {
+		if got, ok := LockedUntil(msg); !ok || !got.Equal(until) {
+			t.Fatalf("LockedUntil(%q) = %v %v", msg, got, ok)
+		}
+	}
+	if _, ok := LockedUntil("invalid API key or certificate"); ok {
+		t.Fatal("a message that is not a lockout read as one")
+	}
+}

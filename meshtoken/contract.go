@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -35,6 +36,35 @@ const MaxTokenLength = 16 << 10
 // DefaultLeeway is the clock skew allowed on exp, nbf and iat unless
 // configured otherwise.
 const DefaultLeeway = 30 * time.Second
+
+// MaxKeyCacheAge is the longest a key set may be cached: the engine's
+// jwks and discovery never say more in Cache-Control max-age, and a
+// Verifier never believes more, so a new next key reaches every verifier
+// within it.
+const MaxKeyCacheAge = time.Hour
+
+// lockoutPrefix begins the engine's answer (403) to a login refused by a
+// lockout; the RFC 3339 time the lock ends follows it, and nothing else.
+const lockoutPrefix = "login locked for this caller after too many failed attempts; try again after "
+
+// LockoutMessage is the engine's answer (HTTP 403) to a login refused by a
+// lockout that ends at until. LockedUntil reads it back: the one spelling of
+// the answer, written by the engine and read by the client.
+func LockoutMessage(until time.Time) string {
+	return lockoutPrefix + until.UTC().Format(time.RFC3339)
+}
+
+// LockedUntil reads the end of a lockout from one of the engine's error
+// messages (LockoutMessage); false when msg is not a lockout answer.
+func LockedUntil(msg string) (time.Time, bool) {
+	// Anywhere in msg: Vault or a proxy may put words before it.
+	_, rest, ok := strings.Cut(msg, lockoutPrefix)
+	if !ok {
+		return time.Time{}, false
+	}
+	until, err := time.Parse(time.RFC3339, strings.TrimSpace(rest))
+	return until, err == nil
+}
 
 // APIKeyHeader carries a service's API key in the one-round-trip GET login,
 // never the URL (which lands in access and audit logs).

@@ -127,6 +127,16 @@ type Claims struct {
 	Payload []byte
 }
 
+// ServiceName is the service the token belongs to: meshauth_service in a
+// JWT-SVID (whose sub is a SPIFFE ID), else sub. The engine's verify and
+// the revocation feed check both read it here.
+func (c *Claims) ServiceName() string {
+	if c.Service != "" {
+		return c.Service
+	}
+	return c.Subject
+}
+
 // Bound reports whether the token is bound to a client certificate.
 func (c *Claims) Bound() bool { return c.Confirmation != nil && c.Confirmation.X5tS256 != "" }
 

@@ -216,10 +216,7 @@ func (v *Verifier) checkRevoked(ctx context.Context, c *Claims) error {
 	if _, ok := f.Tokens[c.ID]; ok {
 		return fmt.Errorf("%w: jti %s", ErrRevoked, c.ID)
 	}
-	service := c.Subject
-	if c.Service != "" {
-		service = c.Service
-	}
+	service := c.ServiceName()
 	if _, ok := f.Disabled[service]; ok {
 		return fmt.Errorf("%w: service %s is disabled", ErrRevoked, service)
 	}

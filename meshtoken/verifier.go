@@ -18,7 +18,6 @@ import (
 // Defaults of a Verifier.
 const (
 	defaultMinRefetch   = 30 * time.Second
-	defaultMaxCacheAge  = time.Hour
 	defaultMaxStaleness = time.Hour
 	maxJWKSBytes        = 1 << 20
 	maxDiscoveryBytes   = 64 << 10
@@ -255,7 +254,7 @@ func maxAge(cc string) time.Duration {
 		part = strings.TrimSpace(part)
 		if secs, ok := strings.CutPrefix(part, "max-age="); ok {
 			if n, err := strconv.Atoi(secs); err == nil && n >= 0 {
-				return min(time.Duration(n)*time.Second, defaultMaxCacheAge)
+				return min(time.Duration(n)*time.Second, MaxKeyCacheAge)
 			}
 		}
 	}
