@@ -235,10 +235,7 @@ func parseSigningKey(e *signingKeyEntry) (*signingKey, error) {
 	jwk["kid"] = e.KID
 	jwk["alg"] = e.Algorithm
 	jwk["use"] = "sig"
-	header, err := json.Marshal(map[string]string{"alg": e.Algorithm, "kid": e.KID, "typ": "JWT"})
-	if err != nil {
-		return nil, err
-	}
+	header := meshtoken.Header(e.Algorithm, e.KID, meshtoken.TokenType)
 	return &signingKey{
 		entry:     e,
 		method:    method,

@@ -343,10 +343,7 @@ func (r *revocationSet) snapshot(ctx context.Context, s logical.Storage) (map[st
 // deterministic by design. The feed is public data; determinism only makes
 // its ETag agree across nodes.
 func signDeterministic(key *signingKey, typ string, payload []byte) ([]byte, error) {
-	header, err := json.Marshal(map[string]string{"alg": key.entry.Algorithm, "kid": key.entry.KID, "typ": typ})
-	if err != nil {
-		return nil, err
-	}
+	header := meshtoken.Header(key.entry.Algorithm, key.entry.KID, typ)
 	var sb strings.Builder
 	sb.WriteString(base64.RawURLEncoding.EncodeToString(header))
 	sb.WriteByte('.')
@@ -383,6 +380,7 @@ func signDeterministic(key *signingKey, typ string, payload []byte) ([]byte, err
 		sig = ed25519.Sign(k, []byte(signingInput))
 	case *rsa.PrivateKey:
 		d := sha256.Sum256([]byte(signingInput))
+		var err error
 		if sig, err = rsa.SignPKCS1v15(nil, k, crypto.SHA256, d[:]); err != nil {
 			return nil, fmt.Errorf("signing revocations: %w", err)
 		}

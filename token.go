@@ -229,7 +229,7 @@ func checkTokenSize(e *serviceEntry) string {
 		extra = full[1 : len(full)-1]
 	}
 	payload := len(prependExtraClaims(extra, registered))
-	worstHeaderB64 := base64.RawURLEncoding.EncodedLen(len(`{"alg":"EdDSA","kid":"`+strings.Repeat("k", 43)+`","typ":"JWT-SVID"}`)) + 1
+	worstHeaderB64 := base64.RawURLEncoding.EncodedLen(len(meshtoken.Header(meshtoken.EdDSA, strings.Repeat("k", 43), meshtoken.TokenType))) + 1
 	size := worstHeaderB64 + base64.RawURLEncoding.EncodedLen(payload) + worstSignatureB64
 	if size > maxTokenLength {
 		return fmt.Sprintf("a token of this service could reach %d bytes, over the %d-byte limit verifiers enforce; shorten claims (%d bytes of JSON) or allowed_audiences", size, maxTokenLength, len(extra))

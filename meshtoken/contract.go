@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"slices"
 	"strings"
 	"time"
@@ -27,6 +28,24 @@ func Algorithms() []string { return slices.Clone(algorithms[:]) }
 
 // IsAlgorithm reports whether alg is one meshauth signs with.
 func IsAlgorithm(alg string) bool { return slices.Contains(algorithms[:], alg) }
+
+// TokenType is the typ header of every meshauth token.
+const TokenType = "JWT"
+
+// jwsHeaderOut is a JOSE header as meshauth writes it: alg, kid, typ.
+type jwsHeaderOut struct {
+	Alg string `json:"alg"`
+	Kid string `json:"kid"`
+	Typ string `json:"typ"`
+}
+
+// Header is the JOSE header meshauth writes for a JWS of typ (TokenType or
+// RevocationsType) signed with alg by the key kid: the one writer of it,
+// for the engine's tokens, its feed and its size bounds.
+func Header(alg, kid, typ string) []byte {
+	b, _ := json.Marshal(jwsHeaderOut{Alg: alg, Kid: kid, Typ: typ}) // strings always marshal
+	return b
+}
 
 // MaxTokenLength bounds a token before any parsing: meshauth's are well under
 // 4 KiB, the engine refuses registrations whose tokens could exceed it, and a
