@@ -134,3 +134,21 @@ func TestLockoutMessageRoundTrip(t *testing.T) {
 		t.Fatal("a message that is not a lockout read as one")
 	}
 }
+
+// Every refusal of a token is errors.Is(err, ErrInvalidToken) and carries
+// a typed reason; unavailability is not a refusal.
+func TestEveryRefusalIsInvalidToken(t *testing.T) {
+	for _, err := range []error{ErrRevoked, ErrCertMismatch, ErrCertMissing, ErrNotBound, ErrMissingToken} {
+		if !errors.Is(err, ErrInvalidToken) {
+			t.Errorf("%v is not ErrInvalidToken", err)
+		}
+		if err != ErrMissingToken && ReasonOf(err) == "" {
+			t.Errorf("%v has no reason", err)
+		}
+	}
+	for _, err := range []error{ErrKeysStale, ErrRevocationsStale} {
+		if errors.Is(err, ErrInvalidToken) || FailureOf(err) != FailureUnavailable {
+			t.Errorf("%v: unavailability must not read as a refusal", err)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package meshtoken
 import (
 	"crypto/subtle"
 	"errors"
+	"fmt"
 )
 
 // Reasons a token's certificate binding (RFC 8705 cnf) fails, as the
@@ -17,11 +18,11 @@ const (
 // Refusals of the binding check. Each is an *Error (ReasonOf reads its
 // reason) and wraps ErrInvalidToken.
 var (
-	ErrCertMismatch = refuse(ReasonCertMismatch, errors.Join(ErrInvalidToken, errors.New("token is bound to another client certificate")))
-	ErrCertMissing  = refuse(ReasonCertMissing, errors.Join(ErrInvalidToken, errors.New("token is bound to a client certificate, but none was presented")))
+	ErrCertMismatch = refuse(ReasonCertMismatch, fmt.Errorf("%w: token is bound to another client certificate", ErrInvalidToken))
+	ErrCertMissing  = refuse(ReasonCertMissing, fmt.Errorf("%w: token is bound to a client certificate, but none was presented", ErrInvalidToken))
 	// ErrNotBound is returned for a token without cnf when binding is
 	// required (VerifierConfig.RequireBinding).
-	ErrNotBound = refuse(ReasonUnbound, errors.Join(ErrInvalidToken, errors.New("token is not bound to a client certificate (cnf), and binding is required")))
+	ErrNotBound = refuse(ReasonUnbound, fmt.Errorf("%w: token is not bound to a client certificate (cnf), and binding is required", ErrInvalidToken))
 )
 
 // errUnsupportedConfirmation is Parse's refusal of a cnf it cannot check.

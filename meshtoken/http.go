@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -77,7 +78,7 @@ func (v *Verifier) httpRequest(r *http.Request) Request {
 
 // ErrMissingToken is Authenticate's refusal of a request without exactly
 // one "Bearer <token>" authorization value.
-var ErrMissingToken = errors.Join(ErrInvalidToken, errors.New("a meshauth bearer token is required (one Authorization: Bearer value)"))
+var ErrMissingToken = fmt.Errorf("%w: a meshauth bearer token is required (one Authorization: Bearer value)", ErrInvalidToken)
 
 // Request is what Authenticate needs of a request, whatever its transport.
 type Request struct {

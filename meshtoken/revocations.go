@@ -19,11 +19,15 @@ const (
 	DefaultRevocationMaxStaleness = 5 * time.Minute
 )
 
+// ReasonRevoked is the reason of ErrRevoked.
+const ReasonRevoked = "revoked"
+
 // Errors of the revocations check; wrap-compatible with errors.Is.
 var (
 	// ErrRevoked is returned for a token the revocations feed names: by jti,
 	// by its service's revocation epoch, a disabled service, or its key.
-	ErrRevoked = errors.New(errPrefix + "token is revoked")
+	// It is an *Error of reason ReasonRevoked and wraps ErrInvalidToken.
+	ErrRevoked = refuse(ReasonRevoked, fmt.Errorf("%w: token is revoked", ErrInvalidToken))
 	// ErrRevocationsStale is returned while the last copy of the feed Vault
 	// confirmed is older than RevocationConfig.MaxStaleness (and
 	// AllowStale is not set): revoked tokens might pass, so nothing does.
