@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -248,43 +247,28 @@ func parseSigningKey(e *signingKeyEntry) (*signingKey, error) {
 // signingMethod returns the golang-jwt method for alg, checking that the key
 // is of the kind the algorithm needs.
 func signingMethod(alg string, key crypto.Signer) (jwt.SigningMethod, error) {
-	var ok bool
-	var method jwt.SigningMethod
-	switch alg {
-	case algES256:
-		k, isEC := key.(*ecdsa.PrivateKey)
-		ok, method = isEC && k.Curve == elliptic.P256(), jwt.SigningMethodES256
-	case algES384:
-		k, isEC := key.(*ecdsa.PrivateKey)
-		ok, method = isEC && k.Curve == elliptic.P384(), jwt.SigningMethodES384
-	case algEdDSA:
-		_, ok = key.(ed25519.PrivateKey)
-		method = jwt.SigningMethodEdDSA
-	case algRS256:
-		_, ok = key.(*rsa.PrivateKey)
-		method = jwt.SigningMethodRS256
-	}
-	if !ok {
+	a, ok := meshtoken.AlgorithmOf(alg)
+	if !ok || !a.FitsKey(key.Public()) {
 		return nil, fmt.Errorf("key does not fit algorithm %q", alg)
 	}
-	return method, nil
+	return a.Method, nil
 }
 
 // generateSigningKey makes a new key for alg, with its kid.
 func generateSigningKey(alg string, keyVersion int, now time.Time) (*signingKeyEntry, error) {
+	a, ok := meshtoken.AlgorithmOf(alg)
+	if !ok {
+		return nil, fmt.Errorf("unsupported signing algorithm %q", alg)
+	}
 	var key crypto.Signer
 	var err error
-	switch alg {
-	case algES256:
-		key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	case algES384:
-		key, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	case algEdDSA:
+	switch a.KeyType {
+	case "EC":
+		key, err = ecdsa.GenerateKey(a.Curve, rand.Reader)
+	case "OKP":
 		_, key, err = ed25519.GenerateKey(rand.Reader)
-	case algRS256:
+	case "RSA":
 		key, err = rsa.GenerateKey(rand.Reader, rsaKeyBits)
-	default:
-		return nil, fmt.Errorf("unsupported signing algorithm %q", alg)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("generating %s key: %w", alg, err)

@@ -2,12 +2,10 @@ package meshauth
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/sha512"
 	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
@@ -349,22 +347,20 @@ func signDeterministic(key *signingKey, typ string, payload []byte) ([]byte, err
 	sb.WriteByte('.')
 	sb.WriteString(base64.RawURLEncoding.EncodeToString(payload))
 	signingInput := sb.String()
+	alg, ok := meshtoken.AlgorithmOf(key.entry.Algorithm)
+	if !ok {
+		return nil, fmt.Errorf("signing revocations: unsupported algorithm %q", key.entry.Algorithm)
+	}
+	var digest []byte
+	if alg.Hash != 0 {
+		h := alg.Hash.New()
+		h.Write([]byte(signingInput))
+		digest = h.Sum(nil)
+	}
 	var sig []byte
 	switch k := key.signer.(type) {
 	case *ecdsa.PrivateKey:
-		var digest []byte
-		var hash crypto.Hash
-		switch key.entry.Algorithm {
-		case algES256:
-			d := sha256.Sum256([]byte(signingInput))
-			digest, hash = d[:], crypto.SHA256
-		case algES384:
-			d := sha512.Sum384([]byte(signingInput))
-			digest, hash = d[:], crypto.SHA384
-		default:
-			return nil, fmt.Errorf("no ECDSA hash for %s", key.entry.Algorithm)
-		}
-		der, err := k.Sign(nil, digest, hash)
+		der, err := k.Sign(nil, digest, alg.Hash)
 		if err != nil {
 			return nil, fmt.Errorf("signing revocations: %w", err)
 		}
@@ -379,9 +375,8 @@ func signDeterministic(key *signingKey, typ string, payload []byte) ([]byte, err
 	case ed25519.PrivateKey:
 		sig = ed25519.Sign(k, []byte(signingInput))
 	case *rsa.PrivateKey:
-		d := sha256.Sum256([]byte(signingInput))
 		var err error
-		if sig, err = rsa.SignPKCS1v15(nil, k, crypto.SHA256, d[:]); err != nil {
+		if sig, err = rsa.SignPKCS1v15(nil, k, alg.Hash, digest); err != nil {
 			return nil, fmt.Errorf("signing revocations: %w", err)
 		}
 	default:
