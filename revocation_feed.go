@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"math/big"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -46,108 +45,25 @@ type feedBody struct {
 	until time.Time
 }
 
-// feedCache holds the rendered feed on one node, and renders it once at a
-// time: concurrent readers of an expired feed wait for the one render in
-// flight and are all served from it.
+// feedCache holds the rendered feed on one node: an epochValue loaded with
+// loadFresh, so it is rendered once at a time, concurrent readers of an
+// expired feed all served from the one render.
 //
 // What drops it: every write of the key ring (writeKeyRingLocked), of the
 // config and of a service (dropService), every revoke and tidy of a token
 // revocation on this node, and Vault's Invalidate of each of those storage
-// keys on the other nodes (backend.invalidate). A render reads the epoch
-// before it reads anything, and its result is kept only if no drop came in
-// between, so a render that began before a write never outlives the write;
-// a reader that arrives after a drop never joins a render that began before
-// it. Past until (the next step, or sooner when an entry expires) it is
-// rendered again.
-type feedCache struct {
-	mu    sync.Mutex
-	epoch uint64
-	body  *feedBody
-	// flight is the render in progress; nil when none.
-	flight *feedFlight
-	// renders counts renders started, for tests.
-	renders int
-}
-
-// feedFlight is one render and the readers waiting for it.
-type feedFlight struct {
-	epoch uint64
-	done  chan struct{}
-	body  *feedBody
-	err   error
-}
-
-// get returns the cached body if still valid at now, and the epoch to hand
-// to fill.
-func (c *feedCache) get(now time.Time) (*feedBody, uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.body != nil && now.Before(c.body.until) {
-		return c.body, c.epoch
-	}
-	return nil, c.epoch
-}
-
-// fill keeps body unless a drop happened since epoch.
-func (c *feedCache) fill(body *feedBody, epoch uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.epoch == epoch {
-		c.body = body
-	}
-}
-
-// drop forgets the body and invalidates every render in flight.
-func (c *feedCache) drop() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.epoch++
-	c.body = nil
-}
-
-// load returns the body valid at now, rendering it with render when there
-// is none: one render at a time per epoch, every concurrent reader served
-// from it.
-func (c *feedCache) load(ctx context.Context, now time.Time, render func() (*feedBody, error)) (*feedBody, error) {
-	c.mu.Lock()
-	if c.body != nil && now.Before(c.body.until) {
-		body := c.body
-		c.mu.Unlock()
-		return body, nil
-	}
-	if f := c.flight; f != nil && f.epoch == c.epoch {
-		c.mu.Unlock()
-		select {
-		case <-f.done:
-			return f.body, f.err
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-	f := &feedFlight{epoch: c.epoch, done: make(chan struct{})}
-	c.flight = f
-	c.renders++
-	c.mu.Unlock()
-
-	f.body, f.err = render()
-	c.mu.Lock()
-	if f.err == nil && c.epoch == f.epoch {
-		c.body = f.body
-	}
-	if c.flight == f {
-		c.flight = nil
-	}
-	c.mu.Unlock()
-	close(f.done)
-	return f.body, f.err
-}
+// keys on the other nodes (backend.invalidate). A render that began before
+// a drop is not kept, and no reader after the drop is served from it, so a
+// render never outlives a write. Past until (the next step, or sooner when
+// an entry expires) it is rendered again.
+type feedCache = epochValue[*feedBody]
 
 // revocationFeed returns the signed feed, rendered from stored data only
 // (the ring, config, services and revocations) and the clock at
 // feedStep, so every node of a cluster renders the same bytes.
 func (b *backend) revocationFeed(ctx context.Context, s logical.Storage) (*feedBody, error) {
 	now := b.now()
-	return b.feed.load(ctx, now, func() (*feedBody, error) {
+	return b.feed.loadFresh(ctx, func(f *feedBody) bool { return now.Before(f.until) }, func() (*feedBody, error) {
 		return b.renderFeed(ctx, s, now)
 	})
 }

@@ -202,17 +202,22 @@ func TestRevocationFeedIsIdenticalOnEveryNode(t *testing.T) {
 	}
 }
 
-// A render that began before a write must not be cached past it.
+// A render that began before a write must not be cached past it, nor
+// served to a reader that came after the write.
 func TestRevocationFeedRenderRacingAWriteIsNotKept(t *testing.T) {
 	e := getTestBackend(t)
-	_, epoch := e.b.feed.get(e.clock.now())
-	stale, err := e.b.renderFeed(t.Context(), e.storage, e.clock.now())
+	key := e.register(t, "orders", nil)
+	tok := e.mustLogin(t, "orders", key)
+	now := e.clock.now()
+	_, err := e.b.feed.loadFresh(t.Context(), func(*feedBody) bool { return false }, func() (*feedBody, error) {
+		stale, err := e.b.renderFeed(t.Context(), e.storage, now)
+		// The revoke lands while this render is in flight.
+		e.mustOK(t, logical.UpdateOperation, "revoke", map[string]any{"token": tok})
+		return stale, err
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := e.register(t, "orders", nil)
-	e.mustOK(t, logical.UpdateOperation, "revoke", map[string]any{"token": e.mustLogin(t, "orders", key)})
-	e.b.feed.fill(stale, epoch)
 	if doc := feedOf(t, e, readFeedOn(t, e.b, e.storage, "")); len(doc.Tokens) != 1 {
 		t.Fatal("a feed rendered before the revoke was served after it")
 	}

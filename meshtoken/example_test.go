@@ -49,7 +49,7 @@ func ExampleVerifier_Middleware() {
 	}
 	h := v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, _ := meshtoken.ClaimsFromContext(r.Context())
-		fmt.Fprint(w, "hello "+c.ServiceName())
+		_, _ = fmt.Fprint(w, "hello "+c.ServiceName())
 	}))
 	token, _ := engine.Token(t, "orders", "payments", time.Minute, nil)
 	for _, auth := range []string{"Bearer " + token, ""} {
