@@ -64,7 +64,7 @@ func serviceFields() map[string]*framework.FieldSchema {
 	fields := map[string]*framework.FieldSchema{
 		"name": {
 			Type:        framework.TypeString,
-			Description: "Service name: [a-z0-9][a-z0-9._-]{0,127}. Names are lower case; a path spelling one with an upper-case letter is refused with the lower-case path. It is the tokens' sub claim.",
+			Description: "Service name: " + serviceNameSyntax + ". Names are lower case; a path spelling one with an upper-case letter is refused with the lower-case path. It is the tokens' sub claim.",
 		},
 		"certificate": {
 			Type:        framework.TypeString,

@@ -137,13 +137,22 @@ func newRegistration() string {
 	return rand.Text()
 }
 
-// serviceNamePattern is the contract's service-name syntax, for path patterns.
-const serviceNamePattern = `(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})`
+// serviceNameSyntax is the contract's service-name syntax, the one
+// spelling that the path pattern, the check, its refusal and the help
+// derive from. Its length is meshtoken.MaxServiceNameLength, which the
+// revocation feed's size bound counts on.
+var serviceNameSyntax = `[a-z0-9][a-z0-9._-]{0,` + strconv.Itoa(meshtoken.MaxServiceNameLength-1) + `}`
 
-// serviceNameRe checks a whole name against the contract's syntax; the
-// upper-case letters it admits are then refused by serviceName with the
+// serviceNameAnyCase is the syntax with upper-case letters admitted: paths
+// match it, and serviceName then refuses the upper-case letters with the
 // lower-case path, so a caller learns the spelling instead of a 404.
-var serviceNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+var serviceNameAnyCase = strings.ReplaceAll(serviceNameSyntax, "a-z", "A-Za-z")
+
+// serviceNamePattern is the syntax for path patterns.
+var serviceNamePattern = `(?P<name>` + serviceNameAnyCase + `)`
+
+// serviceNameRe checks a whole name against serviceNameAnyCase.
+var serviceNameRe = regexp.MustCompile(`^` + serviceNameAnyCase + `$`)
 
 // serviceName reads and checks the name path parameter. Names are lower
 // case and have exactly one spelling: Vault checks ACL policies on the path
@@ -154,7 +163,7 @@ var serviceNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 func serviceName(req *logical.Request, d *framework.FieldData) (string, *logical.Response) {
 	name := d.Get("name").(string)
 	if !serviceNameRe.MatchString(name) {
-		return "", logical.ErrorResponse("service name must match [a-z0-9][a-z0-9._-]{0,127} (lower case)")
+		return "", logical.ErrorResponse("service name must match " + serviceNameSyntax + " (lower case)")
 	}
 	if lower := strings.ToLower(name); lower != name {
 		return "", logical.ErrorResponse(fmt.Sprintf("service names are lower case and have one spelling; use %s", canonicalPath(req, name, lower)))
