@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -257,12 +256,16 @@ func (r *revocationSet) snapshot(ctx context.Context, s logical.Storage) (map[st
 // deterministic by design. The feed is public data; determinism only makes
 // its ETag agree across nodes.
 func signDeterministic(key *signingKey, typ string, payload []byte) ([]byte, error) {
-	header := meshtoken.Header(key.entry.Algorithm, key.entry.KID, typ)
-	var sb strings.Builder
-	sb.WriteString(base64.RawURLEncoding.EncodeToString(header))
-	sb.WriteByte('.')
-	sb.WriteString(base64.RawURLEncoding.EncodeToString(payload))
-	signingInput := sb.String()
+	headerB64 := base64.RawURLEncoding.EncodeToString(meshtoken.Header(key.entry.Algorithm, key.entry.KID, typ))
+	jws, err := writeJWS(headerB64, base64.RawURLEncoding.AppendEncode(nil, payload), func(signingInput string) ([]byte, error) {
+		return deterministicSignature(key, signingInput)
+	})
+	return []byte(jws), err
+}
+
+// deterministicSignature is the JWS signature of signingInput by key, the
+// same bytes on every node (see signDeterministic).
+func deterministicSignature(key *signingKey, signingInput string) ([]byte, error) {
 	alg, ok := meshtoken.AlgorithmOf(key.entry.Algorithm)
 	if !ok {
 		return nil, fmt.Errorf("signing revocations: unsupported algorithm %q", key.entry.Algorithm)
@@ -298,7 +301,5 @@ func signDeterministic(key *signingKey, typ string, payload []byte) ([]byte, err
 	default:
 		return nil, errors.New("signing revocations: unsupported key type")
 	}
-	sb.WriteByte('.')
-	sb.WriteString(base64.RawURLEncoding.EncodeToString(sig))
-	return []byte(sb.String()), nil
+	return sig, nil
 }

@@ -104,18 +104,32 @@ func mintToken(key *signingKey, cfg *configEntry, svc *cachedService, audience [
 	encoded := base64.RawURLEncoding.AppendEncode(p[len(p):], p)
 	*buf = p
 
-	var sb strings.Builder
-	sb.Grow(len(key.headerB64) + 1 + len(encoded) + 1 + 700)
-	sb.WriteString(key.headerB64)
-	sb.WriteByte('.')
-	sb.Write(encoded)
-	sig, err := sign(key.method, key.signer, sb.String())
+	token, err := writeJWS(key.headerB64, encoded, func(input string) ([]byte, error) {
+		return sign(key.method, key.signer, input)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("signing token: %w", err)
 	}
+	return &mintedToken{token: token, jti: jti, kid: key.entry.KID, expiresAt: time.Unix(exp, 0).UTC()}, nil
+}
+
+// writeJWS is the one writer of a compact JWS, for tokens and the
+// revocation feed: headerB64 and payloadB64 (already base64url), joined by
+// a dot, signed by signature, and the signature appended base64url.
+func writeJWS(headerB64 string, payloadB64 []byte, signature func(signingInput string) ([]byte, error)) (string, error) {
+	var sb strings.Builder
+	// The signature of the largest key (RSA 2048) is 342 characters.
+	sb.Grow(len(headerB64) + 1 + len(payloadB64) + 1 + 700)
+	sb.WriteString(headerB64)
+	sb.WriteByte('.')
+	sb.Write(payloadB64)
+	sig, err := signature(sb.String())
+	if err != nil {
+		return "", err
+	}
 	sb.WriteByte('.')
 	sb.WriteString(base64.RawURLEncoding.EncodeToString(sig))
-	return &mintedToken{token: sb.String(), jti: jti, kid: key.entry.KID, expiresAt: time.Unix(exp, 0).UTC()}, nil
+	return sb.String(), nil
 }
 
 // payloadPool recycles the buffers payloads are built in.
