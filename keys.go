@@ -277,7 +277,7 @@ func generateSigningKey(alg string, keyVersion int, now time.Time) (*signingKeyE
 	if err != nil {
 		return nil, fmt.Errorf("encoding %s key: %w", alg, err)
 	}
-	kid, err := meshtoken.Thumbprint(key.Public())
+	kid, err := meshtoken.JWKThumbprint(key.Public())
 	if err != nil {
 		return nil, err
 	}

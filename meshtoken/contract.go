@@ -148,7 +148,7 @@ func ReservedNames() []string { return slices.Clone(reservedNames) }
 
 // IsReservedName returns the reserved name that name folds to (any case,
 // Unicode simple folding), or "" when it folds to none.
-func IsReservedName(name string) string { return FoldsTo(name, reservedNames) }
+func IsReservedName(name string) string { return foldsTo(name, reservedNames) }
 
 // Confirmation is the RFC 8705 cnf claim binding a token to the client
 // certificate that was verified at login.

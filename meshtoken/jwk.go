@@ -46,10 +46,10 @@ func PublicJWK(pub crypto.PublicKey) (map[string]string, error) {
 	return nil, fmt.Errorf("unsupported public key type %T", pub)
 }
 
-// Thumbprint computes the RFC 7638 thumbprint of a public key: SHA-256 of
+// JWKThumbprint computes the RFC 7638 thumbprint of a public key: SHA-256 of
 // its required JWK members in lexicographic order, base64url. meshauth uses
 // it as kid, which binds the kid to the key itself.
-func Thumbprint(pub crypto.PublicKey) (string, error) {
+func JWKThumbprint(pub crypto.PublicKey) (string, error) {
 	jwk, err := PublicJWK(pub)
 	if err != nil {
 		return "", err

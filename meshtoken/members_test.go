@@ -41,8 +41,8 @@ func TestCheckMembers(t *testing.T) {
 
 func TestFoldsTo(t *testing.T) {
 	for name, want := range map[string]string{"sub": "sub", "SUB": "sub", "\u017fub": "sub", "\u212aid": "kid", "team": "", "X5T#s256": "x5t#S256"} {
-		if got := FoldsTo(name, ReservedNames()); got != want {
-			t.Errorf("FoldsTo(%q) = %q, want %q", name, got, want)
+		if got := foldsTo(name, ReservedNames()); got != want {
+			t.Errorf("foldsTo(%q) = %q, want %q", name, got, want)
 		}
 	}
 }

@@ -46,7 +46,7 @@ func New(tb testing.TB) *Engine {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	kid, err := meshtoken.Thumbprint(key.Public())
+	kid, err := meshtoken.JWKThumbprint(key.Public())
 	if err != nil {
 		tb.Fatal(err)
 	}
