@@ -94,23 +94,33 @@ type epochFlight[V any] struct {
 // for the load in flight and share its result, so an expensive value (the
 // signed revocation feed) is built once however many read it at once. A
 // caller that arrives after a drop never joins a load that began before
-// it, and that load's result is not kept.
+// it, and that load's result is not kept. A waiter whose load failed tries
+// again (the failure may be the loading caller's ended context).
 func (c *epochValue[V]) loadFresh(ctx context.Context, fresh func(V) bool, loader func() (V, error)) (V, error) {
 	c.mu.Lock()
-	if c.ok && fresh(c.value) {
-		v := c.value
-		c.mu.Unlock()
-		return v, nil
-	}
-	if f := c.flight; f != nil && f.epoch == c.epoch {
+	for {
+		if c.ok && fresh(c.value) {
+			v := c.value
+			c.mu.Unlock()
+			return v, nil
+		}
+		f := c.flight
+		if f == nil || f.epoch != c.epoch {
+			break
+		}
 		c.mu.Unlock()
 		select {
 		case <-f.done:
-			return f.value, f.err
 		case <-ctx.Done():
 			var zero V
 			return zero, ctx.Err()
 		}
+		if f.err == nil {
+			return f.value, nil
+		}
+		// The load failed (its caller's context may have ended): try
+		// again rather than answer with another caller's error.
+		c.mu.Lock()
 	}
 	f := &epochFlight[V]{epoch: c.epoch, done: make(chan struct{})}
 	c.flight = f
