@@ -2,6 +2,8 @@ package meshtoken
 
 import (
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -150,5 +152,32 @@ func TestEveryRefusalIsInvalidToken(t *testing.T) {
 		if errors.Is(err, ErrInvalidToken) || FailureOf(err) != FailureUnavailable {
 			t.Errorf("%v: unavailability must not read as a refusal", err)
 		}
+	}
+}
+
+// A revocation feed past its staleness makes the Middleware answer 503, as
+// the gRPC interceptors answer Unavailable: both map Authenticate's error
+// with FailureOf.
+func TestMiddlewareStaleFeedIsUnavailable(t *testing.T) {
+	j := newJWKSServer(t)
+	kid := j.addKey("ES256")
+	feed := newFeedServer(t, j, kid, map[string]any{"iss": "meshauth"})
+	v, err := NewVerifier(t.Context(), VerifierConfig{
+		DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration", Audience: "payments", HTTPClient: j.srv.Client(),
+		Revocations: &RevocationConfig{URL: feed.srv.URL, MaxStaleness: time.Minute},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	feed.down.Store(true)
+	later := time.Now().Add(2 * time.Minute)
+	v.now = func() time.Time { return later }
+	tok := j.sign(t, kid, map[string]any{"exp": later.Add(time.Hour).Unix()})
+	req := httptest.NewRequest(http.MethodGet, "/", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	rec := httptest.NewRecorder()
+	v.Middleware(http.NotFoundHandler()).ServeHTTP(rec, req)
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("stale feed: Middleware answered %d; want 503", rec.Code)
 	}
 }
