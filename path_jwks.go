@@ -11,13 +11,15 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 // Bounds of the Cache-Control max-age of jwks and discovery.
 const (
 	// maxJWKSCacheAge caps it, so a new next key reaches verifiers within
 	// the hour.
-	maxJWKSCacheAge = time.Hour
+	maxJWKSCacheAge = meshtoken.MaxKeyCacheAge
 	// minJWKSCacheAge floors it. Without a floor, a rotation that is due but
 	// not yet run (the periodic function runs about once a minute, and not
 	// at all while the active node is sealed or failing over) gave max-age=0,
@@ -99,10 +101,10 @@ func (b *backend) pathDiscoveryRead(ctx context.Context, req *logical.Request, _
 		"issuer":                                cfg.Issuer,
 		"jwks_uri":                              cfg.publishedURL(req.MountPoint, "jwks"),
 		"revocation_endpoint":                   cfg.publishedURL(req.MountPoint, "revocations"),
-		"id_token_signing_alg_values_supported": supportedAlgorithms,
+		"id_token_signing_alg_values_supported": meshtoken.Algorithms(),
 		"response_types_supported":              []string{"id_token"},
 		"subject_types_supported":               []string{"public"},
-		"claims_supported":                      []string{"iss", "sub", "aud", "iat", "nbf", "exp", "jti", "cnf"},
+		"claims_supported":                      meshtoken.RegisteredClaims(),
 	}
 	body, err := json.Marshal(doc)
 	if err != nil {

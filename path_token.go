@@ -2,9 +2,6 @@ package meshauth
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/base64"
 	"fmt"
 	"strings"
 	"time"
@@ -134,55 +131,29 @@ func (b *backend) verifyToken(ctx context.Context, s logical.Storage, raw, audie
 	return &verification{parsed: parsed, service: name}, nil
 }
 
-// bindingCheck is what verify's caller knows of the certificate that came
-// with the token.
-type bindingCheck struct {
-	// x5t is the SHA-256 of the caller's certificate; nil when not given.
-	x5t []byte
-	// required refuses unbound tokens.
-	required bool
-}
-
-// bindingOf reads verify's certificate field: PEM, or an x5t#S256 already
-// computed by the resource server.
-func bindingOf(cert string, required bool) (bindingCheck, string) {
+// bindingOf reads verify's certificate field (PEM, or an x5t#S256 already
+// computed by the resource server) into the binding check every verifier
+// shares. Without a certificate the connection is unseen: a bound token is
+// then the caller's to match (RFC 8705 leaves it to whoever sees the
+// connection).
+func bindingOf(cert string, required bool) (meshtoken.Binding, string) {
 	cert = strings.TrimSpace(cert)
-	b := bindingCheck{required: required}
+	b := meshtoken.Binding{Required: required}
 	switch {
 	case cert == "":
+		b.Unseen = true
 	case strings.HasPrefix(cert, "-----BEGIN"):
 		certs, err := parseCertificates("certificate", cert, 1)
 		if err != nil {
 			return b, err.Error()
 		}
-		sum := sha256.Sum256(certs[0].Raw)
-		b.x5t = sum[:]
+		b.Thumbprint = certificateThumbprint(certs[0])
+	case meshtoken.IsThumbprint(cert):
+		b.Thumbprint = cert
 	default:
-		raw, err := base64.RawURLEncoding.DecodeString(cert)
-		if err != nil || len(raw) != sha256.Size || !meshtoken.WellFormed("a."+cert+".a") {
-			return b, "certificate must be a PEM certificate or its x5t#S256 (43 base64url characters)"
-		}
-		b.x5t = raw
+		return b, "certificate must be a PEM certificate or its x5t#S256 (43 base64url characters)"
 	}
 	return b, ""
-}
-
-// check returns the reason a token's cnf fails this binding, or "". A bound
-// token is valid only with the certificate it names when the caller gave
-// one; RFC 8705 leaves the check to whoever sees the connection. The
-// thumbprints are compared as bytes, so no spelling of either can mismatch.
-func (b bindingCheck) check(cnf *meshtoken.Confirmation) string {
-	bound := cnf != nil && cnf.X5tS256 != ""
-	switch {
-	case !bound && b.required:
-		return reasonUnbound
-	case bound && b.x5t != nil:
-		got, err := base64.RawURLEncoding.DecodeString(cnf.X5tS256)
-		if err != nil || subtle.ConstantTimeCompare(got, b.x5t) != 1 {
-			return reasonCertMismatch
-		}
-	}
-	return ""
 }
 
 // generationReason checks a token's gen claim against the service's
@@ -220,7 +191,7 @@ func (b *backend) pathVerify(ctx context.Context, req *logical.Request, d *frame
 		return nil, err
 	}
 	if v.reason == "" {
-		v.reason = binding.check(v.parsed.claims.Confirmation)
+		v.reason = meshtoken.ReasonOf(binding.Check(v.parsed.claims))
 	}
 	if v.reason == "" && v.parsed.claims.Bound() {
 		// A token bound to a certificate revoked since (cert_revocation.go).
@@ -312,11 +283,13 @@ Reasons: malformed, too_large, algorithm_not_allowed, unknown_key,
 algorithm_mismatch, unsupported_critical_header, bad_signature, expired,
 not_yet_valid, issued_in_future, wrong_issuer, wrong_audience, missing_claim,
 unknown_service, service_disabled, service_revoked, other_registration,
-token_revoked, ambiguous_claims, certificate_mismatch, unbound_token,
-spiffe_id_not_registered, identity_withdrawn (the service's trust domain is no longer
-registered, or a JWT-SVID's service no longer gets SPIFFE subjects in config
-trust_domain), certificate_revoked (the token is bound to a client
-certificate found revoked after it logged in; see revocation_check).
+token_revoked, ambiguous_claims, unsupported_confirmation (a cnf that is not
+one well-spelled x5t#S256, refused by every meshauth verifier alike),
+certificate_mismatch, unbound_token, spiffe_id_not_registered,
+identity_withdrawn (the service's trust domain is no longer registered, or a
+JWT-SVID's service no longer gets SPIFFE subjects in config trust_domain),
+certificate_revoked (the token is bound to a client certificate found revoked
+after it logged in; see revocation_check).
 
 A JWT-SVID (a service with token_subject=spiffe_id) has the SPIFFE ID in sub
 and names its service in meshauth_service; it is valid only while that

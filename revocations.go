@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 // revocationVersion is the current layout of revocationEntry.
@@ -21,7 +23,7 @@ const revocationVersion = 1
 // revoked token drops out when it expires, so the limit is on revocations
 // live at once; more than this many tokens to cut off is a job for
 // services/<name>/revoke, which costs one write whatever the count.
-const maxRevocations = 20000
+const maxRevocations = meshtoken.MaxRevokedTokens
 
 // jtiRe is the form of the jtis meshauth issues (crypto/rand Text); a jti is
 // used as a storage key only after its token's signature verified, and only
