@@ -249,10 +249,14 @@ func (b *backend) pathRevoke(ctx context.Context, req *logical.Request, d *frame
 	b.revokeLock.Lock()
 	defer b.revokeLock.Unlock()
 	if msg, err := b.roomForRevocation(ctx, req.Storage, parsed.claims.ID, cfg, now); msg != "" || err != nil {
-		if msg != "" {
-			return logical.ErrorResponse(msg), nil
+		if err != nil {
+			return nil, err
 		}
-		return nil, err
+		// A revocation is never refused for size: with the set full, the
+		// token's whole service is revoked instead (a new epoch, one write
+		// whatever the count), which ends this token with the others, online
+		// and offline, and adds nothing to the feed's bounded lists.
+		return b.revokeServiceForToken(ctx, req.Storage, entry.Service, parsed.claims, msg)
 	}
 	if err := writeEntry(ctx, req.Storage, storageRevokedPrefix+parsed.claims.ID, "revocation", entry, false); err != nil {
 		return nil, err
@@ -308,3 +312,41 @@ holds them in memory); past that, revoke answers 400 with the time the first
 one expires and frees room. To cut off every token of a service at once, use
 services/<name>/revoke.
 `
+
+// revokeServiceForToken ends a token by advancing its service's epoch, when
+// the set of tokens revoked one by one is full. The answer says so, with why.
+func (b *backend) revokeServiceForToken(ctx context.Context, s logical.Storage, name string, c *meshtoken.Claims, full string) (*logical.Response, error) {
+	lock := b.serviceLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+	e, err := readService(ctx, s, name)
+	if err != nil {
+		return nil, err
+	}
+	if e == nil {
+		// No service by that name (deleted): its tombstone already refuses
+		// every token of the old registration.
+		return &logical.Response{Data: map[string]any{"revoked": true, "jti": c.ID, "service": name, "service_revoked": true}}, nil
+	}
+	if generationReason(e, c) != "" {
+		// A token of an earlier registration or epoch is refused already.
+		return &logical.Response{Data: map[string]any{"revoked": true, "jti": c.ID, "service": name, "service_revoked": true}}, nil
+	}
+	now := b.now().UTC()
+	e.advanceEpoch()
+	e.RevokedBefore = now.Unix()
+	e.UpdatedAt = now
+	if err := b.putService(ctx, s, e); err != nil {
+		return nil, err
+	}
+	b.Logger().Warn("revocation set full: revoked every token of the service instead of one", "service", name, "jti", c.ID)
+	resp := &logical.Response{Data: map[string]any{
+		"revoked":               true,
+		"jti":                   c.ID,
+		"service":               name,
+		"service_revoked":       true,
+		"tokens_revoked_before": now.Format(time.RFC3339),
+	}}
+	resp.AddWarning(full + " So every token of service " + name + " issued until now was revoked instead (as services/" + name + "/revoke does); it logs in again for new ones.")
+	return resp, nil
+}
