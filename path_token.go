@@ -307,10 +307,12 @@ from the revocations feed. An expired token needs no
 revocation and is acknowledged as such; revoking a revoked token again is a
 no-op.
 
-At most 20000 revoked tokens that have not yet expired are kept (every node
-holds them in memory); past that, revoke answers 400 with the time the first
-one expires and frees room. To cut off every token of a service at once, use
-services/<name>/revoke.
+At most 20000 revoked tokens that have not yet expired are kept one by one
+(every node holds them in memory, and the feed's size bound counts on it).
+Past that a revoke is never refused: it revokes every token of the token's
+service instead (as services/<name>/revoke does), answers service_revoked=true
+and warns with the time the first revoked token expires and frees room. To
+cut off every token of a service at once, use services/<name>/revoke.
 `
 
 // revokeServiceForToken ends a token by advancing its service's epoch, when
