@@ -200,6 +200,10 @@ func (fx *fixture) vectors() (*File, error) {
 	rcnf := `{"x5t#S256":` + q(fx.x5t("revoked")) + `}`
 	add("bound to a revoked certificate", fx.tok("ed", edH, claims(fx.base(`"cnf"`, rcnf)...)), "revoked", "revoked")
 
+	f.Feeds = fx.feedVectors()
+	if err := feedVerdicts(f); err != nil {
+		return nil, err
+	}
 	g, err := newGoVerifier(f)
 	if err != nil {
 		return nil, err
@@ -238,6 +242,10 @@ func (fx *fixture) differential(n int) (*File, error) {
 		}
 		hdr, payload, cert := fx.oddToken(rng, key)
 		f.Cases = append(f.Cases, Case{Token: fx.tok(key, hdr, payload), Certificate: cert})
+	}
+	f.Feeds = fx.oddFeeds(rng, n/10)
+	if err := feedVerdicts(f); err != nil {
+		return nil, err
 	}
 	g, err := newGoVerifier(f)
 	if err != nil {

@@ -59,6 +59,8 @@ type File struct {
 	Feed         string            `json:"feed"`
 	Certificates map[string]string `json:"certificates"` // name -> base64 DER
 	Cases        []Case            `json:"cases"`
+	// Feeds are revocation feeds and meshtoken.ParseFeed's verdict on each.
+	Feeds []FeedCase `json:"feeds,omitempty"`
 }
 
 // Case is one token and the verdict both verifiers must reach.
