@@ -93,11 +93,15 @@ func (fx *fixture) feedVectors() []FeedCase {
 
 // oddFeeds are n feeds with mutated members, for the differential corpus.
 func (fx *fixture) oddFeeds(rng *rand.Rand, n int) []FeedCase {
-	names := []string{`"iss"`, `"ISS"`, `"iat"`, `"Iat"`, `"tokens"`, `"tokenſ"`, `"services"`, `"disabled"`, `"keys"`, `"KEYS"`,
-		`"certificates"`, `"x"`, `"\u0069at"`, `"sub"`, `"exp"`}
-	values := []string{`null`, `0`, `1`, `-1`, `1.5`, `1e3`, `"1"`, `true`, `[]`, `{}`, `{"a":1}`, `{"a":null}`, `{"a":"1"}`,
+	names := []string{
+		`"iss"`, `"ISS"`, `"iat"`, `"Iat"`, `"tokens"`, `"tokenſ"`, `"services"`, `"disabled"`, `"keys"`, `"KEYS"`,
+		`"certificates"`, `"x"`, `"\u0069at"`, `"sub"`, `"exp"`,
+	}
+	values := []string{
+		`null`, `0`, `1`, `-1`, `1.5`, `1e3`, `"1"`, `true`, `[]`, `{}`, `{"a":1}`, `{"a":null}`, `{"a":"1"}`,
 		`{"a":{"gen":"g","exp":1}}`, `{"a":{"Gen":1}}`, `{"a":{"gen":null}}`, `{"a":[]}`, `{"a":1,"a":1}`, q(issuer), `"x"`,
-		`9223372036854775807`, `9223372036854775808`, `-0`, fmt.Sprint(fx.now)}
+		`9223372036854775807`, `9223372036854775808`, `-0`, fmt.Sprint(fx.now),
+	}
 	out := make([]FeedCase, 0, n)
 	for range n {
 		m := fx.feedBase()
