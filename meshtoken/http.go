@@ -11,9 +11,6 @@ import (
 	"strings"
 )
 
-// errNoBearer is the reason of a request without a bearer token.
-var errNoBearer = errors.New(errPrefix + "no bearer token in the Authorization header")
-
 // claimsKey is the context key of verified claims.
 type claimsKey struct{}
 

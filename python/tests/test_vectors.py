@@ -98,3 +98,35 @@ def test_vectors_extra_exact(vectors):
     x = v.verify(case["token"]).extra()
     assert x["ids"] == [1, 9007199254740993, -12345678901234567890123]
     assert x["ctx"]["tags"][1] == {"b": [1, -2.5, 1000.0, 0]} and type(x["ctx"]["tier"]) is int
+
+
+def feed_disagreements(doc):
+    """The feeds of doc on which meshauth.token.parse_feed does not reach
+    meshtoken.ParseFeed's recorded verdict."""
+    from meshauth.jwk import parse_jwks
+    from meshauth.token import TokenError, UnknownKey, parse_feed
+
+    keys = parse_jwks(json.dumps(doc["jwks"]).encode())
+
+    def key(kid):
+        if kid not in keys:
+            raise UnknownKey("unknown or expired kid")
+        return keys[kid]
+
+    wrong = []
+    for i, case in enumerate(doc["feeds"]):
+        try:
+            parse_feed(case["feed"], key, doc["issuer"])
+            got = ""
+        except TokenError as e:
+            got = e.reason
+        if got != case["reason"]:
+            wrong.append("#%d %s: python %r, meshtoken %r" % (i, case.get("name", ""), got, case["reason"]))
+    return wrong
+
+
+def test_feed_vectors(vectors, differential):
+    for doc in (vectors, differential):
+        assert len(doc["feeds"]) >= 40
+        wrong = feed_disagreements(doc)
+        assert not wrong, "\n".join(wrong[:20])

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import time
 
@@ -7,6 +8,7 @@ from meshauth import RevocationConfig, Verifier, VerifyError
 
 from conftest import FakeHTTP
 from helpers import ISSUER, Clock, Issuer
+from meshauth.token import b64encode
 
 JWKS, FEED = "https://v/v1/meshauth/jwks", "https://v/v1/meshauth/revocations"
 
@@ -95,15 +97,24 @@ def test_stale_keys_fail_closed_then_recover():
     assert reason(v, tok) == ""
 
 
+# Two well-spelled x5t#S256 thumbprints (43 base64url characters of 32 bytes).
+T1, T2 = b64encode(hashlib.sha256(b"one").digest()), b64encode(hashlib.sha256(b"two").digest())
+
+
 def test_binding():
     iss, clock = Issuer(), Clock()
     v, _, _ = make(iss, clock)
-    tok = iss.token(cnf={"x5t#S256": "abc"})
-    assert reason(v, tok, thumbprint="abc") == ""
-    assert reason(v, tok, thumbprint="abd") == "certificate_mismatch"
+    tok = iss.token(cnf={"x5t#S256": T1})
+    assert reason(v, tok, thumbprint=T1) == ""
+    assert reason(v, tok, thumbprint=T2) == "certificate_mismatch"
     assert reason(v, tok) == "certificate_missing"
+    # Regression: a cnf that is not one well-spelled x5t#S256 used to be
+    # accepted when its thumbprint matched as text (and an empty one was
+    # unknown_confirmation); meshtoken refuses every such cnf alike.
+    for cnf in ({"x5t#S256": "abc"}, {}, {"x5t#S256": None}, {"jkt": T1}, {"x5t#S256": T1 + "="}):
+        assert reason(v, iss.token(cnf=cnf), thumbprint=cnf.get("x5t#S256") or T1) == "unsupported_confirmation", cnf
     v2, _, _ = make(iss, clock, require_binding=True)
-    assert reason(v2, iss.token()) == "not_bound"
+    assert reason(v2, iss.token()) == "unbound_token"
 
 
 def test_feed_revocations_rollback_and_staleness():
@@ -140,8 +151,39 @@ def test_feed_lists_keys_disabled_and_certificates():
     assert reason(v, iss.token()) == "revoked"
     v, _, _ = make(iss, clock, feed=iss.feed(disabled={"orders": now + 600}))
     assert reason(v, iss.token()) == "revoked"
-    v, _, _ = make(iss, clock, feed=iss.feed(certificates={"abc": now + 600}))
-    assert reason(v, iss.token(cnf={"x5t#S256": "abc"}), thumbprint="abc") == "revoked"
+    v, _, _ = make(iss, clock, feed=iss.feed(certificates={T1: now + 600}))
+    assert reason(v, iss.token(cnf={"x5t#S256": T1}), thumbprint=T1) == "revoked"
+    assert reason(v, iss.token(cnf={"x5t#S256": T2}), thumbprint=T2) == ""
+
+
+def test_feed_without_iat_refused():
+    # Regression: a feed without iat used to be accepted, its staleness
+    # counted from the fetch, so a replayed old feed looked fresh.
+    iss, clock = Issuer(), Clock()
+    for iat in (None, 0, -5, "1", 1.5):
+        doc = {"iss": ISSUER, "tokens": {}}
+        if iat is not None:
+            doc["iat"] = iat
+        with pytest.raises(ValueError, match="feed refused"):
+            make(iss, clock, feed=iss.sign("k1", doc, typ="meshauth-revocations+jwt"))
+
+
+def test_feed_rollback_refused_and_stale_from_iat():
+    iss, clock = Issuer(), Clock()
+    now = int(clock.t)
+    v, state, _ = make(iss, clock, feed=iss.feed(iat=now, tokens={"b": now + 600}))
+    state["feed"] = iss.feed(iat=now - 1)
+    with pytest.raises(ValueError, match="older than one already accepted"):
+        v._fetch_feed(clock())
+    assert reason(v, iss.token(jti="b")) == "revoked" and v.revocations_age() == clock() - now
+    # A feed whose iat is already past max_staleness is stale at once,
+    # however recently it was fetched.
+    state["feed"] = iss.feed(iat=now + 1)
+    clock.t = now + 12
+    v._fetch_feed(clock())
+    with pytest.raises(VerifyError) as e:
+        v.verify(iss.token())
+    assert e.value.reason == "revocations_stale"
 
 
 def test_feed_of_another_issuer_or_type_refused():

@@ -81,7 +81,16 @@ func (fx *fixture) vectors() (*File, error) {
 	add("bound, no certificate", fx.tok("ed", edH, claims(bound...)), "", "certificate_missing")
 	add("bound, another certificate", fx.tok("ed", edH, claims(bound...)), "thief", "certificate_mismatch")
 	add("unbound token with a certificate", fx.tok("ed", edH, ok), "thief", "")
-	add("cnf without x5t#S256", fx.tok("ed", edH, claims(fx.base(`"cnf"`, `{}`)...)), "orders", "unknown_confirmation")
+	add("cnf without x5t#S256", fx.tok("ed", edH, claims(fx.base(`"cnf"`, `{}`)...)), "orders", "unsupported_confirmation")
+	add("cnf x5t#S256 null", fx.tok("ed", edH, claims(fx.base(`"cnf"`, `{"x5t#S256":null}`)...)), "orders", "unsupported_confirmation")
+	add("cnf x5t#S256 too short", fx.tok("ed", edH, claims(fx.base(`"cnf"`, `{"x5t#S256":"abc"}`)...)), "orders", "unsupported_confirmation")
+	add("cnf x5t#S256 padded", fx.tok("ed", edH, claims(fx.base(`"cnf"`, `{"x5t#S256":`+q(fx.x5t("orders")+"=")+`}`)...)), "orders", "unsupported_confirmation")
+	x5t := fx.x5t("orders")
+	add("cnf x5t#S256 non-canonical", fx.tok("ed", edH, claims(fx.base(`"cnf"`, `{"x5t#S256":`+q(x5t[:42]+string(nonCanonical(x5t[42], 3)))+`}`)...)), "orders", "unsupported_confirmation")
+	add("cnf x5t#S256 with another method beside it", fx.tok("ed", edH, claims(fx.base(`"cnf"`, `{"x5t#S256":`+q(x5t)+`,"jkt":"x"}`)...)), "orders", "")
+	add("cnf another method only", fx.tok("ed", edH, claims(fx.base(`"cnf"`, `{"jkt":"x"}`)...)), "orders", "unsupported_confirmation")
+	add("cnf a string", fx.tok("ed", edH, claims(fx.base(`"cnf"`, q(x5t))...)), "orders", "malformed")
+	add("cnf refused before time and issuer", fx.tok("ed", edH, claims(set(set(fx.base(`"cnf"`, `{}`), `"exp"`, "1"), `"iss"`, `"x"`)...)), "orders", "unsupported_confirmation")
 	add("cnf null is no cnf", fx.tok("ed", edH, claims(fx.base(`"cnf"`, `null`)...)), "", "")
 	add("cnf member spelled differently", fx.tok("ed", edH, claims(fx.base(`"cnf"`, `{"X5T#s256":`+q(fx.x5t("orders"))+`}`)...)), "orders", "ambiguous_claims")
 
@@ -127,6 +136,11 @@ func (fx *fixture) vectors() (*File, error) {
 	add("crit null", fx.tok("ed", `{"alg":"EdDSA","kid":"ed-1","crit":null}`, ok), "", "unsupported_critical_header")
 	add("unknown kid", fx.tok("ed", `{"alg":"EdDSA","kid":"nobody"}`, ok), "", "unknown_key")
 	add("kid not a string", fx.tok("ed", `{"alg":"EdDSA","kid":1}`, ok), "", "malformed")
+	add("typ not a string", fx.tok("ed", `{"alg":"EdDSA","kid":"ed-1","typ":1}`, ok), "", "malformed")
+	add("typ of the revocation feed", fx.tok("ed", `{"alg":"EdDSA","kid":"ed-1","typ":"meshauth-revocations+jwt"}`, ok), "", "malformed")
+	add("the revocation feed presented as a token", fx.feed, "", "malformed")
+	add("typ absent", fx.tok("ed", `{"alg":"EdDSA","kid":"ed-1"}`, ok), "", "")
+	add("typ of another kind", fx.tok("ed", `{"alg":"EdDSA","kid":"ed-1","typ":"at+jwt"}`, ok), "", "")
 	good := fx.tok("ed", edH, ok)
 	add("bad signature", good[:len(good)-4]+"AAAA", "", "bad_signature")
 	add("token of a removed key", fx.tok("removed", header("removed", fx), ok), "", "revoked")
@@ -155,11 +169,20 @@ func (fx *fixture) vectors() (*File, error) {
 	add("wrong issuer", fx.tok("ed", edH, claims(set(fx.base(), `"iss"`, `"https://other"`)...)), "", "wrong_issuer")
 	add("wrong audience", fx.tok("ed", edH, claims(set(fx.base(), `"aud"`, `["ledger"]`)...)), "", "wrong_audience")
 	add("audience in a list", fx.tok("ed", edH, claims(set(fx.base(), `"aud"`, `["ledger","payments"]`)...)), "", "")
-	add("no aud", fx.tok("ed", edH, claims(set(fx.base(), `"aud"`, "")...)), "", "missing_claim")
+	add("no aud", fx.tok("ed", edH, claims(set(fx.base(), `"aud"`, "")...)), "", "wrong_audience")
+	add("aud empty string", fx.tok("ed", edH, claims(set(fx.base(), `"aud"`, `""`)...)), "", "wrong_audience")
+	add("no iss", fx.tok("ed", edH, claims(set(fx.base(), `"iss"`, "")...)), "", "wrong_issuer")
+	add("no sub", fx.tok("ed", edH, claims(set(fx.base(), `"sub"`, "")...)), "", "missing_claim")
+	add("no sub and wrong issuer", fx.tok("ed", edH, claims(set(set(fx.base(), `"sub"`, ""), `"iss"`, `"x"`)...)), "", "missing_claim")
+	add("no exp and wrong issuer", fx.tok("ed", edH, claims(set(set(fx.base(), `"exp"`, ""), `"iss"`, `"x"`)...)), "", "missing_claim")
+	add("not yet valid and wrong issuer", fx.tok("ed", edH, claims(set(set(fx.base(), `"nbf"`, fmt.Sprint(farFuture-10)), `"iss"`, `"x"`)...)), "", "not_yet_valid")
+	add("expired and wrong audience", fx.tok("ed", edH, claims(set(set(fx.base(), `"exp"`, "1"), `"aud"`, `"ledger"`)...)), "", "wrong_audience")
+	add("expired and no jti", fx.tok("ed", edH, claims(set(set(fx.base(), `"exp"`, "1"), `"jti"`, "")...)), "", "missing_claim")
+	add("exp at Go's zero time counts as absent", fx.tok("ed", edH, claims(set(fx.base(), `"exp"`, "-62135596800")...)), "", "missing_claim")
 	add("no jti", fx.tok("ed", edH, claims(set(fx.base(), `"jti"`, "")...)), "", "missing_claim")
 	add("no nbf", fx.tok("ed", edH, claims(set(fx.base(), `"nbf"`, "")...)), "", "missing_claim")
 	add("no exp", fx.tok("ed", edH, claims(set(fx.base(), `"exp"`, "")...)), "", "missing_claim")
-	add("expired and wrong issuer", fx.tok("ed", edH, claims(set(set(fx.base(), `"exp"`, "1"), `"iss"`, `"x"`)...)), "", "expired")
+	add("expired and wrong issuer", fx.tok("ed", edH, claims(set(set(fx.base(), `"exp"`, "1"), `"iss"`, `"x"`)...)), "", "wrong_issuer")
 	add("sub a number", fx.tok("ed", edH, claims(set(fx.base(), `"sub"`, `7`)...)), "", "malformed")
 	add("aud with a number", fx.tok("ed", edH, claims(set(fx.base(), `"aud"`, `["payments",1]`)...)), "", "malformed")
 	add("exp a numeric string", fx.tok("ed", edH, claims(set(fx.base(), `"exp"`, `"4102444800"`)...)), "", "")
@@ -177,6 +200,10 @@ func (fx *fixture) vectors() (*File, error) {
 	rcnf := `{"x5t#S256":` + q(fx.x5t("revoked")) + `}`
 	add("bound to a revoked certificate", fx.tok("ed", edH, claims(fx.base(`"cnf"`, rcnf)...)), "revoked", "revoked")
 
+	f.Feeds = fx.feedVectors()
+	if err := feedVerdicts(f); err != nil {
+		return nil, err
+	}
 	g, err := newGoVerifier(f)
 	if err != nil {
 		return nil, err
@@ -215,6 +242,10 @@ func (fx *fixture) differential(n int) (*File, error) {
 		}
 		hdr, payload, cert := fx.oddToken(rng, key)
 		f.Cases = append(f.Cases, Case{Token: fx.tok(key, hdr, payload), Certificate: cert})
+	}
+	f.Feeds = fx.oddFeeds(rng, n/10)
+	if err := feedVerdicts(f); err != nil {
+		return nil, err
 	}
 	g, err := newGoVerifier(f)
 	if err != nil {

@@ -59,6 +59,8 @@ type File struct {
 	Feed         string            `json:"feed"`
 	Certificates map[string]string `json:"certificates"` // name -> base64 DER
 	Cases        []Case            `json:"cases"`
+	// Feeds are revocation feeds and meshtoken.ParseFeed's verdict on each.
+	Feeds []FeedCase `json:"feeds,omitempty"`
 }
 
 // Case is one token and the verdict both verifiers must reach.
@@ -249,9 +251,6 @@ func newGoVerifier(f *File) (*goVerifier, error) {
 
 func (g *goVerifier) close() { g.srv.Close() }
 
-// verdict is meshtoken's answer to a case, as a reason ("" = accepted).
-// The Verifier's own errors, which carry no Parse reason, get the names the
-// Python package uses for them.
 // extra is meshtoken's Extra() of c as JSON text when c is accepted, else "".
 func (g *goVerifier) extra(c Case) string {
 	claims, err := g.v.VerifyThumbprint(context.Background(), c.Token, g.certs[c.Certificate])
@@ -265,27 +264,20 @@ func (g *goVerifier) extra(c Case) string {
 	return string(b)
 }
 
+// verdict is meshtoken's answer to a case, as a reason ("" = accepted):
+// the reason of every refusal (ReasonOf), and for the Verifier's two
+// errors that carry none, the names the Python package gives them.
 func (g *goVerifier) verdict(c Case) string {
 	_, err := g.v.VerifyThumbprint(context.Background(), c.Token, g.certs[c.Certificate])
 	switch {
 	case err == nil:
 		return ""
-	case meshtoken.ReasonOf(err) != "":
-		return meshtoken.ReasonOf(err)
-	case errors.Is(err, meshtoken.ErrNotBound):
-		return "not_bound"
-	case errors.Is(err, meshtoken.ErrCertMissing):
-		return "certificate_missing"
-	case errors.Is(err, meshtoken.ErrCertMismatch):
-		return "certificate_mismatch"
-	case errors.Is(err, meshtoken.ErrRevoked):
-		return "revoked"
 	case errors.Is(err, meshtoken.ErrKeysStale):
 		return "keys_stale"
+	case meshtoken.ReasonOf(err) != "":
+		return meshtoken.ReasonOf(err)
 	case errors.Is(err, meshtoken.ErrRevocationsStale):
 		return "revocations_stale"
-	case errors.Is(err, meshtoken.ErrInvalidToken):
-		return "unknown_confirmation"
 	}
 	return fmt.Sprintf("unexpected error: %v", err)
 }

@@ -2,7 +2,8 @@
 // and the Python package meshauth must both pass: testdata/vectors/
 // vectors.json (named cases: token, presented certificate, expected verdict
 // and reason) and testdata/vectors/differential.json (a few thousand signed,
-// oddly shaped tokens and meshtoken's verdict on each). Run it with
+// oddly shaped tokens and meshtoken's verdict on each); each file also holds
+// revocation feeds (feeds) and meshtoken.ParseFeed's verdict on each. Run it with
 // `make vectors` after changing meshtoken; vectors_test.go checks that
 // meshtoken still gives every recorded verdict.
 package main
@@ -46,5 +47,6 @@ func main() {
 			pending++
 		}
 	}
-	fmt.Printf("wrote %d vectors (%d that meshtoken does not yet meet) and %d differential tokens into %s\n", len(vec.Cases), pending, len(diff.Cases), *out)
+	fmt.Printf("wrote %d vectors (%d that meshtoken does not yet meet), %d differential tokens and %d+%d feeds into %s\n",
+		len(vec.Cases), pending, len(diff.Cases), len(vec.Feeds), len(diff.Feeds), *out)
 }

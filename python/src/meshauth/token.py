@@ -49,6 +49,17 @@ WRONG_ISSUER = "wrong_issuer"
 WRONG_AUDIENCE = "wrong_audience"
 MISSING_CLAIM = "missing_claim"
 INVALID = "invalid"
+UNSUPPORTED_CONFIRMATION = "unsupported_confirmation"
+NOT_A_FEED = "not_a_revocation_feed"
+
+# The typ of the engine's revocation feed: the one typ parse refuses in a
+# token, and the only one parse_feed accepts.
+REVOCATIONS_TYPE = "meshauth-revocations+jwt"
+# The largest feed a verifier reads (meshtoken.MaxFeedLength).
+MAX_FEED_LENGTH = 8 << 20
+# The top-level members of a feed, spelled only exactly (meshtoken's feedMembers).
+FEED_MEMBERS = ("iss", "iat", "tokens", "services", "disabled", "keys", "certificates")
+_THUMBPRINT_LEN = 43
 
 
 class TokenError(Exception):
@@ -325,15 +336,21 @@ def _audience(v):
     raise TokenError(MALFORMED, "aud is neither a string nor a list")
 
 
-def parse(raw, keys, issuer="", audience="", leeway=DEFAULT_LEEWAY, now=None):
-    """Checks an untrusted token completely, as meshtoken.Parse does, and
-    returns its Claims or raises TokenError. keys(kid) returns a Key or
-    raises UnknownKey; any other exception it raises passes through (the
-    verifier uses that for a stale key set)."""
+def _verify_jws(raw, max_len, keys, reserved, inner):
+    """meshtoken's verifyJWS, the one check of a compact JWS meshauth signs
+    (a token or the feed), in its order: at most max_len; one spelling
+    (three base64url segments, strict); a header whose members every JSON
+    reader reads alike; a payload whose members do (reserved, inner: else
+    ambiguous_claims); the header's alg, kid and typ strings; an alg meshauth
+    signs with; no crit; a kid that keys names and its one algorithm; the
+    signature over the segments as sent. Returns (header, payload,
+    payload_trailing): payload_trailing says the payload object is followed
+    by bytes Go's member check lets pass and its json.Unmarshal refuses, which
+    the caller refuses as malformed at its own Unmarshal."""
     if not isinstance(raw, str):
         raise TokenError(MALFORMED, "not a string")
-    if len(raw) > MAX_TOKEN_LENGTH:
-        raise TokenError(TOO_LARGE, "token is larger than 16 KiB")
+    if len(raw) > max_len:
+        raise TokenError(TOO_LARGE, "larger than %d bytes" % max_len)
     if not well_formed(raw):
         raise TokenError(MALFORMED, "not a compact JWS of three base64url segments")
     first = raw.index(".")
@@ -357,17 +374,19 @@ def parse(raw, keys, issuer="", audience="", leeway=DEFAULT_LEEWAY, now=None):
         raise TokenError(MALFORMED, str(e))
     trailing = False
     try:
-        payload = _json.loads_checked(payload_bytes, REGISTERED_CLAIMS, {"cnf": CNF_MEMBERS})
-    except _json.TrailingData:
-        # Refused as malformed after the signature check, as in Go.
-        payload, trailing = None, True
+        payload = _json.loads_checked(payload_bytes, reserved, inner)
+    except _json.TrailingData as e:
+        payload, trailing = e.value, True
     except (_json.JSONError, _json.AmbiguousMembers) as e:
         raise TokenError(AMBIGUOUS_CLAIMS, str(e))
 
     if header_trailing:
         raise TokenError(MALFORMED, "header has data after its object")
+    # Go unmarshals alg, kid and typ as strings: any other type (null
+    # aside) fails the whole header.
     alg = _string(header.get("alg"))
     kid = _string(header.get("kid"))
+    typ = _string(header.get("typ"))
     if alg not in ALGORITHMS:
         raise TokenError(ALG_NOT_ALLOWED, "alg is not one meshauth signs with")
     if "crit" in header:
@@ -386,10 +405,36 @@ def parse(raw, keys, issuer="", audience="", leeway=DEFAULT_LEEWAY, now=None):
         verify_signature(key, alg, raw[:second].encode("ascii"), sig)
     except InvalidSignature:
         raise TokenError(BAD_SIGNATURE, "signature does not verify")
+    return {"alg": alg, "kid": kid, "typ": typ}, payload, trailing
 
+
+def is_thumbprint(s):
+    """Whether s is an RFC 8705 x5t#S256 in its one spelling: 43 canonical
+    base64url characters of 32 bytes (meshtoken.IsThumbprint)."""
+    if not isinstance(s, str) or len(s) != _THUMBPRINT_LEN:
+        return False
+    try:
+        b64decode_strict(s)
+    except ValueError:
+        return False
+    return True
+
+
+def parse(raw, keys, issuer="", audience="", leeway=DEFAULT_LEEWAY, now=None):
+    """Checks an untrusted token completely, as meshtoken.Parse does, and
+    returns its Claims or raises TokenError. keys(kid) returns a Key or
+    raises UnknownKey; any other exception it raises passes through (the
+    verifier uses that for a stale key set)."""
+    h, payload, trailing = _verify_jws(raw, MAX_TOKEN_LENGTH, keys, REGISTERED_CLAIMS, {"cnf": CNF_MEMBERS})
+    if h["typ"] == REVOCATIONS_TYPE:
+        raise TokenError(MALFORMED, "a revocation feed is not a token")
     if trailing:
         raise TokenError(MALFORMED, "payload has data after its object")
-    c = claims_of(payload, kid)
+    c = claims_of(payload, h["kid"])
+    # A cnf no verifier can check must not pass as none: absent (or null)
+    # is unbound, anything else must be one well-spelled x5t#S256.
+    if c.has_cnf and not is_thumbprint(c.thumbprint):
+        raise TokenError(UNSUPPORTED_CONFIRMATION, "cnf must carry exactly x5t#S256, 43 base64url characters of a SHA-256")
     validate(c, issuer, audience, leeway, now)
     return c
 
@@ -398,27 +443,21 @@ def claims_of(payload, kid):
     """Reads the registered claims as Go's json.Unmarshal into meshtoken's
     struct does; a wrong type anywhere is malformed."""
     c = Claims()
-    err = None
     # Go's Unmarshal reports the first error but reads every member; any
     # error is "malformed", so the order does not matter.
-    try:
-        c.issuer = _string(payload.get("iss"))
-        c.subject = _string(payload.get("sub"))
-        c.id = _string(payload.get("jti"))
-        c.generation = _string(payload.get("gen"))
-        c.service = _string(payload.get("meshauth_service"))
-        c.audience = _audience(payload.get("aud"))
-        exp, nbf, iat = _date(payload.get("exp")), _date(payload.get("nbf")), _date(payload.get("iat"))
-        cnf = payload.get("cnf")
-        if cnf is not None:
-            if not isinstance(cnf, dict):
-                raise TokenError(MALFORMED, "cnf is not an object")
-            c.has_cnf = True
-            c.thumbprint = _string(cnf.get("x5t#S256"))
-    except TokenError as e:
-        err = e
-    if err is not None:
-        raise err
+    c.issuer = _string(payload.get("iss"))
+    c.subject = _string(payload.get("sub"))
+    c.id = _string(payload.get("jti"))
+    c.generation = _string(payload.get("gen"))
+    c.service = _string(payload.get("meshauth_service"))
+    c.audience = _audience(payload.get("aud"))
+    exp, nbf, iat = _date(payload.get("exp")), _date(payload.get("nbf")), _date(payload.get("iat"))
+    cnf = payload.get("cnf")
+    if cnf is not None:
+        if not isinstance(cnf, dict):
+            raise TokenError(MALFORMED, "cnf is not an object")
+        c.has_cnf = True
+        c.thumbprint = _string(cnf.get("x5t#S256"))
     c._times = (exp, nbf, iat)
     c.expires_at = unix_seconds(exp) if exp else None
     c.not_before = unix_seconds(nbf) if nbf else None
@@ -428,38 +467,135 @@ def claims_of(payload, kid):
     return c
 
 
-def validate(c, issuer, audience, leeway, now=None):
-    """golang-jwt's Validator with meshtoken's options, then meshtoken's
-    required claims; when several checks fail, the reason is the one
-    meshtoken's failureReason picks first."""
-    t = go_now(_time.time() if now is None else now)
-    lw = int(round(leeway * 1e9))
+_ZERO_TIME = (0, 0)
+
+
+def _window(c, t, lw):
+    """meshtoken's Claims.window: the one time check, of a fresh token and
+    of a remembered one. Valid from max(nbf, iat) - leeway inclusive until
+    exp + leeway exclusive; a time claim absent (or at Go's zero time, which
+    Go cannot tell from absent) is missing."""
     exp, nbf, iat = c._times
-    failed = set()
-    if exp is None:
-        failed.add(MISSING_CLAIM)
-    elif not _before(t, _add(exp, lw)):
-        failed.add(EXPIRED)
-    if nbf is not None and _before(t, _add(nbf, -lw)):
-        failed.add(NOT_YET_VALID)
-    if iat is not None and _before(t, _add(iat, -lw)):
-        failed.add(ISSUED_IN_FUTURE)
-    if audience:
-        aud = c.audience
-        if len(aud) == 0 or (len(aud) == 1 and aud[0] == ""):
-            failed.add(MISSING_CLAIM)
-        elif audience not in aud:
-            failed.add(WRONG_AUDIENCE)
-    if issuer:
-        if c.issuer == "":
-            failed.add(MISSING_CLAIM)
-        elif c.issuer != issuer:
-            failed.add(WRONG_ISSUER)
-    for reason in (MISSING_CLAIM, EXPIRED, NOT_YET_VALID, ISSUED_IN_FUTURE, WRONG_ISSUER, WRONG_AUDIENCE):
-        if reason in failed:
-            raise TokenError(reason, "claims do not hold")
-    if c.subject == "" or c.id == "" or iat is None or nbf is None:
-        raise TokenError(MISSING_CLAIM, "sub, jti, iat and nbf are required")
+    if exp in (None, _ZERO_TIME) or iat in (None, _ZERO_TIME) or nbf in (None, _ZERO_TIME):
+        return MISSING_CLAIM
+    if not _before(t, _add(exp, lw)):
+        return EXPIRED
+    if _before(_add(t, lw), nbf):
+        return NOT_YET_VALID
+    if _before(_add(t, lw), iat):
+        return ISSUED_IN_FUTURE
+    return None
+
+
+def _identity(c, issuer, audience):
+    """meshtoken's Claims.identity: sub and jti present, iss (when issuer is
+    set), aud (when audience is set)."""
+    if c.subject == "" or c.id == "":
+        return MISSING_CLAIM
+    if issuer and c.issuer != issuer:
+        return WRONG_ISSUER
+    if audience and audience not in c.audience:
+        return WRONG_AUDIENCE
+    return None
+
+
+def validate(c, issuer, audience, leeway, now=None):
+    """The claim checks of meshtoken.Parse, in its order: the time window
+    (a missing time claim first, then expired, not yet valid, issued in the
+    future); then, unless the window failed otherwise, sub and jti, iss and
+    aud, whose failure wins over expired."""
+    t = go_now(_time.time() if now is None else now)
+    reason = _window(c, t, int(round(leeway * 1e9)))
+    if reason is None or reason == EXPIRED:
+        r = _identity(c, issuer, audience)
+        if r is not None:
+            raise TokenError(r, "claims do not hold")
+    if reason is not None:
+        raise TokenError(reason, "claims do not hold")
+
+
+# --- the revocation feed ---------------------------------------------------
+
+class Feed:
+    """A verified revocation feed (meshtoken.Feed): iss, iat (Unix seconds),
+    and the names it revokes. services maps a service to its current gen."""
+
+    __slots__ = ("issuer", "iat", "tokens", "services", "disabled", "keys", "certificates")
+
+
+def _int64(v):
+    # A Go int64 field: an integer literal in range, or null (left 0).
+    if v is None:
+        return 0
+    if isinstance(v, _json.Number) and _INTEGER_LITERAL.match(v):
+        n = int(v)
+        if -_I64 <= n < _I64:
+            return n
+    raise TokenError(MALFORMED, "a feed number is not an int64")
+
+
+def _int_map(v):
+    # A Go map[string]int64: an object of int64s (null entries are 0), or null.
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise TokenError(MALFORMED, "a feed member is not an object")
+    return {k: _int64(x) for k, x in v.items()}
+
+
+_FEED_SERVICE = ("gen", "exp")
+
+
+def _services(v):
+    # map[string]FeedService: Go matches gen and exp in any case (simple
+    # folding), the last matching member winning, as it fills a struct.
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise TokenError(MALFORMED, "feed services is not an object")
+    out = {}
+    for name, entry in v.items():
+        if entry is None:
+            out[name] = ""
+            continue
+        if not isinstance(entry, dict):
+            raise TokenError(MALFORMED, "a feed services entry is not an object")
+        gen = ""
+        for k, x in entry.items():
+            field = _json.folds_to(k, _FEED_SERVICE)
+            if field == "gen":
+                gen = _string(x)
+            elif field == "exp":
+                _int64(x)
+        out[name] = gen
+    return out
+
+
+def parse_feed(raw, keys, issuer):
+    """Checks an untrusted revocation feed as meshtoken.ParseFeed does: the
+    checks of a token's JWS (size up to MAX_FEED_LENGTH, one spelling,
+    header and payload members every reader reads alike, the feed's members
+    spelled only exactly, no crit, kid and its one algorithm, signature),
+    then its typ, the payload's types, its issuer and its iat. Returns a
+    Feed or raises TokenError."""
+    h, doc, trailing = _verify_jws(raw, MAX_FEED_LENGTH, keys, FEED_MEMBERS, None)
+    if h["typ"] != REVOCATIONS_TYPE:
+        raise TokenError(NOT_A_FEED, "typ is not " + REVOCATIONS_TYPE)
+    if trailing:
+        raise TokenError(MALFORMED, "feed has data after its object")
+    f = Feed()
+    f.issuer = _string(doc.get("iss"))
+    f.iat = _int64(doc.get("iat"))
+    f.tokens = _int_map(doc.get("tokens"))
+    f.services = _services(doc.get("services"))
+    f.disabled = _int_map(doc.get("disabled"))
+    f.keys = _int_map(doc.get("keys"))
+    f.certificates = _int_map(doc.get("certificates"))
+    if f.issuer != issuer:
+        raise TokenError(WRONG_ISSUER, "feed of another issuer")
+    if f.iat <= 0:
+        raise TokenError(MISSING_CLAIM, "the feed carries no iat")
+    return f
 
 
 def thumbprint_of_der(der):
@@ -469,6 +605,6 @@ def thumbprint_of_der(der):
 
 __all__ = [n for n in dir() if n.isupper() and not n.startswith("_")] + [
     "TokenError", "UnknownKey", "Key", "Claims", "parse", "validate", "b64decode_strict",
-    "b64encode", "well_formed", "thumbprint_of_der", "claims_of",
+    "b64encode", "well_formed", "thumbprint_of_der", "claims_of", "is_thumbprint", "Feed", "parse_feed",
 ]
 

@@ -11,8 +11,10 @@ Its caches, and what ends each entry:
     failure), so random kids or max-age=0 cannot turn verifiers into a flood.
   - the revocation feed: replaced by a newer signed feed (by its iat; an
     older one is refused, so nobody on the path can roll it back), confirmed
-    by ETag (304). Past its max_staleness (counted from its iat, from the
-    fetch without iat) verification fails closed (revocations_stale, 503).
+    by ETag (304: the same bytes, so the same iat). A feed without iat is
+    refused, as meshtoken.ParseFeed refuses it. Past its max_staleness
+    (counted from its iat, the time it describes) verification fails closed
+    (revocations_stale, 503).
   - verified tokens, keyed by the whole token text (one spelling per token:
     parsing refuses non-canonical base64url): an entry answers only while the
     key set it was verified with, or a later one holding the same key under
@@ -40,12 +42,15 @@ FALLBACK_CACHE_AGE = 300.0
 HTTP_TIMEOUT = 10.0
 MAX_JWKS_BYTES = 1 << 20
 MAX_DISCOVERY_BYTES = 64 << 10
-MAX_REVOCATIONS_BYTES = 4 << 20
-REVOCATIONS_TYPE = "meshauth-revocations+jwt"
+MAX_REVOCATIONS_BYTES = _tok.MAX_FEED_LENGTH
+REVOCATIONS_TYPE = _tok.REVOCATIONS_TYPE
 
-# Reasons beyond meshtoken's Parse reasons (the Verifier's errors in Go).
-NOT_BOUND = "not_bound"
-UNKNOWN_CONFIRMATION = "unknown_confirmation"
+# Reasons beyond meshtoken's Parse reasons: the binding and revocation
+# reasons are meshtoken's (ReasonUnbound, ReasonCertMissing,
+# ReasonCertMismatch, ReasonRevoked); keys_stale and revocations_stale name
+# the Verifier's errors that carry no reason in Go (ErrKeysStale,
+# ErrRevocationsStale).
+UNBOUND = "unbound_token"
 CERTIFICATE_MISSING = "certificate_missing"
 CERTIFICATE_MISMATCH = "certificate_mismatch"
 REVOKED = "revoked"
@@ -167,7 +172,13 @@ def _same_origin(base, ref, member):
 
 
 class _Feed:
-    __slots__ = ("tokens", "services", "disabled", "keys", "certificates", "etag", "iat", "confirmed", "fresh_until")
+    """One accepted copy of the feed: what it lists (a token.Feed), its ETag,
+    and when to fetch again. Immutable once published."""
+
+    __slots__ = ("feed", "etag", "fresh_until")
+
+    def __init__(self, feed, etag, fresh_until):
+        self.feed, self.etag, self.fresh_until = feed, etag, fresh_until
 
 
 class Verifier:
@@ -312,11 +323,11 @@ class Verifier:
         if thumbprint is None:
             thumbprint = _tok.thumbprint_of_der(certificate_der) if certificate_der else ""
         claims = self._parse(token)
+        # meshtoken's Binding.Check: parse already refused any cnf but one
+        # well-spelled x5t#S256 (unsupported_confirmation).
         if not claims.has_cnf:
             if self.require_binding:
-                raise VerifyError(NOT_BOUND, "token is not bound to a client certificate (cnf)")
-        elif claims.thumbprint == "":
-            raise VerifyError(UNKNOWN_CONFIRMATION, "cnf carries no x5t#S256")
+                raise VerifyError(UNBOUND, "token is not bound to a client certificate (cnf), and binding is required")
         elif not thumbprint:
             raise VerifyError(CERTIFICATE_MISSING, "token is bound to a client certificate, but none was presented")
         elif not hmac.compare_digest(thumbprint.encode(), claims.thumbprint.encode()):
@@ -376,10 +387,11 @@ class Verifier:
     # --- revocation feed ------------------------------------------------
 
     def revocations_age(self):
+        """How old the feed in use is, counted from its iat; 0.0 without one."""
         f = self._feed
         if f is None:
             return 0.0
-        return self.clock() - (f.iat if f.iat is not None else f.confirmed)
+        return self.clock() - f.feed.iat
 
     def _fetch_feed(self, start):
         rc = self._revocations
@@ -388,90 +400,58 @@ class Verifier:
         status, resp_headers, body = self._http.get(rc.url, MAX_REVOCATIONS_BYTES, headers)
         age = max_age(resp_headers.get("Cache-Control"))
         if status == 304 and old is not None:
-            renewed = _Feed()
-            for name in _Feed.__slots__:
-                setattr(renewed, name, getattr(old, name))
-            renewed.confirmed, renewed.fresh_until = start, start + age
-            self._feed = renewed
+            # The same bytes, so the same iat: a 304 says when to ask again,
+            # not that the copy is any younger.
+            self._feed = _Feed(old.feed, old.etag, start + age)
             return
         if status != 200:
             raise ValueError("meshauth verify: fetching revocations: GET %s: %d" % (rc.url, status))
-        feed = self._parse_feed(body.strip().decode("ascii", "replace"))
-        if old is not None and old.iat is not None and (feed.iat is None or feed.iat < old.iat):
-            raise ValueError("meshauth verify: revocations feed is older than the one already accepted")
-        feed.etag = resp_headers.get("ETag", "")
-        feed.confirmed, feed.fresh_until = start, start + age
-        self._feed = feed
+        try:
+            feed = _tok.parse_feed(body.strip().decode("ascii", "replace"), self._feed_key, self.issuer)
+        except TokenError as e:
+            raise ValueError("meshauth verify: revocations feed refused: %s" % e)
+        if old is not None and feed.iat < old.feed.iat:
+            # meshtoken's ErrFeedRollback: the newer copy stays, so a revoked
+            # token cannot verify again.
+            raise ValueError("meshauth verify: revocations feed is older than one already accepted "
+                             "(iat %d, accepted %d)" % (feed.iat, old.feed.iat))
+        # Fetches run one at a time (_BackgroundFetch), so old is still the
+        # current copy here: nothing older can replace a newer one.
+        self._feed = _Feed(feed, resp_headers.get("ETag", ""), start + age)
 
-    def _parse_feed(self, raw):
-        if not _tok.well_formed(raw):
-            raise ValueError("revocations feed is not a compact JWS")
-        first, last = raw.index("."), raw.rindex(".")
-        header = _json.loads_checked(_tok.b64decode_strict(raw[:first]), _tok.HEADER_NAMES)
-        if header.get("typ") != REVOCATIONS_TYPE:
-            raise ValueError("not a revocations feed (typ)")
-        alg, kid = header.get("alg"), header.get("kid")
-        if alg not in _tok.ALGORITHMS or not isinstance(kid, str) or "crit" in header:
-            raise ValueError("revocations feed header refused")
+    def _feed_key(self, kid):
         try:
             k, _ = self._key(kid)
-        except (UnknownKey, _Stale) as e:
-            raise ValueError("revocations feed signed by a key not in the key set: %s" % e)
-        if k.algorithm != alg:
-            raise ValueError("revocations feed: alg does not match the key")
-        from cryptography.exceptions import InvalidSignature
-        try:
-            _tok.verify_signature(k, alg, raw[:last].encode("ascii"), _tok.b64decode_strict(raw[last + 1:]))
-        except InvalidSignature:
-            raise ValueError("revocations feed signature does not verify")
-        doc = _json.loads_checked(_tok.b64decode_strict(raw[first + 1:last]))
-        if doc.get("iss") != self.issuer:
-            raise ValueError("revocations feed is of another issuer")
-        f = _Feed()
-
-        def names(member, inner=None):
-            v = doc.get(member) or {}
-            if not isinstance(v, dict):
-                raise ValueError("revocations feed member %s is not an object" % member)
-            return v
-
-        f.tokens = names("tokens")
-        f.services = {}
-        for name, s in names("services").items():
-            if not isinstance(s, dict):
-                raise ValueError("revocations feed services entry is not an object")
-            gen = s.get("gen")
-            f.services[name] = gen if isinstance(gen, str) else ""
-        f.disabled = names("disabled")
-        f.keys = names("keys")
-        f.certificates = names("certificates")
-        iat = doc.get("iat")
-        f.iat = float(iat) if isinstance(iat, _json.Number) else None
-        f.etag = ""
-        return f
+        except _Stale as e:
+            # Go's ParseFeed sees a key error other than an unknown kid as
+            # malformed; the fetch fails either way.
+            raise TokenError(_tok.MALFORMED, "key set is past max_staleness: %s" % e)
+        return k
 
     def _check_revoked(self, c):
         rc = self._revocations
         if rc is None:
             return
-        f = self._feed
+        cur = self._feed
         now = self.clock()
 
-        def age(feed, at):
-            return at - (feed.iat if feed.iat is not None else feed.confirmed)
+        def stale(at, copy):
+            return at - copy.feed.iat > rc.max_staleness
 
-        if now >= f.fresh_until or age(f, now) > rc.max_staleness:
+        # max_staleness may be shorter than the feed's max-age: it wins.
+        if now >= cur.fresh_until or stale(now, cur):
             done = self._feed_fetch.start(now, self.min_refetch_interval, self._fetch_feed)
-            if age(f, now) > rc.max_staleness and done is not None:
+            if stale(now, cur) and done is not None:
                 done.wait(HTTP_TIMEOUT + 1)
-                f = self._feed
-            if age(f, self.clock()) > rc.max_staleness and not rc.allow_stale:
+                cur = self._feed
+            if stale(self.clock(), cur) and not rc.allow_stale:
                 raise VerifyError(REVOCATIONS_STALE, "revocations feed is older than its maximum staleness", 503)
+        f = cur.feed
         if c.key_id in f.keys:
             raise VerifyError(REVOKED, "its signing key was removed")
         if c.id in f.tokens:
             raise VerifyError(REVOKED, "jti is revoked")
-        if c.thumbprint and c.thumbprint in f.certificates:
+        if c.bound and c.thumbprint in f.certificates:
             raise VerifyError(REVOKED, "its client certificate is revoked")
         service = c.service_name
         if service in f.disabled:
