@@ -36,7 +36,7 @@ BENCH_FLAGS ?=
 .PHONY: test-python vectors lint-python python-deps
 
 help: ## list the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 build: ## build the plugin binary into bin/
 	go build -trimpath -o $(PLUGIN_BIN) ./cmd/$(PLUGIN)
@@ -48,7 +48,7 @@ dev: ## build everything and run a dev Vault (TLS) with meshauth mounted; Ctrl-C
 # Targets are <module dir>:<name>; the module's own go.mod decides its build.
 FUZZ_TARGETS := .:FuzzParseToken .:FuzzParseCertificates .:FuzzServiceWrite .:FuzzLoginFields \
   .:FuzzParseSPIFFEID meshtoken:FuzzParse meshtoken:FuzzCheckMembers meshtoken:FuzzVerifierSigned \
-  meshtoken:FuzzForwardedCert
+  meshtoken:FuzzForwardedCert .:FuzzCompileClaimsTemplate
 
 # Go modules of the repository: the plugin, the token contract services
 # import (meshtoken), the client library, gRPC credentials and interceptors
