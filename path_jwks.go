@@ -11,6 +11,8 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 // Bounds of the Cache-Control max-age of jwks and discovery.
@@ -102,7 +104,7 @@ func (b *backend) pathDiscoveryRead(ctx context.Context, req *logical.Request, _
 		"id_token_signing_alg_values_supported": supportedAlgorithms,
 		"response_types_supported":              []string{"id_token"},
 		"subject_types_supported":               []string{"public"},
-		"claims_supported":                      []string{"iss", "sub", "aud", "iat", "nbf", "exp", "jti", "cnf"},
+		"claims_supported":                      []string{"iss", "sub", "aud", "iat", "nbf", "exp", "jti", "cnf", meshtoken.ClaimAct, meshtoken.ClaimDerivedFrom},
 	}
 	body, err := json.Marshal(doc)
 	if err != nil {

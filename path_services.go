@@ -120,6 +120,7 @@ func serviceFields() map[string]*framework.FieldSchema {
 	// claims_template, template_missing (claims_template.go)
 	addClaimsTemplateFields(fields)
 	addRevocationServiceFields(fields) // revocation_check and its settings (cert_revocation.go)
+	addExchangeServiceFields(fields)   // exchange_audiences, max_delegation_depth (path_exchange.go)
 	return fields
 }
 
@@ -205,6 +206,7 @@ func serviceResponse(e *serviceEntry, now time.Time) map[string]any {
 	addSPIFFEServiceResponse(data, e)
 	addClaimsTemplateResponse(data, e)
 	addRevocationServiceResponse(data, e)
+	addExchangeServiceResponse(data, e)
 	if e.RevokedBefore > 0 {
 		data["tokens_revoked_before"] = time.Unix(e.RevokedBefore, 0).UTC().Format(time.RFC3339)
 	}
@@ -395,6 +397,9 @@ func applyServiceFields(e *serviceEntry, d *framework.FieldData, creating bool) 
 		e.RequireMTLS = e.Certificate != "" || e.CAChain != "" || spiffeIDs
 	}
 	if msg := applyRevocationFields(e, d); msg != "" {
+		return msg
+	}
+	if msg := applyExchangeFields(e, d); msg != "" {
 		return msg
 	}
 	return applySPIFFEFields(e, d)

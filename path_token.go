@@ -131,6 +131,10 @@ func (b *backend) verifyToken(ctx context.Context, s logical.Storage, raw, audie
 	if revoked {
 		return &verification{reason: reasonTokenRevoked}, nil
 	}
+	// An exchanged token: its origins and actors (path_exchange.go).
+	if reason, err = b.delegationReason(ctx, s, parsed.claims); err != nil || reason != "" {
+		return &verification{reason: reason}, err
+	}
 	return &verification{parsed: parsed, service: name}, nil
 }
 
@@ -234,13 +238,15 @@ func (b *backend) pathVerify(ctx context.Context, req *logical.Request, d *frame
 	}
 	b.metrics.verified(verificationResultGood)
 	c := v.parsed.claims
-	return &logical.Response{Data: map[string]any{
+	resp := &logical.Response{Data: map[string]any{
 		"valid":      true,
 		"service":    v.service,
 		"claims":     payloadClaims(c),
 		"expires_at": c.ExpiresAt.UTC().Format(time.RFC3339),
 		"kid":        v.parsed.key.entry.KID,
-	}}, nil
+	}}
+	addActorsResponse(resp.Data, c) // an exchanged token's actor chain (path_exchange.go)
+	return resp, nil
 }
 
 func (b *backend) pathRevoke(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {

@@ -39,16 +39,16 @@ const APIKeyHeader = "X-Meshauth-Api-Key" //nolint:gosec // a header name, not a
 // RegisteredClaims are the claim names a meshauth token's payload carries
 // itself; gen names the service's registration and revocation epoch, which
 // the engine's online verify checks, and meshauth_service the service of a
-// JWT-SVID, whose sub is a SPIFFE ID. No other member may spell them
-// differently (see CheckMembers).
-var RegisteredClaims = []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf", "gen", "meshauth_service"}
+// JWT-SVID, whose sub is a SPIFFE ID; act (RFC 8693) and
+// meshauth_derived_from are written by token exchange (exchange.go). No
+// other member may spell them differently (see CheckMembers).
+var RegisteredClaims = []string{"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf", "gen", "meshauth_service", ClaimAct, ClaimDerivedFrom}
 
 // ReservedNames are the names no service-defined extra claim may take in any
-// spelling: the registered claims, act (RFC 8693, which token exchange
-// writes), the JOSE header parameters (RFC 7515 section 4.1) and the member
+// spelling: the registered claims (act among them), the JOSE header parameters (RFC 7515 section 4.1) and the member
 // of cnf. Keeping header names out of the payload
 // stops a token from seeming to carry header facts among its claims.
-var ReservedNames = append(slices.Clone(RegisteredClaims), "act",
+var ReservedNames = append(slices.Clone(RegisteredClaims),
 	"alg", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "typ", "cty", "crit")
 
 // Confirmation is the RFC 8705 cnf claim binding a token to the client

@@ -41,7 +41,7 @@ const maxDepth = 32
 // without being equal to it. Member names are compared after JSON unescaping,
 // as every reader does.
 func CheckMembers(payload []byte) error {
-	return checkMembers(payload, RegisteredClaims, map[string][]string{"cnf": cnfMembers})
+	return checkMembers(payload, RegisteredClaims, map[string][]string{"cnf": cnfMembers, ClaimAct: actMembers})
 }
 
 // checkMembers checks one JSON object: no duplicates at any depth, top-level

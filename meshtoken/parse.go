@@ -119,6 +119,9 @@ type Claims struct {
 	Service string
 	// KeyID is the kid of the key that verified the token.
 	KeyID string
+	// actors and derivedFrom are act and meshauth_derived_from, read by
+	// Actors and DerivedFrom (exchange.go).
+	actors, derivedFrom []string
 	// Payload is the decoded claims segment, for Extra.
 	Payload []byte
 }
@@ -146,6 +149,9 @@ type registered struct {
 	Cnf *Confirmation `json:"cnf,omitempty"`
 	Gen string        `json:"gen,omitempty"`
 	Svc string        `json:"meshauth_service,omitempty"`
+	// Act and Derived are read by exchange.go.
+	Act     json.RawMessage `json:"act,omitempty"`
+	Derived []string        `json:"meshauth_derived_from,omitempty"`
 }
 
 // Parse checks an untrusted token completely: its size and compact form, a
@@ -250,7 +256,11 @@ func Parse(raw string, keys KeyFunc, opts Options) (*Claims, error) {
 	if rc.Subject == "" || rc.ID == "" || rc.IssuedAt == nil || rc.NotBefore == nil {
 		return nil, refuse(ReasonMissingClaim, errors.New("sub, jti, iat and nbf are required"))
 	}
-	return claimsOf(rc, h.Kid, payload), nil
+	c := claimsOf(rc, h.Kid, payload)
+	if err := c.readDelegation(rc); err != nil {
+		return nil, refuse(ReasonMalformed, err)
+	}
+	return c, nil
 }
 
 func claimsOf(rc *registered, kid string, payload []byte) *Claims {

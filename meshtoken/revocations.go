@@ -265,6 +265,12 @@ func (v *Verifier) checkRevoked(ctx context.Context, c *Claims) error {
 	if _, ok := list.tokens[c.ID]; ok {
 		return fmt.Errorf("%w: jti %s", ErrRevoked, c.ID)
 	}
+	// An exchanged token ends with any token it was derived from.
+	for _, jti := range c.derivedFrom {
+		if _, ok := list.tokens[jti]; ok {
+			return fmt.Errorf("%w: it was exchanged from jti %s, which is revoked", ErrRevoked, jti)
+		}
+	}
 	if c.Bound() {
 		if _, ok := list.certificates[c.Confirmation.X5tS256]; ok {
 			return fmt.Errorf("%w: its client certificate %s was revoked", ErrRevoked, c.Confirmation.X5tS256)
