@@ -49,6 +49,7 @@ UNKNOWN_CONFIRMATION = "unknown_confirmation"
 CERTIFICATE_MISSING = "certificate_missing"
 CERTIFICATE_MISMATCH = "certificate_mismatch"
 REVOKED = "revoked"
+DELEGATION_NOT_ALLOWED = "delegation_not_allowed"
 KEYS_STALE = "keys_stale"
 REVOCATIONS_STALE = "revocations_stale"
 
@@ -172,7 +173,8 @@ class Verifier:
     def __init__(self, discovery_url="", jwks_url="", issuer="", audience="", allow_any_audience=False,
                  require_binding=False, leeway=_tok.DEFAULT_LEEWAY, min_refetch_interval=DEFAULT_MIN_REFETCH,
                  max_staleness=DEFAULT_MAX_STALENESS, revocations=None, max_cached_tokens=DEFAULT_MAX_CACHED_TOKENS,
-                 trusted_proxies=None, ca_file=None, session=None, http=None, clock=time.time):
+                 trusted_proxies=None, ca_file=None, session=None, http=None, clock=time.time,
+                 max_delegation_depth=0, allowed_actors=None):
         if not audience and not allow_any_audience:
             raise ValueError("meshauth verify: set audience to the name callers use for this service (a token "
                              "minted for another service must not be accepted here), or allow_any_audience=True")
@@ -185,6 +187,10 @@ class Verifier:
         self.min_refetch_interval = min_refetch_interval if min_refetch_interval > 0 else DEFAULT_MIN_REFETCH
         self.max_staleness = max(max_staleness, 0.0)
         self.trusted_proxies = trusted_proxies
+        # As meshtoken's MaxDelegationDepth (0: any, negative: none) and
+        # AllowedActors (None: any).
+        self.max_delegation_depth = max_delegation_depth
+        self.allowed_actors = None if allowed_actors is None else frozenset(allowed_actors)
         self.clock = clock
         self._http = http or _HTTP(session=session, ca_file=ca_file)
         self._keys_fetch = _BackgroundFetch()
@@ -296,6 +302,7 @@ class Verifier:
             raise VerifyError(CERTIFICATE_MISSING, "token is bound to a client certificate, but none was presented")
         elif not hmac.compare_digest(thumbprint.encode(), claims.thumbprint.encode()):
             raise VerifyError(CERTIFICATE_MISMATCH, "token is bound to another client certificate")
+        self._check_delegation(claims)
         self._check_revoked(claims)
         return claims
 
@@ -425,6 +432,17 @@ class Verifier:
         f.etag = ""
         return f
 
+    def _check_delegation(self, c):
+        if not c.actors:
+            return
+        depth = self.max_delegation_depth
+        if depth < 0:
+            raise VerifyError(DELEGATION_NOT_ALLOWED, "this verifier accepts no delegated tokens")
+        if depth > 0 and len(c.actors) > depth:
+            raise VerifyError(DELEGATION_NOT_ALLOWED, "the actor chain is longer than allowed")
+        if self.allowed_actors is not None and any(a not in self.allowed_actors for a in c.actors):
+            raise VerifyError(DELEGATION_NOT_ALLOWED, "an actor is not in allowed_actors")
+
     def _check_revoked(self, c):
         rc = self._revocations
         if rc is None:
@@ -446,6 +464,9 @@ class Verifier:
             raise VerifyError(REVOKED, "its signing key was removed")
         if c.id in f.tokens:
             raise VerifyError(REVOKED, "jti is revoked")
+        # An exchanged token ends with any token it was derived from.
+        if any(jti in f.tokens for jti in c.derived_from):
+            raise VerifyError(REVOKED, "it was exchanged from a revoked token")
         if c.thumbprint and c.thumbprint in f.certificates:
             raise VerifyError(REVOKED, "its client certificate is revoked")
         service = c.service_name
