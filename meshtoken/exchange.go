@@ -1,6 +1,7 @@
 package meshtoken
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -88,4 +89,21 @@ func (v *Verifier) checkDelegation(c *Claims) error {
 		}
 	}
 	return nil
+}
+
+// tokenKey is the context key of the verified token's text.
+type tokenKey struct{}
+
+func withToken(ctx context.Context, token string) context.Context {
+	return context.WithValue(ctx, tokenKey{}, token)
+}
+
+// TokenFromContext returns the bearer token the Middleware verified, as the
+// caller sent it: the subject_token a service exchanges (client's
+// TokenSource.Exchange) to call onward on its caller's behalf. Forward it
+// only to Vault's exchange, never to another service: it is bound to the
+// caller's certificate and addressed to this service.
+func TokenFromContext(ctx context.Context) (string, bool) {
+	t, ok := ctx.Value(tokenKey{}).(string)
+	return t, ok && t != ""
 }

@@ -24,7 +24,8 @@ func ClaimsFromContext(ctx context.Context) (*Claims, bool) {
 
 // Middleware requires a valid meshauth bearer token on every request, bound
 // to the request's client certificate when the token says so, and puts the
-// claims into the request context. Behind a sidecar that terminates mutual
+// claims (ClaimsFromContext) and the token itself (TokenFromContext) into
+// the request context. Behind a sidecar that terminates mutual
 // TLS, the client certificate comes from the header VerifierConfig.
 // TrustedProxies names, and only from the proxies it names; from anyone
 // else the forwarded-certificate headers are ignored and removed before
@@ -63,7 +64,9 @@ func (v *Verifier) Middleware(next http.Handler) http.Handler {
 			http.Error(w, "invalid token; "+v.verifyHint, http.StatusUnauthorized)
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(NewContext(r.Context(), claims)))
+		// The raw token too, for a handler that exchanges it to call
+		// onward on the caller's behalf (TokenFromContext).
+		next.ServeHTTP(w, r.WithContext(withToken(NewContext(r.Context(), claims), token)))
 	})
 }
 
