@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
@@ -26,7 +27,7 @@ type meshService struct {
 // exchangeEnv registers orders, payments and ledger, each with its own
 // certificate from one CA: orders may call payments, payments may exchange
 // toward ledger.
-func exchangeEnv(t *testing.T) (*testEnv, map[string]*meshService) {
+func exchangeEnv(t testing.TB) (*testEnv, map[string]*meshService) {
 	t.Helper()
 	e := getTestBackend(t)
 	ca := newTestCA(t, "mesh-ca")
@@ -55,7 +56,7 @@ func exchangeEnv(t *testing.T) (*testEnv, map[string]*meshService) {
 }
 
 // loginAs logs a service in over its own connection.
-func loginAs(t *testing.T, e *testEnv, s *meshService, extra map[string]any) string {
+func loginAs(t testing.TB, e *testEnv, s *meshService, extra map[string]any) string {
 	t.Helper()
 	data := map[string]any{"api_key": s.key}
 	for k, v := range extra {
@@ -69,7 +70,7 @@ func loginAs(t *testing.T, e *testEnv, s *meshService, extra map[string]any) str
 }
 
 // exchange calls exchange/<s.name> over conn with s's key.
-func exchange(t *testing.T, e *testEnv, s *meshService, conn *logical.Connection, extra map[string]any) (*logical.Response, error) {
+func exchange(t testing.TB, e *testEnv, s *meshService, conn *logical.Connection, extra map[string]any) (*logical.Response, error) {
 	t.Helper()
 	data := map[string]any{"api_key": s.key}
 	for k, v := range extra {
@@ -387,4 +388,35 @@ func TestExchangedTokenEndsWithSubjectServiceAndActor(t *testing.T) {
 	if ok, reason := e.verify(t, tok, nil); ok || reason != reasonServiceRevoked {
 		t.Errorf("subject's service revoked: %v %s", ok, reason)
 	}
+}
+
+// BenchmarkExchangeBesideLogin measures an exchange next to the login of
+// the same acting service over the same connection, both warm: the
+// exchange verifies one token and signs one, as a login signs one.
+func BenchmarkExchangeBesideLogin(b *testing.B) {
+	e, s := exchangeEnv(b)
+	e.b.Logger().SetLevel(hclog.Off)
+	orig := loginAs(b, e, s["orders"], nil)
+	pay := s["payments"]
+	b.Run("login", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if resp, err := mtlsLoginB(b, e, pay); err != nil || resp.IsError() {
+				b.Fatal(err, resp)
+			}
+		}
+	})
+	b.Run("exchange", func(b *testing.B) {
+		b.ReportAllocs()
+		data := map[string]any{"subject_token": orig, "audience": "ledger"}
+		for b.Loop() {
+			if resp, err := exchange(b, e, pay, pay.conn, data); err != nil || resp.IsError() {
+				b.Fatal(err, resp)
+			}
+		}
+	})
+}
+
+func mtlsLoginB(b *testing.B, e *testEnv, s *meshService) (*logical.Response, error) {
+	return e.requestWith(b, logical.UpdateOperation, "login/"+s.name, map[string]any{"api_key": s.key}, s.conn)
 }
