@@ -322,7 +322,11 @@ token_revoked, ambiguous_claims, certificate_mismatch, unbound_token,
 spiffe_id_not_registered, identity_withdrawn (the service's trust domain is no longer
 registered, or a JWT-SVID's service no longer gets SPIFFE subjects in config
 trust_domain), certificate_revoked (the token is bound to a client
-certificate found revoked after it logged in; see revocation_check).
+certificate found revoked after it logged in; see revocation_check),
+actor_withdrawn (an exchanged token whose acting service was since disabled or
+deleted). An exchanged token (exchange/<name>) also fails with token_revoked when
+any token it derives from (meshauth_derived_from) is revoked, and its answer
+carries actors, the actor chain, outermost first.
 
 A JWT-SVID (a service with token_subject=spiffe_id) has the SPIFFE ID in sub
 and names its service in meshauth_service; it is valid only while that
