@@ -20,8 +20,8 @@ import (
 
 // The RFC 8693 values exchange/:name accepts and answers with.
 const (
-	grantTypeTokenExchange = "urn:ietf:params:oauth:grant-type:token-exchange"
-	tokenTypeJWT           = "urn:ietf:params:oauth:token-type:jwt"
+	grantTypeTokenExchange = "urn:ietf:params:oauth:grant-type:token-exchange" //nolint:gosec // an RFC 8693 URN, not a credential
+	tokenTypeJWT           = "urn:ietf:params:oauth:token-type:jwt"            //nolint:gosec // an RFC 8693 URN, not a credential
 )
 
 // reasonActorWithdrawn is verify's reason for an exchanged token one of

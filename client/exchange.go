@@ -105,6 +105,7 @@ func (ts *TokenSource) exchange(ctx context.Context, subjectToken, audience stri
 		return nil, err
 	}
 	start := ts.now()
+	//nolint:gosec // RFC 8693 URNs and a field name, not credentials
 	sec, err := ts.vault.Logical().WriteWithContext(ctx, ts.cfg.Mount+"/exchange/"+ts.cfg.Service, map[string]any{
 		"api_key":            ts.cfg.APIKey,
 		"subject_token":      subjectToken,
