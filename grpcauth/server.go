@@ -107,5 +107,7 @@ func authenticate(ctx context.Context, v *meshtoken.Verifier) (context.Context, 
 	case err != nil:
 		return nil, status.Error(codes.Unauthenticated, "invalid token; "+v.VerifyHint())
 	}
-	return meshtoken.NewContext(ctx, claims), nil
+	// The token too, for a handler that exchanges it to call onward on
+	// the caller's behalf (meshtoken.TokenFromContext).
+	return meshtoken.NewTokenContext(meshtoken.NewContext(ctx, claims), token), nil
 }

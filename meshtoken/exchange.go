@@ -98,6 +98,10 @@ func withToken(ctx context.Context, token string) context.Context {
 	return context.WithValue(ctx, tokenKey{}, token)
 }
 
+// NewTokenContext returns ctx carrying the verified token's text, as the
+// Middleware and the gRPC interceptors do; TokenFromContext reads it.
+func NewTokenContext(ctx context.Context, token string) context.Context { return withToken(ctx, token) }
+
 // TokenFromContext returns the bearer token the Middleware verified, as the
 // caller sent it: the subject_token a service exchanges (client's
 // TokenSource.Exchange) to call onward on its caller's behalf. Forward it
