@@ -25,7 +25,8 @@ const (
 )
 
 // reasonActorWithdrawn is verify's reason for an exchanged token one of
-// whose actors is no longer a registered, enabled service.
+// whose actors is no longer the registered, enabled service in the epoch
+// it was at the exchange.
 const reasonActorWithdrawn = "actor_withdrawn"
 
 // pathExchange declares exchange/:name.
@@ -164,7 +165,7 @@ func (b *backend) pathExchange(ctx context.Context, req *logical.Request, d *fra
 	if err != nil {
 		return nil, err
 	}
-	minted, err := mintExchanged(ring.current, cfg, sc, name, audience, id.x5t, now, exp)
+	minted, err := mintExchanged(ring.current, cfg, sc, name, svc.entry.generation(), audience, id.x5t, now, exp)
 	if err != nil {
 		return nil, err
 	}
@@ -189,6 +190,7 @@ func (b *backend) pathExchange(ctx context.Context, req *logical.Request, d *fra
 // actorClaim is RFC 8693's act: the current actor, the one before it nested.
 type actorClaim struct {
 	Sub string      `json:"sub"`
+	Gen string      `json:"gen,omitempty"`
 	Act *actorClaim `json:"act,omitempty"`
 }
 
@@ -213,11 +215,12 @@ type exchangedClaims struct {
 // and extra claims, actor prepended to sc's actors, sc's jti appended to
 // the jtis it derives from. It returns nil when the token would be too
 // large for verifiers.
-func mintExchanged(key *signingKey, cfg *configEntry, sc *meshtoken.Claims, actor, audience, x5t string, now time.Time, exp int64) (*mintedToken, error) {
+func mintExchanged(key *signingKey, cfg *configEntry, sc *meshtoken.Claims, actor, actorGen, audience, x5t string, now time.Time, exp int64) (*mintedToken, error) {
 	var act *actorClaim
 	actors := append([]string{actor}, sc.Actors()...)
+	gens := append([]string{actorGen}, sc.ActorGenerations()...)
 	for i := len(actors) - 1; i >= 0; i-- {
-		act = &actorClaim{Sub: actors[i], Act: act}
+		act = &actorClaim{Sub: actors[i], Gen: gens[i], Act: act}
 	}
 	jti := rand.Text()
 	claims := exchangedClaims{
@@ -273,7 +276,9 @@ func mintExchanged(key *signingKey, cfg *configEntry, sc *meshtoken.Claims, acto
 
 // delegationReason is verify's check of an exchanged token beyond its own
 // jti: every token it was derived from is unrevoked, and every actor in its
-// chain is still a registered, enabled service. Tokens from login pass.
+// chain is still the registration it was, enabled, in the epoch it had at
+// the exchange (services/<actor>/revoke ends what it obtained). Tokens from
+// login pass.
 func (b *backend) delegationReason(ctx context.Context, s logical.Storage, c *meshtoken.Claims) (string, error) {
 	for _, jti := range c.DerivedFrom() {
 		revoked, err := b.revoked.isRevoked(ctx, s, jti)
@@ -284,12 +289,13 @@ func (b *backend) delegationReason(ctx context.Context, s logical.Storage, c *me
 			return reasonTokenRevoked, nil
 		}
 	}
-	for _, actor := range c.Actors() {
+	gens := c.ActorGenerations()
+	for i, actor := range c.Actors() {
 		svc, err := b.getService(ctx, s, actor)
 		if err != nil {
 			return "", err
 		}
-		if svc == nil || svc.entry.Disabled || svc.identityErr != nil {
+		if svc == nil || svc.entry.Disabled || svc.identityErr != nil || svc.entry.generation() != gens[i] {
 			return reasonActorWithdrawn, nil
 		}
 	}

@@ -147,7 +147,8 @@ func TestExchangeIssuesBoundDelegatedToken(t *testing.T) {
 	if p["sub"] != "orders" || p["aud"] != "ledger" || p["tenant"] != "acme" || p["gen"] != o["gen"] {
 		t.Errorf("claims %v", p)
 	}
-	if act, _ := p["act"].(map[string]any); act == nil || act["sub"] != "payments" || act["act"] != nil {
+	pay, _ := e.b.getService(t.Context(), e.storage, "payments")
+	if act, _ := p["act"].(map[string]any); act == nil || act["sub"] != "payments" || act["gen"] != pay.entry.generation() || act["act"] != nil {
 		t.Errorf("act %v", p["act"])
 	}
 	if cnf, _ := p["cnf"].(map[string]any); cnf == nil || cnf["x5t#S256"] != meshtoken.CertificateThumbprint(s["payments"].leaf) {
@@ -383,6 +384,33 @@ func TestExchangedTokenEndsWithSubjectServiceAndActor(t *testing.T) {
 		t.Errorf("actor disabled: %v %s", ok, reason)
 	}
 	e.mustOK(t, logical.UpdateOperation, "services/payments", map[string]any{"disabled": false})
+	// Re-enabling payments does not revive it: disabling advanced the epoch.
+	if ok, reason := e.verify(t, tok, nil); ok || reason != reasonActorWithdrawn {
+		t.Errorf("actor enabled again: %v %s", ok, reason)
+	}
+	tok = mint()
+	srv := engineFeed(t, e)
+	offline := func() error {
+		v, err := meshtoken.NewVerifier(t.Context(), meshtoken.VerifierConfig{
+			JWKSURL: srv.URL + "/jwks", Issuer: "meshauth", Audience: "ledger", HTTPClient: srv.Client(),
+			Revocations: &meshtoken.RevocationConfig{},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = v.Verify(t.Context(), tok, s["payments"].leaf)
+		return err
+	}
+	if err := offline(); err != nil {
+		t.Fatalf("offline before the actor's revoke: %v", err)
+	}
+	e.mustOK(t, logical.UpdateOperation, "services/payments/revoke", nil)
+	if ok, reason := e.verify(t, tok, nil); ok || reason != reasonActorWithdrawn {
+		t.Errorf("actor's tokens revoked: %v %s", ok, reason)
+	}
+	if err := offline(); !errors.Is(err, meshtoken.ErrRevoked) {
+		t.Errorf("offline with a fresh feed after the actor's revoke: %v", err)
+	}
 	tok = mint()
 	e.mustOK(t, logical.UpdateOperation, "services/orders/revoke", nil)
 	if ok, reason := e.verify(t, tok, nil); ok || reason != reasonServiceRevoked {

@@ -323,8 +323,8 @@ spiffe_id_not_registered, identity_withdrawn (the service's trust domain is no l
 registered, or a JWT-SVID's service no longer gets SPIFFE subjects in config
 trust_domain), certificate_revoked (the token is bound to a client
 certificate found revoked after it logged in; see revocation_check),
-actor_withdrawn (an exchanged token whose acting service was since disabled or
-deleted). An exchanged token (exchange/<name>) also fails with token_revoked when
+actor_withdrawn (an exchanged token whose acting service was since disabled,
+revoked, deleted or re-registered). An exchanged token (exchange/<name>) also fails with token_revoked when
 any token it derives from (meshauth_derived_from) is revoked, and its answer
 carries actors, the actor chain, outermost first.
 

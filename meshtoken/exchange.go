@@ -12,7 +12,10 @@ import (
 // for the subject of another, acting on its behalf.
 const (
 	// ClaimAct is the RFC 8693 section 4.1 actor claim: {"sub": <acting
-	// service>}, with the actor before it nested inside as act.
+	// service>, "gen": <its gen>}, with the actor before it nested inside
+	// as act. gen is the acting service's registration and revocation
+	// epoch, so revoking, disabling or re-registering it ends the tokens it
+	// obtained, online and through the feed, as for the subject's service.
 	ClaimAct = "act"
 	// ClaimDerivedFrom lists the jti of every token the token was exchanged
 	// from, the original first and the subject token last, so revoking any
@@ -26,7 +29,7 @@ const (
 const MaxActorDepth = 8
 
 // actMembers are the members meshauth reads inside act.
-var actMembers = []string{"sub", ClaimAct}
+var actMembers = []string{"sub", "gen", ClaimAct}
 
 // ErrDelegation is returned by Verify for a delegated token (one with act)
 // that the Verifier's MaxDelegationDepth or AllowedActors refuse.
@@ -36,6 +39,10 @@ var ErrDelegation = errors.New(errPrefix + "delegation chain not allowed here")
 // holds the token and exchanged for it last) first, then the actors before
 // it; empty for a token issued at login.
 func (c *Claims) Actors() []string { return slices.Clone(c.actors) }
+
+// ActorGenerations returns the gen of each actor, in the order of Actors
+// ("" where the token carries none).
+func (c *Claims) ActorGenerations() []string { return slices.Clone(c.actorGens) }
 
 // DerivedFrom returns the jti of every token this one was exchanged from,
 // the original first; empty for a token issued at login.
@@ -56,11 +63,17 @@ func (c *Claims) readDelegation(rc *registered) error {
 		if err := json.Unmarshal(raw, &members); err != nil || members == nil {
 			return errors.New("act must be a JSON object")
 		}
-		var sub string
+		var sub, gen string
 		if err := json.Unmarshal(members["sub"], &sub); err != nil || sub == "" {
 			return errors.New("act must carry sub, a non-empty string")
 		}
+		if g, ok := members["gen"]; ok {
+			if err := json.Unmarshal(g, &gen); err != nil {
+				return errors.New("act's gen must be a string")
+			}
+		}
 		c.actors = append(c.actors, sub)
+		c.actorGens = append(c.actorGens, gen)
 		raw = members[ClaimAct]
 	}
 	if len(rc.Derived) != len(c.actors) {

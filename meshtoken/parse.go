@@ -121,7 +121,7 @@ type Claims struct {
 	KeyID string
 	// actors and derivedFrom are act and meshauth_derived_from, read by
 	// Actors and DerivedFrom (exchange.go).
-	actors, derivedFrom []string
+	actors, actorGens, derivedFrom []string
 	// Payload is the decoded claims segment, for Extra.
 	Payload []byte
 }

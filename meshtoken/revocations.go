@@ -286,5 +286,14 @@ func (v *Verifier) checkRevoked(ctx context.Context, c *Claims) error {
 	if s, ok := list.services[service]; ok && s.Gen != c.Generation {
 		return fmt.Errorf("%w: every token of service %s issued before its last revoke", ErrRevoked, service)
 	}
+	// Each actor of an exchanged token, by the same rules.
+	for i, actor := range c.actors {
+		if _, ok := list.disabled[actor]; ok {
+			return fmt.Errorf("%w: acting service %s is disabled", ErrRevoked, actor)
+		}
+		if s, ok := list.services[actor]; ok && s.Gen != c.actorGens[i] {
+			return fmt.Errorf("%w: acting service %s was revoked after the exchange", ErrRevoked, actor)
+		}
+	}
 	return nil
 }

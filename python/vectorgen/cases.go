@@ -199,6 +199,14 @@ func (fx *fixture) vectors() (*File, error) {
 	add("act nested nine deep", deleg(nested, `["1","2","3","4","5","6","7","8","9"]`), "", "malformed")
 	add("derived_from a string", deleg(`{"sub":"payments"}`, `"jti-orig"`), "", "malformed")
 	add("derived_from with null", deleg(`{"sub":"payments"}`, `[null]`), "", "")
+	add("actor in its current gen", deleg(`{"sub":"rotated","gen":"g2"}`, `["jti-orig"]`), "", "")
+	add("actor revoked since (old gen)", deleg(`{"sub":"rotated","gen":"g1"}`, `["jti-orig"]`), "", "revoked")
+	add("actor revoked since (no gen)", deleg(`{"sub":"rotated"}`, `["jti-orig"]`), "", "revoked")
+	add("earlier actor revoked since", deleg(`{"sub":"payments","act":{"sub":"rotated","gen":"g1"}}`, `["jti-orig","jti-hop"]`), "", "revoked")
+	add("actor disabled", deleg(`{"sub":"disabled","gen":"g"}`, `["jti-orig"]`), "", "revoked")
+	add("act gen a number", deleg(`{"sub":"payments","gen":1}`, `["jti-orig"]`), "", "malformed")
+	add("act gen null", deleg(`{"sub":"payments","gen":null}`, `["jti-orig"]`), "", "")
+	add("act member spelled GEN", deleg(`{"sub":"payments","GEN":"g"}`, `["jti-orig"]`), "", "ambiguous_claims")
 	add("ACT spelled differently", fx.tok("ed", edH, claims(append(fx.base(), `"ACT"`, `{"sub":"payments"}`)...)), "", "ambiguous_claims")
 
 	g, err := newGoVerifier(f)
@@ -275,7 +283,7 @@ var (
 		`true`, `1`, `0`, `-0`, `1.5`, `1e3`, `1E3`, `-1`, `4102444800`, `4102444800.999`, `"4102444800"`, `" 4102444800"`,
 		`1e19`, `-1e19`, `9223372036854775807`, `9223372036854775808`, `9.2233720368547748e18`, `-9223372036854775808`,
 		`1e400`, `1e-400`, `4.9e-324`, `{}`, `{"x5t#S256":null}`, `{"a":1,"a":2}`, `[1,"a",null]`, `"\ud800"`, "\"\xff\"",
-		`{"sub":"payments"}`, `{"sub":"a","act":{"sub":"b"}}`, `["jti-revoked"]`, `["a","b"]`,
+		`{"sub":"payments"}`, `{"sub":"a","act":{"sub":"b"}}`, `{"sub":"rotated","gen":"g1"}`, `["jti-revoked"]`, `["a","b"]`,
 		`"g2"`, `"g1"`, `"jti-revoked"`, `"\u006frders"`, `"ord\u0000ers"`, `NaN`, `Infinity`, `01`, `1.`, `.5`, `+1`,
 	}
 )

@@ -31,7 +31,7 @@ REGISTERED_CLAIMS = ("iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf", "ge
                      "act", "meshauth_derived_from")
 HEADER_NAMES = ("alg", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "typ", "cty", "crit")
 CNF_MEMBERS = ("x5t#S256",)
-ACT_MEMBERS = ("sub", "act")
+ACT_MEMBERS = ("sub", "gen", "act")
 # meshtoken.MaxActorDepth: the act nesting a token may carry.
 MAX_ACTOR_DEPTH = 8
 
@@ -225,7 +225,7 @@ class Claims:
 
     __slots__ = ("issuer", "subject", "audience", "issued_at", "not_before", "expires_at",
                  "id", "thumbprint", "has_cnf", "generation", "service", "key_id", "payload", "_times",
-                 "actors", "derived_from")
+                 "actors", "actor_gens", "derived_from")
 
     def __init__(self):
         self.thumbprint = ""
@@ -234,6 +234,7 @@ class Claims:
         # holding the token) first; derived_from: the jti of every token it
         # was exchanged from, the original first. Empty for a login's token.
         self.actors = ()
+        self.actor_gens = ()
         self.derived_from = ()
 
     @property
@@ -407,7 +408,7 @@ def read_delegation(c):
     """Reads act as meshtoken's readDelegation: exact member names, a
     non-empty string sub at each level, at most MAX_ACTOR_DEPTH levels, and
     one meshauth_derived_from jti per actor."""
-    actors = []
+    actors, gens = [], []
     act = c.payload.get("act")
     while act is not None:
         if len(actors) == MAX_ACTOR_DEPTH:
@@ -417,11 +418,16 @@ def read_delegation(c):
         sub = act.get("sub")
         if not isinstance(sub, str) or isinstance(sub, _json.Number) or sub == "":
             raise TokenError(MALFORMED, "act must carry sub, a non-empty string")
+        gen = act.get("gen")
+        if gen is not None and (not isinstance(gen, str) or isinstance(gen, _json.Number)):
+            raise TokenError(MALFORMED, "act's gen must be a string")
         actors.append(sub)
+        gens.append(gen or "")
         act = act.get("act")
     if len(c.derived_from) != len(actors):
         raise TokenError(MALFORMED, "meshauth_derived_from must list one jti per actor")
     c.actors = tuple(actors)
+    c.actor_gens = tuple(gens)
 
 
 def validate(c, issuer, audience, leeway, now=None):

@@ -474,4 +474,10 @@ class Verifier:
             raise VerifyError(REVOKED, "service is disabled")
         if service in f.services and f.services[service] != c.generation:
             raise VerifyError(REVOKED, "every token of the service issued before its last revoke")
+        # Each actor of an exchanged token, by the same rules.
+        for actor, gen in zip(c.actors, c.actor_gens):
+            if actor in f.disabled:
+                raise VerifyError(REVOKED, "an acting service is disabled")
+            if actor in f.services and f.services[actor] != gen:
+                raise VerifyError(REVOKED, "an acting service was revoked after the exchange")
 
