@@ -77,6 +77,66 @@ type epochValue[V any] struct {
 	epoch uint64
 	value V
 	ok    bool
+	// flight is loadFresh's load in progress; nil when none.
+	flight *epochFlight[V]
+}
+
+// epochFlight is one load of loadFresh and the callers waiting for it.
+type epochFlight[V any] struct {
+	epoch uint64
+	done  chan struct{}
+	value V
+	err   error
+}
+
+// loadFresh is load for a value that also expires (fresh says whether the
+// held value still answers), loaded one at a time: concurrent callers wait
+// for the load in flight and share its result, so an expensive value (the
+// signed revocation feed) is built once however many read it at once. A
+// caller that arrives after a drop never joins a load that began before
+// it, and that load's result is not kept. A waiter whose load failed tries
+// again (the failure may be the loading caller's ended context).
+func (c *epochValue[V]) loadFresh(ctx context.Context, fresh func(V) bool, loader func() (V, error)) (V, error) {
+	c.mu.Lock()
+	for {
+		if c.ok && fresh(c.value) {
+			v := c.value
+			c.mu.Unlock()
+			return v, nil
+		}
+		f := c.flight
+		if f == nil || f.epoch != c.epoch {
+			break
+		}
+		c.mu.Unlock()
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			var zero V
+			return zero, ctx.Err()
+		}
+		if f.err == nil {
+			return f.value, nil
+		}
+		// The load failed (its caller's context may have ended): try
+		// again rather than answer with another caller's error.
+		c.mu.Lock()
+	}
+	f := &epochFlight[V]{epoch: c.epoch, done: make(chan struct{})}
+	c.flight = f
+	c.mu.Unlock()
+
+	f.value, f.err = loader()
+	c.mu.Lock()
+	if f.err == nil && c.epoch == f.epoch {
+		c.value, c.ok = f.value, true
+	}
+	if c.flight == f {
+		c.flight = nil
+	}
+	c.mu.Unlock()
+	close(f.done)
+	return f.value, f.err
 }
 
 // load returns the value, or calls loader and keeps its result unless a drop

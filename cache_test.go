@@ -91,3 +91,28 @@ func TestConcurrentServiceLoadsShareOneValue(t *testing.T) {
 		}
 	}
 }
+
+// A failed load is not handed to the callers waiting for it: they load
+// again (the failure may be the loading caller's ended context).
+func TestEpochValueLoadFreshWaitersRetryAFailedLoad(t *testing.T) {
+	var c epochValue[int]
+	started, release := make(chan struct{}), make(chan struct{})
+	go func() {
+		_, _ = c.loadFresh(t.Context(), func(int) bool { return true }, func() (int, error) {
+			close(started)
+			<-release
+			return 0, context.Canceled
+		})
+	}()
+	<-started
+	got := make(chan int)
+	go func() {
+		v, _ := c.loadFresh(t.Context(), func(int) bool { return true }, func() (int, error) { return 7, nil })
+		got <- v
+	}()
+	time.Sleep(10 * time.Millisecond) // the second caller waits on the first load
+	close(release)
+	if v := <-got; v != 7 {
+		t.Fatalf("waiter got %d, want its own load's 7", v)
+	}
+}

@@ -914,8 +914,8 @@ func (l *labelCounters) snapshot() map[string]uint64 {
 }
 
 // prometheus renders the counters as one family.
-func (l *labelCounters) prometheus(sb *strings.Builder, family, help string) {
-	fmt.Fprintf(sb, "# HELP %s %s\n# TYPE %s counter\n", family, help, family)
+func (l *labelCounters) prometheus(p *promText, family, help string) {
+	p.family(family, help, "counter")
 	snap := l.snapshot()
 	keys := make([]string, 0, len(snap))
 	for k := range snap {
@@ -923,7 +923,7 @@ func (l *labelCounters) prometheus(sb *strings.Builder, family, help string) {
 	}
 	slices.Sort(keys)
 	for _, k := range keys {
-		fmt.Fprintf(sb, "%s{result=%q} %d\n", family, k, snap[k])
+		p.sample(family, snap[k], "result", k)
 	}
 }
 

@@ -807,10 +807,10 @@ func (m *templateMetrics) addTo(data map[string]any) {
 func (m *templateMetrics) prometheus() string {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	var sb strings.Builder
-	sb.WriteString("# HELP meshauth_claims_template_refusals_total Logins refused because the service's claims_template did not render, by reason.\n# TYPE meshauth_claims_template_refusals_total counter\n")
+	var p promText
+	p.family("meshauth_claims_template_refusals_total", "Logins refused because the service's claims_template did not render, by reason.", "counter")
 	for _, k := range m.sortedKeys() {
-		fmt.Fprintf(&sb, "meshauth_claims_template_refusals_total{service=%q,reason=%q} %d\n", k[0], k[1], m.counts[k].Load())
+		p.sample("meshauth_claims_template_refusals_total", m.counts[k].Load(), "service", k[0], "reason", k[1])
 	}
-	return sb.String()
+	return p.sb.String()
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"net"
-	"strconv"
 	"sync"
 	"time"
 )
@@ -89,12 +88,8 @@ func (a *keyAdoption) prometheus() string {
 	if s.NextKID == "" {
 		return ""
 	}
-	return "# HELP meshauth_next_key_fetchers Distinct fetchers (hashed addresses) that read jwks holding the next key, on this node.\n" +
-		"# TYPE meshauth_next_key_fetchers gauge\n" +
-		`meshauth_next_key_fetchers{kid="` + s.NextKID + `"} ` + itoa(s.Fetchers) + "\n"
-}
-
-// itoa formats a non-negative count.
-func itoa(n int) string {
-	return strconv.Itoa(n)
+	var p promText
+	p.family("meshauth_next_key_fetchers", "Distinct fetchers (hashed addresses) that read jwks holding the next key, on this node.", "gauge")
+	p.sample("meshauth_next_key_fetchers", uint64(max(s.Fetchers, 0)), "kid", s.NextKID)
+	return p.sb.String()
 }

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 // maxRemovedKeys bounds the removed keys the ring remembers. Each stays
@@ -14,7 +16,7 @@ import (
 // holds the removals of about one verification_ttl; past this many the one
 // that leaves the feed first goes early (it is out of jwks already, so a
 // verifier that refetched jwks refuses its tokens regardless).
-const maxRemovedKeys = 64
+const maxRemovedKeys = meshtoken.MaxRemovedKeys
 
 // removedKeyEntry records a key taken out of the ring at keys/<kid>/revoke.
 type removedKeyEntry struct {

@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -30,9 +29,6 @@ const (
 	algEdDSA = meshtoken.EdDSA
 	algRS256 = meshtoken.RS256
 )
-
-// supportedAlgorithms lists the signing algorithms in the order help shows them.
-var supportedAlgorithms = meshtoken.Algorithms
 
 // Key states in the ring.
 const (
@@ -238,10 +234,7 @@ func parseSigningKey(e *signingKeyEntry) (*signingKey, error) {
 	jwk["kid"] = e.KID
 	jwk["alg"] = e.Algorithm
 	jwk["use"] = "sig"
-	header, err := json.Marshal(map[string]string{"alg": e.Algorithm, "kid": e.KID, "typ": "JWT"})
-	if err != nil {
-		return nil, err
-	}
+	header := meshtoken.Header(e.Algorithm, e.KID, meshtoken.TokenType)
 	return &signingKey{
 		entry:     e,
 		method:    method,
@@ -254,43 +247,28 @@ func parseSigningKey(e *signingKeyEntry) (*signingKey, error) {
 // signingMethod returns the golang-jwt method for alg, checking that the key
 // is of the kind the algorithm needs.
 func signingMethod(alg string, key crypto.Signer) (jwt.SigningMethod, error) {
-	var ok bool
-	var method jwt.SigningMethod
-	switch alg {
-	case algES256:
-		k, isEC := key.(*ecdsa.PrivateKey)
-		ok, method = isEC && k.Curve == elliptic.P256(), jwt.SigningMethodES256
-	case algES384:
-		k, isEC := key.(*ecdsa.PrivateKey)
-		ok, method = isEC && k.Curve == elliptic.P384(), jwt.SigningMethodES384
-	case algEdDSA:
-		_, ok = key.(ed25519.PrivateKey)
-		method = jwt.SigningMethodEdDSA
-	case algRS256:
-		_, ok = key.(*rsa.PrivateKey)
-		method = jwt.SigningMethodRS256
-	}
-	if !ok {
+	a, ok := meshtoken.AlgorithmOf(alg)
+	if !ok || !a.FitsKey(key.Public()) {
 		return nil, fmt.Errorf("key does not fit algorithm %q", alg)
 	}
-	return method, nil
+	return a.Method, nil
 }
 
 // generateSigningKey makes a new key for alg, with its kid.
 func generateSigningKey(alg string, keyVersion int, now time.Time) (*signingKeyEntry, error) {
+	a, ok := meshtoken.AlgorithmOf(alg)
+	if !ok {
+		return nil, fmt.Errorf("unsupported signing algorithm %q", alg)
+	}
 	var key crypto.Signer
 	var err error
-	switch alg {
-	case algES256:
-		key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	case algES384:
-		key, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	case algEdDSA:
+	switch a.KeyType {
+	case "EC":
+		key, err = ecdsa.GenerateKey(a.Curve, rand.Reader)
+	case "OKP":
 		_, key, err = ed25519.GenerateKey(rand.Reader)
-	case algRS256:
+	case "RSA":
 		key, err = rsa.GenerateKey(rand.Reader, rsaKeyBits)
-	default:
-		return nil, fmt.Errorf("unsupported signing algorithm %q", alg)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("generating %s key: %w", alg, err)
@@ -299,7 +277,7 @@ func generateSigningKey(alg string, keyVersion int, now time.Time) (*signingKeyE
 	if err != nil {
 		return nil, fmt.Errorf("encoding %s key: %w", alg, err)
 	}
-	kid, err := meshtoken.Thumbprint(key.Public())
+	kid, err := meshtoken.JWKThumbprint(key.Public())
 	if err != nil {
 		return nil, err
 	}

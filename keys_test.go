@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 // jwksKIDs reads jwks and returns its kids in order.
@@ -96,7 +98,7 @@ func TestPeriodicRotatesOncePerPeriod(t *testing.T) {
 }
 
 func TestKeyEntrySizes(t *testing.T) {
-	for _, alg := range supportedAlgorithms {
+	for _, alg := range meshtoken.Algorithms() {
 		k, err := generateSigningKey(alg, 1<<30, time.Now())
 		if err != nil {
 			t.Fatal(err)

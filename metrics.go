@@ -1,8 +1,8 @@
 package meshauth
 
 import (
-	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -126,53 +126,80 @@ func (m *metrics) snapshot(lockedCallers int) map[string]any {
 	}
 }
 
+// promText writes the Prometheus text exposition format: the one writer of
+// every family /metrics serves.
+type promText struct{ sb strings.Builder }
+
+// family starts a metric family.
+func (p *promText) family(name, help, kind string) {
+	p.sb.WriteString("# HELP " + name + " " + help + "\n# TYPE " + name + " " + kind + "\n")
+}
+
+// promLabel escapes a label value as the format requires: backslash,
+// double quote and line feed.
+var promLabel = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
+
+// sample writes one sample; labels are name, value pairs.
+func (p *promText) sample(name string, value uint64, labels ...string) {
+	p.sb.WriteString(name)
+	for i := 0; i+1 < len(labels); i += 2 {
+		if i == 0 {
+			p.sb.WriteByte('{')
+		} else {
+			p.sb.WriteByte(',')
+		}
+		p.sb.WriteString(labels[i] + `="` + promLabel.Replace(labels[i+1]) + `"`)
+	}
+	if len(labels) > 1 {
+		p.sb.WriteByte('}')
+	}
+	p.sb.WriteString(" " + strconv.FormatUint(value, 10) + "\n")
+}
+
 // prometheus renders the counters in the Prometheus text exposition format.
 func (m *metrics) prometheus(lockedCallers int) string {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	var sb strings.Builder
+	var p promText
 	names := make([]string, 0, len(m.services))
 	for name := range m.services {
 		names = append(names, name)
 	}
 	slices.Sort(names)
-	family := func(name, help, kind string) {
-		fmt.Fprintf(&sb, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, kind)
-	}
-	family("meshauth_logins_total", "Logins by service and result.", "counter")
+	p.family("meshauth_logins_total", "Logins by service and result.", "counter")
 	for _, n := range names {
 		c := m.services[n]
-		fmt.Fprintf(&sb, "meshauth_logins_total{service=%q,result=\"success\"} %d\n", n, c.loginsOK.Load())
-		fmt.Fprintf(&sb, "meshauth_logins_total{service=%q,result=\"failure\"} %d\n", n, c.loginsFailed.Load())
-		fmt.Fprintf(&sb, "meshauth_logins_total{service=%q,result=\"locked\"} %d\n", n, c.lockedRefusals.Load())
+		p.sample("meshauth_logins_total", c.loginsOK.Load(), "service", n, "result", "success")
+		p.sample("meshauth_logins_total", c.loginsFailed.Load(), "service", n, "result", "failure")
+		p.sample("meshauth_logins_total", c.lockedRefusals.Load(), "service", n, "result", "locked")
 	}
-	family("meshauth_logins_refused_total", "Logins refused (also counted as failures) because the service's stored entry fails closed, by reason.", "counter")
+	p.family("meshauth_logins_refused_total", "Logins refused (also counted as failures) because the service's stored entry fails closed, by reason.", "counter")
 	for _, n := range names {
-		fmt.Fprintf(&sb, "meshauth_logins_refused_total{service=%q,reason=\"trust_domain_missing\"} %d\n", n, m.services[n].refusedIdentity.Load())
+		p.sample("meshauth_logins_refused_total", m.services[n].refusedIdentity.Load(), "service", n, "reason", "trust_domain_missing")
 	}
-	family("meshauth_lockouts_total", "Callers locked out of a service after repeated failures.", "counter")
+	p.family("meshauth_lockouts_total", "Callers locked out of a service after repeated failures.", "counter")
 	for _, n := range names {
-		fmt.Fprintf(&sb, "meshauth_lockouts_total{service=%q} %d\n", n, m.services[n].lockouts.Load())
+		p.sample("meshauth_lockouts_total", m.services[n].lockouts.Load(), "service", n)
 	}
-	family("meshauth_tokens_issued_total", "Tokens issued by service.", "counter")
+	p.family("meshauth_tokens_issued_total", "Tokens issued by service.", "counter")
 	for _, n := range names {
-		fmt.Fprintf(&sb, "meshauth_tokens_issued_total{service=%q} %d\n", n, m.services[n].tokensIssued.Load())
+		p.sample("meshauth_tokens_issued_total", m.services[n].tokensIssued.Load(), "service", n)
 	}
-	family("meshauth_verifications_total", "Online verifications by result (valid, or the reason a token was refused).", "counter")
+	p.family("meshauth_verifications_total", "Online verifications by result (valid, or the reason a token was refused).", "counter")
 	results := make([]string, 0, len(m.verifications))
 	for r := range m.verifications {
 		results = append(results, r)
 	}
 	slices.Sort(results)
 	for _, r := range results {
-		fmt.Fprintf(&sb, "meshauth_verifications_total{result=%q} %d\n", r, m.verifications[r].Load())
+		p.sample("meshauth_verifications_total", m.verifications[r].Load(), "result", r)
 	}
-	family("meshauth_key_rotations_total", "Signing key rotations performed by this node.", "counter")
-	fmt.Fprintf(&sb, "meshauth_key_rotations_total %d\n", m.keyRotations.Load())
-	family("meshauth_login_storage_operations_total", "Storage calls made by logins; 0 while every cache is warm.", "counter")
-	fmt.Fprintf(&sb, "meshauth_login_storage_operations_total %d\n", m.loginStorageOps.Load())
-	family("meshauth_locked_callers", "Service/caller pairs locked out right now on this node.", "gauge")
-	fmt.Fprintf(&sb, "meshauth_locked_callers %d\n", lockedCallers)
-	m.certRevocation.prometheus(&sb, "meshauth_certificate_revocation_total", "Client-certificate revocation checks by result: certificate_revoked (login refused), revocation_unavailable (refused: no current CRL/OCSP answer), revocation_fail_open (allowed without one), crl_fetch_failed, ocsp_fetch_failed.")
-	return sb.String()
+	p.family("meshauth_key_rotations_total", "Signing key rotations performed by this node.", "counter")
+	p.sample("meshauth_key_rotations_total", m.keyRotations.Load())
+	p.family("meshauth_login_storage_operations_total", "Storage calls made by logins; 0 while every cache is warm.", "counter")
+	p.sample("meshauth_login_storage_operations_total", m.loginStorageOps.Load())
+	p.family("meshauth_locked_callers", "Service/caller pairs locked out right now on this node.", "gauge")
+	p.sample("meshauth_locked_callers", uint64(max(lockedCallers, 0)))
+	m.certRevocation.prometheus(&p, "meshauth_certificate_revocation_total", "Client-certificate revocation checks by result: certificate_revoked (login refused), revocation_unavailable (refused: no current CRL/OCSP answer), revocation_fail_open (allowed without one), crl_fetch_failed, ocsp_fetch_failed.")
+	return p.sb.String()
 }

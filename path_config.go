@@ -10,6 +10,8 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 // configVersion is the current layout of configEntry.
@@ -22,7 +24,7 @@ const (
 	defaultTokenTTL            = time.Hour
 	defaultMaxTTL              = 24 * time.Hour
 	defaultKeyRotationPeriod   = 24 * time.Hour
-	defaultLeeway              = 30 * time.Second
+	defaultLeeway              = meshtoken.DefaultLeeway
 	defaultLockoutThreshold    = 5
 	defaultLockoutDuration     = 15 * time.Minute
 	defaultLockoutCounterReset = 15 * time.Minute
@@ -38,7 +40,7 @@ const (
 	// revocation feed may be: the longest a revoked token is still accepted
 	// offline. The feed's max-age is half of it, so one failed refetch still
 	// leaves a verifier within it.
-	defaultRevocationMaxStaleness = 5 * time.Minute
+	defaultRevocationMaxStaleness = meshtoken.DefaultRevocationMaxStaleness
 	// Bounds of revocation_max_staleness: under 10s every verifier polls
 	// Vault several times a minute; over 1h revocation means little.
 	minRevocationStaleness = 10 * time.Second
@@ -385,7 +387,7 @@ func (c *configEntry) validate() string {
 	case len(c.Issuer) > 512:
 		return "issuer is longer than 512 characters"
 	case !isSupportedAlgorithm(c.SigningAlgorithm):
-		return fmt.Sprintf("signing_algorithm %q is not supported; use one of %s", c.SigningAlgorithm, strings.Join(supportedAlgorithms, ", "))
+		return fmt.Sprintf("signing_algorithm %q is not supported; use one of %s", c.SigningAlgorithm, strings.Join(meshtoken.Algorithms(), ", "))
 	case c.MaxTTL <= 0:
 		return "max_ttl must be positive"
 	case c.DefaultTTL <= 0:

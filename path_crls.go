@@ -10,6 +10,8 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 // Storage of operator-pushed CRLs and of revoked certificates listed in the
@@ -297,8 +299,17 @@ func (r *certRevocation) listRevoked(ctx context.Context, s logical.Storage, x5t
 	if err != nil {
 		return err
 	}
-	if old, ok := listed[x5t]; ok && !exp.After(old) {
+	old, ok := listed[x5t]
+	if ok && !exp.After(old) {
 		return nil
+	}
+	if !ok && len(listed) >= meshtoken.MaxRevokedCertificates {
+		// The feed's size bound (meshtoken.MaxFeedLength) counts on this
+		// limit: past it, listing more would let revocations push every
+		// verifier into failing closed. Online verify and logins still
+		// refuse the certificate; offline verifiers need the service
+		// revoked (services/<name>/revoke).
+		return fmt.Errorf("%d revoked client certificates are listed already (the feed's limit); revoke the service whose certificate %s was revoked with services/<name>/revoke so offline verifiers refuse its tokens", len(listed), x5t)
 	}
 	if err := writeEntry(ctx, s, storageRevokedCertsPrefix+x5t, "revoked certificate", &revokedCertEntry{Version: 1, Exp: exp.UTC()}, false); err != nil {
 		return err

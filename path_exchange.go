@@ -248,7 +248,7 @@ func mintExchanged(key *signingKey, cfg *configEntry, sc *meshtoken.Claims, acto
 	if err := json.Unmarshal(sc.Payload, &extra); err != nil {
 		return nil, fmt.Errorf("reading subject claims: %w", err)
 	}
-	for _, name := range meshtoken.RegisteredClaims {
+	for _, name := range meshtoken.RegisteredClaims() {
 		delete(extra, name)
 	}
 	if len(extra) > 0 {

@@ -165,7 +165,7 @@ func TestExchangeIssuesBoundDelegatedToken(t *testing.T) {
 	if !ok {
 		t.Fatalf("verify with payments' certificate: %s", reason)
 	}
-	if ok, reason := e.verify(t, tok, map[string]any{"certificate": pemCert(s["orders"].leaf.Raw)}); ok || reason != reasonCertMismatch {
+	if ok, reason := e.verify(t, tok, map[string]any{"certificate": pemCert(s["orders"].leaf.Raw)}); ok || reason != meshtoken.ReasonCertMismatch {
 		t.Errorf("verify with orders' certificate: %v %s", ok, reason)
 	}
 	vr := e.mustOK(t, logical.UpdateOperation, "verify", map[string]any{"token": tok})

@@ -19,7 +19,7 @@ import (
 const (
 	// maxJWKSCacheAge caps it, so a new next key reaches verifiers within
 	// the hour.
-	maxJWKSCacheAge = time.Hour
+	maxJWKSCacheAge = meshtoken.MaxKeyCacheAge
 	// minJWKSCacheAge floors it. Without a floor, a rotation that is due but
 	// not yet run (the periodic function runs about once a minute, and not
 	// at all while the active node is sealed or failing over) gave max-age=0,
@@ -101,10 +101,10 @@ func (b *backend) pathDiscoveryRead(ctx context.Context, req *logical.Request, _
 		"issuer":                                cfg.Issuer,
 		"jwks_uri":                              cfg.publishedURL(req.MountPoint, "jwks"),
 		"revocation_endpoint":                   cfg.publishedURL(req.MountPoint, "revocations"),
-		"id_token_signing_alg_values_supported": supportedAlgorithms,
+		"id_token_signing_alg_values_supported": meshtoken.Algorithms(),
 		"response_types_supported":              []string{"id_token"},
 		"subject_types_supported":               []string{"public"},
-		"claims_supported":                      []string{"iss", "sub", "aud", "iat", "nbf", "exp", "jti", "cnf", meshtoken.ClaimAct, meshtoken.ClaimDerivedFrom},
+		"claims_supported":                      meshtoken.RegisteredClaims(),
 	}
 	body, err := json.Marshal(doc)
 	if err != nil {

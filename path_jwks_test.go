@@ -2,11 +2,14 @@ package meshauth
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 // An overdue rotation (the periodic function has not run yet) must not
@@ -60,6 +63,15 @@ func TestDiscoveryDocument(t *testing.T) {
 	}
 	if d := doc(); d["issuer"] != "meshauth" || d["jwks_uri"] != "/v1/meshauth/jwks" {
 		t.Fatalf("discovery %#v", d)
+	}
+	// The advertised claims are meshtoken's registered claims, all of them
+	// (regression: discovery listed 8 of the 10).
+	var advertised []string
+	for _, c := range doc()["claims_supported"].([]any) {
+		advertised = append(advertised, c.(string))
+	}
+	if !slices.Equal(advertised, meshtoken.RegisteredClaims()) {
+		t.Fatalf("claims_supported %v; meshtoken registers %v", advertised, meshtoken.RegisteredClaims())
 	}
 	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"issuer": "https://127.0.0.1:8200/v1/mesh/"})
 	if d := doc(); !strings.HasSuffix(d["jwks_uri"].(string), "/v1/mesh/jwks") || !strings.HasPrefix(d["jwks_uri"].(string), "https://") {

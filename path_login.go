@@ -15,6 +15,8 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 // pathLogin declares login/:name.
@@ -62,7 +64,7 @@ func pathLogin(b *backend) []*framework.Path {
 // the generic error on purpose, so an operator can tell a lockout from a bad
 // key, and it names when the lock ends.
 func errLoginLocked(until time.Time) error {
-	return logical.CodedError(http.StatusForbidden, fmt.Sprintf("login locked for this caller after too many failed attempts; try again after %s", until.UTC().Format(time.RFC3339)))
+	return logical.CodedError(http.StatusForbidden, meshtoken.LockoutMessage(until))
 }
 
 // loginRefusal is the answer of every refused login (not a lockout). It is
@@ -80,7 +82,7 @@ func (e *loginRefusal) Unwrap() error { return logical.ErrPermissionDenied }
 
 // loginRefusedPrefix starts every refused login's answer; the client
 // library and scripts recognise meshauth's refusal by it.
-const loginRefusedPrefix = "meshauth: login refused"
+const loginRefusedPrefix = meshtoken.LoginRefusedPrefix
 
 // loginRefusedLogMessage is the log message of a refused login, at Info;
 // the answer tells the caller to look for it.
@@ -112,7 +114,7 @@ func errGetLoginOff(req *logical.Request) error {
 // hands it to the plugin only when the mount lists it in
 // passthrough_request_headers, and audit devices do not record request
 // headers unless told to.
-const apiKeyHeader = "X-Meshauth-Api-Key" //nolint:gosec // a header name, not a credential
+const apiKeyHeader = meshtoken.APIKeyHeader
 
 // pathLogin serves the POST login of the vault CLI: the key is a field.
 func (b *backend) pathLogin(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {

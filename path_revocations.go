@@ -80,6 +80,10 @@ signing key: its header names alg, kid and typ meshauth-revocations+jwt, and
 verifies with jwks like a token. Needs no Vault token. The payload (JSON):
 
   iss       the engine's issuer
+  iat       the time the feed describes (Unix seconds, a multiple of its
+            step: a tenth of revocation_max_staleness, 1s to 1m); a new feed
+            is rendered every step. Verifiers count staleness from it and
+            refuse a feed older than one they accepted (no rollback)
   tokens    {jti: exp}: tokens revoked at revoke
   services  {name: {gen, exp}}: a token of that service whose gen claim is
             not gen was minted before services/<name>/revoke or a disable
@@ -87,12 +91,16 @@ verifies with jwks like a token. Needs no Vault token. The payload (JSON):
   keys      {kid: exp}: keys removed at keys/<kid>/revoke; refuse every
             token that names the kid
 
-exp is Unix seconds; an entry leaves the feed (at a whole minute) once exp
+exp is Unix seconds; an entry leaves the feed (at a step) once exp
 plus leeway has passed, as nothing it names can be valid after that, so the
 feed holds only what is revoked and not yet expired.
 
 The feed is rendered from stored data only, and signed deterministically, so
-every node of a cluster serves the same bytes and ETag. The response carries
+every node of a cluster serves the same bytes and ETag; one render at a time,
+concurrent readers all served from it. Its size is bounded by the engine's
+limits (20000 revoked tokens, 10000 service names registered or deleted with
+live tokens, 64 removed keys) to about 6.3 MB, under the 8 MiB every
+meshtoken Verifier reads (docs/token-rules.md). The response carries
 a strong ETag; a request with If-None-Match naming it is answered 304.
 Cache-Control max-age is half of config revocation_max_staleness (default 5m),
 the age past which a verifier's copy must no longer be trusted.

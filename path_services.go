@@ -65,7 +65,7 @@ func serviceFields() map[string]*framework.FieldSchema {
 	fields := map[string]*framework.FieldSchema{
 		"name": {
 			Type:        framework.TypeString,
-			Description: "Service name: [a-z0-9][a-z0-9._-]{0,127}. Names are lower case; a path spelling one with an upper-case letter is refused with the lower-case path. It is the tokens' sub claim.",
+			Description: "Service name: " + serviceNameSyntax + ". Names are lower case; a path spelling one with an upper-case letter is refused with the lower-case path. It is the tokens' sub claim.",
 		},
 		"certificate": {
 			Type:        framework.TypeString,
@@ -247,6 +247,14 @@ func (b *backend) pathServiceWrite(ctx context.Context, req *logical.Request, d 
 	old, err := readService(ctx, req.Storage, name)
 	if err != nil {
 		return nil, err
+	}
+	if old == nil {
+		if msg, err := serviceRoom(ctx, req.Storage); err != nil || msg != "" {
+			if err != nil {
+				return nil, err
+			}
+			return logical.ErrorResponse(msg), nil
+		}
 	}
 	now := b.now().UTC()
 	entry := &serviceEntry{Name: name, CreatedAt: now, Registration: newRegistration()}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 func TestServiceCreateReadNeverShowsKey(t *testing.T) {
@@ -362,4 +364,16 @@ func TestBrokenStoredEntryDoesNotLockItsInstancesOut(t *testing.T) {
 	}
 	e.mustOK(t, logical.UpdateOperation, "services/orders", map[string]any{"claims": map[string]any{"team": "checkout"}})
 	e.mustLogin(t, "orders", key) // not locked out by the server's own fault
+}
+
+// The service-name syntax has one spelling, its length the one the
+// revocation feed's size bound counts on.
+func TestServiceNameSyntaxIsOneSpelling(t *testing.T) {
+	e := getTestBackend(t)
+	long := strings.Repeat("a", meshtoken.MaxServiceNameLength)
+	e.register(t, long, nil)
+	e.mustFail(t, logical.CreateOperation, "services/"+long+"a", map[string]any{}, "")
+	if serviceNameSyntax != `[a-z0-9][a-z0-9._-]{0,127}` {
+		t.Fatalf("syntax %s", serviceNameSyntax)
+	}
 }

@@ -2,9 +2,6 @@ package meshauth
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/base64"
 	"fmt"
 	"strings"
 	"time"
@@ -138,55 +135,29 @@ func (b *backend) verifyToken(ctx context.Context, s logical.Storage, raw, audie
 	return &verification{parsed: parsed, service: name}, nil
 }
 
-// bindingCheck is what verify's caller knows of the certificate that came
-// with the token.
-type bindingCheck struct {
-	// x5t is the SHA-256 of the caller's certificate; nil when not given.
-	x5t []byte
-	// required refuses unbound tokens.
-	required bool
-}
-
-// bindingOf reads verify's certificate field: PEM, or an x5t#S256 already
-// computed by the resource server.
-func bindingOf(cert string, required bool) (bindingCheck, string) {
+// bindingOf reads verify's certificate field (PEM, or an x5t#S256 already
+// computed by the resource server) into the binding check every verifier
+// shares. Without a certificate the connection is unseen: a bound token is
+// then the caller's to match (RFC 8705 leaves it to whoever sees the
+// connection).
+func bindingOf(cert string, required bool) (meshtoken.Binding, string) {
 	cert = strings.TrimSpace(cert)
-	b := bindingCheck{required: required}
+	b := meshtoken.Binding{Required: required}
 	switch {
 	case cert == "":
+		b.Unseen = true
 	case strings.HasPrefix(cert, "-----BEGIN"):
 		certs, err := parseCertificates("certificate", cert, 1)
 		if err != nil {
 			return b, err.Error()
 		}
-		sum := sha256.Sum256(certs[0].Raw)
-		b.x5t = sum[:]
+		b.Thumbprint = certificateThumbprint(certs[0])
+	case meshtoken.IsThumbprint(cert):
+		b.Thumbprint = cert
 	default:
-		raw, err := base64.RawURLEncoding.DecodeString(cert)
-		if err != nil || len(raw) != sha256.Size || !meshtoken.WellFormed("a."+cert+".a") {
-			return b, "certificate must be a PEM certificate or its x5t#S256 (43 base64url characters)"
-		}
-		b.x5t = raw
+		return b, "certificate must be a PEM certificate or its x5t#S256 (43 base64url characters)"
 	}
 	return b, ""
-}
-
-// check returns the reason a token's cnf fails this binding, or "". A bound
-// token is valid only with the certificate it names when the caller gave
-// one; RFC 8705 leaves the check to whoever sees the connection. The
-// thumbprints are compared as bytes, so no spelling of either can mismatch.
-func (b bindingCheck) check(cnf *meshtoken.Confirmation) string {
-	bound := cnf != nil && cnf.X5tS256 != ""
-	switch {
-	case !bound && b.required:
-		return reasonUnbound
-	case bound && b.x5t != nil:
-		got, err := base64.RawURLEncoding.DecodeString(cnf.X5tS256)
-		if err != nil || subtle.ConstantTimeCompare(got, b.x5t) != 1 {
-			return reasonCertMismatch
-		}
-	}
-	return ""
 }
 
 // generationReason checks a token's gen claim against the service's
@@ -224,7 +195,7 @@ func (b *backend) pathVerify(ctx context.Context, req *logical.Request, d *frame
 		return nil, err
 	}
 	if v.reason == "" {
-		v.reason = binding.check(v.parsed.claims.Confirmation)
+		v.reason = meshtoken.ReasonOf(binding.Check(v.parsed.claims))
 	}
 	if v.reason == "" && v.parsed.claims.Bound() {
 		// A token bound to a certificate revoked since (cert_revocation.go).
@@ -284,10 +255,14 @@ func (b *backend) pathRevoke(ctx context.Context, req *logical.Request, d *frame
 	b.revokeLock.Lock()
 	defer b.revokeLock.Unlock()
 	if msg, err := b.roomForRevocation(ctx, req.Storage, parsed.claims.ID, cfg, now); msg != "" || err != nil {
-		if msg != "" {
-			return logical.ErrorResponse(msg), nil
+		if err != nil {
+			return nil, err
 		}
-		return nil, err
+		// A revocation is never refused for size: with the set full, the
+		// token's whole service is revoked instead (a new epoch, one write
+		// whatever the count), which ends this token with the others, online
+		// and offline, and adds nothing to the feed's bounded lists.
+		return b.revokeServiceForToken(ctx, req.Storage, entry.Service, parsed.claims, msg)
 	}
 	if err := writeEntry(ctx, req.Storage, storageRevokedPrefix+parsed.claims.ID, "revocation", entry, false); err != nil {
 		return nil, err
@@ -318,15 +293,17 @@ Reasons: malformed, too_large, algorithm_not_allowed, unknown_key,
 algorithm_mismatch, unsupported_critical_header, bad_signature, expired,
 not_yet_valid, issued_in_future, wrong_issuer, wrong_audience, missing_claim,
 unknown_service, service_disabled, service_revoked, other_registration,
-token_revoked, ambiguous_claims, certificate_mismatch, unbound_token,
-spiffe_id_not_registered, identity_withdrawn (the service's trust domain is no longer
-registered, or a JWT-SVID's service no longer gets SPIFFE subjects in config
-trust_domain), certificate_revoked (the token is bound to a client
-certificate found revoked after it logged in; see revocation_check),
-actor_withdrawn (an exchanged token whose acting service was since disabled,
-revoked, deleted or re-registered). An exchanged token (exchange/<name>) also fails with token_revoked when
-any token it derives from (meshauth_derived_from) is revoked, and its answer
-carries actors, the actor chain, outermost first.
+token_revoked, ambiguous_claims, unsupported_confirmation (a cnf that is not
+one well-spelled x5t#S256, refused by every meshauth verifier alike),
+certificate_mismatch, unbound_token, spiffe_id_not_registered,
+identity_withdrawn (the service's trust domain is no longer registered, or a
+JWT-SVID's service no longer gets SPIFFE subjects in config trust_domain),
+certificate_revoked (the token is bound to a client certificate found revoked
+after it logged in; see revocation_check), actor_withdrawn (an exchanged
+token whose acting service was since disabled, revoked, deleted or
+re-registered). An exchanged token (exchange/<name>) also fails with
+token_revoked when any token it derives from (meshauth_derived_from) is
+revoked, and its answer carries actors, the actor chain, outermost first.
 
 A JWT-SVID (a service with token_subject=spiffe_id) has the SPIFFE ID in sub
 and names its service in meshauth_service; it is valid only while that
@@ -340,8 +317,48 @@ from the revocations feed. An expired token needs no
 revocation and is acknowledged as such; revoking a revoked token again is a
 no-op.
 
-At most 20000 revoked tokens that have not yet expired are kept (every node
-holds them in memory); past that, revoke answers 400 with the time the first
-one expires and frees room. To cut off every token of a service at once, use
-services/<name>/revoke.
+At most 20000 revoked tokens that have not yet expired are kept one by one
+(every node holds them in memory, and the feed's size bound counts on it).
+Past that a revoke is never refused: it revokes every token of the token's
+service instead (as services/<name>/revoke does), answers service_revoked=true
+and warns with the time the first revoked token expires and frees room. To
+cut off every token of a service at once, use services/<name>/revoke.
 `
+
+// revokeServiceForToken ends a token by advancing its service's epoch, when
+// the set of tokens revoked one by one is full. The answer says so, with why.
+func (b *backend) revokeServiceForToken(ctx context.Context, s logical.Storage, name string, c *meshtoken.Claims, full string) (*logical.Response, error) {
+	lock := b.serviceLock(name)
+	lock.Lock()
+	defer lock.Unlock()
+	e, err := readService(ctx, s, name)
+	if err != nil {
+		return nil, err
+	}
+	if e == nil {
+		// No service by that name (deleted): its tombstone already refuses
+		// every token of the old registration.
+		return &logical.Response{Data: map[string]any{"revoked": true, "jti": c.ID, "service": name, "service_revoked": true}}, nil
+	}
+	if generationReason(e, c) != "" {
+		// A token of an earlier registration or epoch is refused already.
+		return &logical.Response{Data: map[string]any{"revoked": true, "jti": c.ID, "service": name, "service_revoked": true}}, nil
+	}
+	now := b.now().UTC()
+	e.advanceEpoch()
+	e.RevokedBefore = now.Unix()
+	e.UpdatedAt = now
+	if err := b.putService(ctx, s, e); err != nil {
+		return nil, err
+	}
+	b.Logger().Warn("revocation set full: revoked every token of the service instead of one", "service", name, "jti", c.ID)
+	resp := &logical.Response{Data: map[string]any{
+		"revoked":               true,
+		"jti":                   c.ID,
+		"service":               name,
+		"service_revoked":       true,
+		"tokens_revoked_before": now.Format(time.RFC3339),
+	}}
+	resp.AddWarning(full + " So every token of service " + name + " issued until now was revoked instead (as services/" + name + "/revoke does); it logs in again for new ones.")
+	return resp, nil
+}

@@ -14,6 +14,8 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 // forge builds a token with the given header and claims, signed by sign.
@@ -97,7 +99,7 @@ func TestVerifyRefusesAttacks(t *testing.T) {
 		{"missing jti", signWithCurrent(t, e, map[string]any{}, claims(map[string]any{"jti": nil})), reasonMissingClaim},
 		{"unknown service", signWithCurrent(t, e, map[string]any{}, claims(map[string]any{"sub": "ghost"})), reasonUnknownService},
 		{"tampered claims", parts[0] + "." + base64.RawURLEncoding.EncodeToString([]byte(`{"sub":"payments"}`)) + "." + parts[2], reasonBadSignature},
-		{"truncated signature", good[:len(good)-4], reasonBadSignature},
+		{"truncated signature", good[:len(good)-2], reasonBadSignature}, // 84 characters: whole bytes, one spelling
 		{"CRLF inside", parts[0] + ".\r\n" + parts[1] + "." + parts[2], reasonMalformed},
 		{"padding", parts[0] + "=." + parts[1] + "." + parts[2], reasonMalformed},
 		{"two segments", parts[0] + "." + parts[1], reasonMalformed},
@@ -358,9 +360,9 @@ func TestVerifyChecksBinding(t *testing.T) {
 	}{
 		{"bound, same certificate (PEM)", bound, map[string]any{"certificate": leafPEMText}, ""},
 		{"bound, same certificate (x5t#S256)", bound, map[string]any{"certificate": certificateThumbprint(leaf)}, ""},
-		{"bound, other certificate", bound, map[string]any{"certificate": otherPEM}, reasonCertMismatch},
-		{"bound, other thumbprint", bound, map[string]any{"certificate": certificateThumbprint(other)}, reasonCertMismatch},
-		{"unbound, binding required", unbound, map[string]any{"require_binding": true}, reasonUnbound},
+		{"bound, other certificate", bound, map[string]any{"certificate": otherPEM}, meshtoken.ReasonCertMismatch},
+		{"bound, other thumbprint", bound, map[string]any{"certificate": certificateThumbprint(other)}, meshtoken.ReasonCertMismatch},
+		{"unbound, binding required", unbound, map[string]any{"require_binding": true}, meshtoken.ReasonUnbound},
 		{"bound, binding required", bound, map[string]any{"require_binding": true, "certificate": certificateThumbprint(leaf)}, ""},
 		{"unbound, not required", unbound, nil, ""},
 	}
@@ -373,4 +375,18 @@ func TestVerifyChecksBinding(t *testing.T) {
 		})
 	}
 	e.mustFail(t, logical.UpdateOperation, "verify", map[string]any{"token": bound, "certificate": "not-a-thumbprint"}, "x5t#S256")
+
+	// An empty cnf (or one of another method) is refused by the engine
+	// exactly as by meshtoken's Verifier, with or without a certificate
+	// (regression: the engine read it as unbound).
+	_, claims := decodeJWT(t, unbound)
+	for name, cnf := range map[string]any{"empty": map[string]any{}, "other method": map[string]any{"jkt": "x"}} {
+		claims["cnf"] = cnf
+		tok := signWithCurrent(t, e, map[string]any{}, claims)
+		for _, extra := range []map[string]any{nil, {"certificate": certificateThumbprint(leaf)}} {
+			if ok, reason := e.verify(t, tok, extra); ok || reason != meshtoken.ReasonUnsupportedConfirmation {
+				t.Errorf("%s cnf: verify = %v %q; want %s", name, ok, reason, meshtoken.ReasonUnsupportedConfirmation)
+			}
+		}
+	}
 }

@@ -2,69 +2,37 @@ package meshauth
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/sha512"
 	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math/big"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
-// feedType is the typ header of the revocations feed: a JWS whose payload
-// is a feedDocument, signed by the current key and verified with jwks.
-const feedType = "meshauth-revocations+jwt"
-
-// feedGranularity is the step of the clock the feed is computed at. Entries
-// leave the feed at a whole minute, so nodes whose clocks agree to within
-// the step serve the same bytes, and the ETag stays the same for as long as
-// nothing is revoked or expires.
-const feedGranularity = time.Minute
-
-// maxFeedCacheLife bounds how long a rendered feed is kept when nothing in
-// it expires; every stored change drops it sooner.
-const maxFeedCacheLife = time.Hour
-
-// feedDocument is the payload of the revocations feed. Every map is keyed by
-// the name a verifier looks up; encoding/json writes map keys sorted, so the
-// same stored state always gives the same bytes. Every entry carries exp
-// (Unix seconds): past exp plus the verifier's leeway it can no longer
-// refuse anything, and the engine drops it.
-type feedDocument struct {
-	// Issuer is iss, the engine's issuer, as in the tokens.
-	Issuer string `json:"iss"`
-	// Tokens maps each revoked jti to its token's exp.
-	Tokens map[string]int64 `json:"tokens"`
-	// Services maps a service whose tokens were revoked (services/<name>/
-	// revoke, or a disable) to its current gen: a token of that service
-	// whose gen claim is another value is revoked.
-	Services map[string]feedService `json:"services"`
-	// Disabled maps each disabled service to the exp of its last token.
-	Disabled map[string]int64 `json:"disabled"`
-	// Keys maps each kid removed at keys/<kid>/revoke to when it leaves the
-	// feed: every token that names it is refused.
-	Keys map[string]int64 `json:"keys"`
-	// Certificates maps the x5t#S256 of each revoked client certificate
-	// that logged in to the exp of the last token bound to it
-	// (cert_revocation.go): every token whose cnf names it is refused.
-	Certificates map[string]int64 `json:"certificates"`
+// feedStep is the step of the clock the feed is computed at: its iat is a
+// multiple of it, and entries leave it at a multiple of it, so nodes whose
+// clocks agree to within the step serve the same bytes, and the ETag stays
+// the same within a step. A new feed is rendered every step, so a verifier
+// counting staleness from iat sees the feed's age, not the age of the last
+// change: a tenth of revocation_max_staleness (30s by default), at least a
+// second and at most a minute.
+func feedStep(cfg *configEntry) time.Duration {
+	return min(max((cfg.RevocationMaxStaleness/10).Truncate(time.Second), time.Second), time.Minute)
 }
 
-// feedService is one service in the feed.
-type feedService struct {
-	Gen string `json:"gen"`
-	Exp int64  `json:"exp"`
-}
+// The feed's payload is meshtoken.Feed: one schema for the engine that
+// writes it and the verifiers that read it. encoding/json writes map keys
+// sorted, so the same stored state and minute always give the same bytes.
 
 // feedBody is a rendered, signed feed.
 type feedBody struct {
@@ -76,65 +44,27 @@ type feedBody struct {
 	until time.Time
 }
 
-// feedCache holds the rendered feed on one node.
+// feedCache holds the rendered feed on one node: an epochValue loaded with
+// loadFresh, so it is rendered once at a time, concurrent readers of an
+// expired feed all served from the one render.
 //
 // What drops it: every write of the key ring (writeKeyRingLocked), of the
 // config and of a service (dropService), every revoke and tidy of a token
 // revocation on this node, and Vault's Invalidate of each of those storage
-// keys on the other nodes (backend.invalidate). A render reads the epoch
-// before it reads anything, and its result is kept only if no drop came in
-// between, so a render that began before a write never outlives the write.
-// Past until (the first whole minute at which an entry expires) it is
-// rendered again.
-type feedCache struct {
-	mu    sync.Mutex
-	epoch uint64
-	body  *feedBody
-}
-
-// get returns the cached body if still valid at now, and the epoch to hand
-// to fill.
-func (c *feedCache) get(now time.Time) (*feedBody, uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.body != nil && now.Before(c.body.until) {
-		return c.body, c.epoch
-	}
-	return nil, c.epoch
-}
-
-// fill keeps body unless a drop happened since epoch.
-func (c *feedCache) fill(body *feedBody, epoch uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.epoch == epoch {
-		c.body = body
-	}
-}
-
-// drop forgets the body and invalidates every render in flight.
-func (c *feedCache) drop() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.epoch++
-	c.body = nil
-}
+// keys on the other nodes (backend.invalidate). A render that began before
+// a drop is not kept, and no reader after the drop is served from it, so a
+// render never outlives a write. Past until (the next step, or sooner when
+// an entry expires) it is rendered again.
+type feedCache = epochValue[*feedBody]
 
 // revocationFeed returns the signed feed, rendered from stored data only
 // (the ring, config, services and revocations) and the clock at
-// feedGranularity, so every node of a cluster renders the same bytes.
+// feedStep, so every node of a cluster renders the same bytes.
 func (b *backend) revocationFeed(ctx context.Context, s logical.Storage) (*feedBody, error) {
 	now := b.now()
-	cached, epoch := b.feed.get(now)
-	if cached != nil {
-		return cached, nil
-	}
-	body, err := b.renderFeed(ctx, s, now)
-	if err != nil {
-		return nil, err
-	}
-	b.feed.fill(body, epoch)
-	return body, nil
+	return b.feed.loadFresh(ctx, func(f *feedBody) bool { return now.Before(f.until) }, func() (*feedBody, error) {
+		return b.renderFeed(ctx, s, now)
+	})
 }
 
 // renderFeed builds and signs the feed at now.
@@ -147,25 +77,27 @@ func (b *backend) renderFeed(ctx context.Context, s logical.Storage, now time.Ti
 	if err != nil {
 		return nil, err
 	}
-	cutoff := now.Truncate(feedGranularity)
-	doc := &feedDocument{
+	step := feedStep(cfg)
+	cutoff := now.Truncate(step)
+	doc := &meshtoken.Feed{
 		Issuer:   cfg.Issuer,
+		IssuedAt: cutoff.Unix(),
 		Tokens:   map[string]int64{},
-		Services: map[string]feedService{},
+		Services: map[string]meshtoken.FeedService{},
 		Disabled: map[string]int64{},
 		Keys:     map[string]int64{},
 
 		Certificates: map[string]int64{},
 	}
-	// next is the earliest time an entry leaves: the first step at or
-	// after its exp + leeway.
-	next := cutoff.Add(maxFeedCacheLife)
+	// next is when the feed is rendered again: the next step (a new iat),
+	// or sooner the first step at or after an entry's exp + leeway.
+	next := cutoff.Add(step)
 	live := func(exp time.Time) bool {
 		gone := exp.Add(cfg.Leeway)
 		if !cutoff.Before(gone) {
 			return false
 		}
-		if step := ceilTime(gone, feedGranularity); step.Before(next) {
+		if step := ceilTime(gone, step); step.Before(next) {
 			next = step
 		}
 		return true
@@ -204,7 +136,7 @@ func (b *backend) renderFeed(ctx context.Context, s logical.Storage, now time.Ti
 		e := svc.entry
 		exp := e.UpdatedAt.Add(ttl)
 		if e.Registration != "" && e.RevocationEpoch > 0 && live(exp) {
-			doc.Services[e.Name] = feedService{Gen: e.generation(), Exp: exp.Unix()}
+			doc.Services[e.Name] = meshtoken.FeedService{Gen: e.generation(), Exp: exp.Unix()}
 		}
 		if e.Disabled && live(exp) {
 			doc.Disabled[e.Name] = exp.Unix()
@@ -239,7 +171,7 @@ func (b *backend) renderFeed(ctx context.Context, s logical.Storage, now time.Ti
 			doc.Disabled[name] = max(doc.Disabled[name], exp.Unix())
 		case svc.entry.Registration != "":
 			listed := doc.Services[name]
-			doc.Services[name] = feedService{Gen: svc.entry.generation(), Exp: max(listed.Exp, exp.Unix())}
+			doc.Services[name] = meshtoken.FeedService{Gen: svc.entry.generation(), Exp: max(listed.Exp, exp.Unix())}
 		}
 	}
 
@@ -265,7 +197,7 @@ func (b *backend) renderFeed(ctx context.Context, s logical.Storage, now time.Ti
 	if err != nil {
 		return nil, fmt.Errorf("encoding revocations: %w", err)
 	}
-	jws, err := signDeterministic(ring.current, feedType, payload)
+	jws, err := signDeterministic(ring.current, meshtoken.RevocationsType, payload)
 	if err != nil {
 		return nil, err
 	}
@@ -275,6 +207,32 @@ func (b *backend) renderFeed(ctx context.Context, s logical.Storage, now time.Ti
 		etag:  `"` + base64.RawURLEncoding.EncodeToString(sum[:18]) + `"`,
 		until: next,
 	}, nil
+}
+
+// maxServiceNames bounds the names a mount holds (meshtoken.
+// MaxServiceNames); a variable so tests can lower it.
+var maxServiceNames = meshtoken.MaxServiceNames
+
+// serviceRoom refuses a new service when the mount already holds
+// maxServiceNames names, registered or tombstoned: every such name may be
+// listed in the revocation feed, and this bound is what keeps the feed
+// within what every verifier reads (meshtoken.MaxFeedLength). Only creation
+// is refused; disabling, revoking and deleting never are. Two creations
+// racing past the count add at most one name each, well within the
+// headroom between the feed's worst case and MaxFeedLength.
+func serviceRoom(ctx context.Context, s logical.Storage) (string, error) {
+	live, err := s.List(ctx, storageServicePrefix)
+	if err != nil {
+		return "", fmt.Errorf("listing services: %w", err)
+	}
+	deleted, err := s.List(ctx, storageDeletedPrefix)
+	if err != nil {
+		return "", fmt.Errorf("listing deleted services: %w", err)
+	}
+	if n := len(live) + len(deleted); n >= maxServiceNames {
+		return fmt.Sprintf("this mount holds %d service names (%d registered, %d deleted with tokens that may still be live), its most: every one may be listed in the revocation feed, which must stay small enough for every verifier to read. Delete unused services; a deleted name frees its room once tidy removes its tombstone after its tokens expire", n, len(live), len(deleted)), nil
+	}
+	return "", nil
 }
 
 // ceilTime rounds t up to a multiple of d.
@@ -310,31 +268,30 @@ func (r *revocationSet) snapshot(ctx context.Context, s logical.Storage) (map[st
 // deterministic by design. The feed is public data; determinism only makes
 // its ETag agree across nodes.
 func signDeterministic(key *signingKey, typ string, payload []byte) ([]byte, error) {
-	header, err := json.Marshal(map[string]string{"alg": key.entry.Algorithm, "kid": key.entry.KID, "typ": typ})
-	if err != nil {
-		return nil, err
+	headerB64 := base64.RawURLEncoding.EncodeToString(meshtoken.Header(key.entry.Algorithm, key.entry.KID, typ))
+	jws, err := writeJWS(headerB64, base64.RawURLEncoding.AppendEncode(nil, payload), func(signingInput string) ([]byte, error) {
+		return deterministicSignature(key, signingInput)
+	})
+	return []byte(jws), err
+}
+
+// deterministicSignature is the JWS signature of signingInput by key, the
+// same bytes on every node (see signDeterministic).
+func deterministicSignature(key *signingKey, signingInput string) ([]byte, error) {
+	alg, ok := meshtoken.AlgorithmOf(key.entry.Algorithm)
+	if !ok {
+		return nil, fmt.Errorf("signing revocations: unsupported algorithm %q", key.entry.Algorithm)
 	}
-	var sb strings.Builder
-	sb.WriteString(base64.RawURLEncoding.EncodeToString(header))
-	sb.WriteByte('.')
-	sb.WriteString(base64.RawURLEncoding.EncodeToString(payload))
-	signingInput := sb.String()
+	var digest []byte
+	if alg.Hash != 0 {
+		h := alg.Hash.New()
+		h.Write([]byte(signingInput))
+		digest = h.Sum(nil)
+	}
 	var sig []byte
 	switch k := key.signer.(type) {
 	case *ecdsa.PrivateKey:
-		var digest []byte
-		var hash crypto.Hash
-		switch key.entry.Algorithm {
-		case algES256:
-			d := sha256.Sum256([]byte(signingInput))
-			digest, hash = d[:], crypto.SHA256
-		case algES384:
-			d := sha512.Sum384([]byte(signingInput))
-			digest, hash = d[:], crypto.SHA384
-		default:
-			return nil, fmt.Errorf("no ECDSA hash for %s", key.entry.Algorithm)
-		}
-		der, err := k.Sign(nil, digest, hash)
+		der, err := k.Sign(nil, digest, alg.Hash)
 		if err != nil {
 			return nil, fmt.Errorf("signing revocations: %w", err)
 		}
@@ -349,14 +306,12 @@ func signDeterministic(key *signingKey, typ string, payload []byte) ([]byte, err
 	case ed25519.PrivateKey:
 		sig = ed25519.Sign(k, []byte(signingInput))
 	case *rsa.PrivateKey:
-		d := sha256.Sum256([]byte(signingInput))
-		if sig, err = rsa.SignPKCS1v15(nil, k, crypto.SHA256, d[:]); err != nil {
+		var err error
+		if sig, err = rsa.SignPKCS1v15(nil, k, alg.Hash, digest); err != nil {
 			return nil, fmt.Errorf("signing revocations: %w", err)
 		}
 	default:
 		return nil, errors.New("signing revocations: unsupported key type")
 	}
-	sb.WriteByte('.')
-	sb.WriteString(base64.RawURLEncoding.EncodeToString(sig))
-	return []byte(sb.String()), nil
+	return sig, nil
 }

@@ -2,15 +2,20 @@ package meshauth
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
+	"fmt"
+	"math"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 // readFeedOn reads revocations from b, with If-None-Match when inm is set.
@@ -27,36 +32,39 @@ func readFeedOn(t *testing.T, b *backend, s logical.Storage, inm string) *logica
 	return resp
 }
 
-// feedOf checks the feed's signature against jwks and returns its payload.
-func feedOf(t *testing.T, e *testEnv, resp *logical.Response) *feedDocument {
+// feedOf reads the feed as every Verifier does, with meshtoken.ParseFeed
+// and the keys the engine's jwks publishes, so the boundary between the
+// engine that writes it and the library that reads it is checked without
+// Vault.
+func feedOf(t *testing.T, e *testEnv, resp *logical.Response) *meshtoken.Feed {
 	t.Helper()
 	if resp.Data[logical.HTTPStatusCode] != http.StatusOK || resp.Data[logical.HTTPContentType] != "application/jwt" {
 		t.Fatalf("feed answered %v %v", resp.Data[logical.HTTPStatusCode], resp.Data[logical.HTTPContentType])
 	}
 	raw := string(resp.Data[logical.HTTPRawBody].([]byte))
-	ring, err := e.b.getKeyRing(t.Context(), e.storage)
+	var set struct {
+		Keys []map[string]string `json:"keys"`
+	}
+	if err := json.Unmarshal(jwksJSONOf(t, e), &set); err != nil {
+		t.Fatal(err)
+	}
+	keys := func(kid string) (meshtoken.Key, error) {
+		for _, k := range set.Keys {
+			if k["kid"] == kid {
+				return meshtoken.ParseJWK(k)
+			}
+		}
+		return meshtoken.Key{}, meshtoken.ErrUnknownKey
+	}
+	cfg, err := e.b.getConfig(t.Context(), e.storage)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, err := jwt.Parse(raw, func(tok *jwt.Token) (any, error) {
-		if tok.Header["typ"] != feedType {
-			t.Fatalf("feed typ %v", tok.Header["typ"])
-		}
-		k := ring.byKID[tok.Header["kid"].(string)]
-		if k == nil || !strings.Contains(string(jwksJSONOf(t, e)), k.entry.KID) {
-			t.Fatal("feed signed by a key not in jwks")
-		}
-		return k.signer.Public(), nil
-	}, jwt.WithValidMethods(supportedAlgorithms))
-	if err != nil || !tok.Valid {
-		t.Fatalf("feed signature: %v", err)
+	doc, err := meshtoken.ParseFeed(raw, keys, cfg.Issuer)
+	if err != nil {
+		t.Fatalf("meshtoken refuses the engine's feed: %v", err)
 	}
-	payload, _ := base64.RawURLEncoding.DecodeString(strings.Split(raw, ".")[1])
-	var doc feedDocument
-	if err := json.Unmarshal(payload, &doc); err != nil {
-		t.Fatal(err)
-	}
-	return &doc
+	return doc
 }
 
 func jwksJSONOf(t *testing.T, e *testEnv) []byte {
@@ -142,7 +150,7 @@ func TestRevocationFeedEntriesLeaveWhenTheirTokensExpire(t *testing.T) {
 		t.Fatal("revoked token not listed")
 	}
 	// Without tidy: the feed is rendered anew when an entry's time is up.
-	e.clock.advance(10*time.Minute + defaultLeeway + 2*feedGranularity)
+	e.clock.advance(10*time.Minute + defaultLeeway + 2*time.Minute)
 	if doc := feedOf(t, e, readFeedOn(t, e.b, e.storage, "")); len(doc.Tokens) != 0 {
 		t.Fatalf("an expired token's revocation stayed: %v", doc.Tokens)
 	}
@@ -186,7 +194,7 @@ func TestRevocationFeedIsIdenticalOnEveryNode(t *testing.T) {
 	same("after a key removal")
 	// Rendering again from scratch gives the same bytes (deterministic
 	// signatures), for every algorithm.
-	for _, alg := range supportedAlgorithms {
+	for _, alg := range meshtoken.Algorithms() {
 		e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"signing_algorithm": alg})
 		standby.invalidate(t.Context(), storageConfig)
 		standby.invalidate(t.Context(), storageKeyRing)
@@ -194,17 +202,22 @@ func TestRevocationFeedIsIdenticalOnEveryNode(t *testing.T) {
 	}
 }
 
-// A render that began before a write must not be cached past it.
+// A render that began before a write must not be cached past it, nor
+// served to a reader that came after the write.
 func TestRevocationFeedRenderRacingAWriteIsNotKept(t *testing.T) {
 	e := getTestBackend(t)
-	_, epoch := e.b.feed.get(e.clock.now())
-	stale, err := e.b.renderFeed(t.Context(), e.storage, e.clock.now())
+	key := e.register(t, "orders", nil)
+	tok := e.mustLogin(t, "orders", key)
+	now := e.clock.now()
+	_, err := e.b.feed.loadFresh(t.Context(), func(*feedBody) bool { return false }, func() (*feedBody, error) {
+		stale, err := e.b.renderFeed(t.Context(), e.storage, now)
+		// The revoke lands while this render is in flight.
+		e.mustOK(t, logical.UpdateOperation, "revoke", map[string]any{"token": tok})
+		return stale, err
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := e.register(t, "orders", nil)
-	e.mustOK(t, logical.UpdateOperation, "revoke", map[string]any{"token": e.mustLogin(t, "orders", key)})
-	e.b.feed.fill(stale, epoch)
 	if doc := feedOf(t, e, readFeedOn(t, e.b, e.storage, "")); len(doc.Tokens) != 1 {
 		t.Fatal("a feed rendered before the revoke was served after it")
 	}
@@ -235,4 +248,132 @@ func TestRevocationFeedListsDeletedServices(t *testing.T) {
 	if _, ok := doc.Services["orders"]; ok {
 		t.Fatalf("the tombstone outlived the tokens it names: %#v", doc)
 	}
+}
+
+// slowListStorage makes every List of services take a while and counts
+// them: one per render.
+type slowListStorage struct {
+	logical.Storage
+	renders atomic.Int64
+}
+
+func (s *slowListStorage) List(ctx context.Context, prefix string) ([]string, error) {
+	if prefix == storageServicePrefix {
+		s.renders.Add(1)
+		time.Sleep(20 * time.Millisecond)
+	}
+	return s.Storage.List(ctx, prefix)
+}
+
+// Concurrent readers of an expired feed are served from one render
+// (regression: 32 anonymous readers gave 32 renders and signatures).
+func TestRevocationFeedRendersOnceForConcurrentReaders(t *testing.T) {
+	e := getTestBackend(t)
+	e.register(t, "orders", nil)
+	slow := &slowListStorage{Storage: e.storage}
+	readFeedOn(t, e.b, slow, "")
+	e.clock.advance(time.Minute) // the cached feed has expired
+	slow.renders.Store(0)
+	var wg sync.WaitGroup
+	bodies := make([][]byte, 32)
+	for i := range bodies {
+		wg.Go(func() {
+			bodies[i] = readFeedOn(t, e.b, slow, "").Data[logical.HTTPRawBody].([]byte)
+		})
+	}
+	wg.Wait()
+	if n := slow.renders.Load(); n != 1 {
+		t.Fatalf("32 concurrent readers caused %d renders, want 1", n)
+	}
+	for _, b := range bodies {
+		if string(b) != string(bodies[0]) {
+			t.Fatal("concurrent readers were served different feeds")
+		}
+	}
+}
+
+// The feed carries iat, a multiple of its step, and a new one each step even when
+// nothing changed, so a verifier counting staleness from iat sees the
+// feed's real age.
+func TestRevocationFeedCarriesIssuedAt(t *testing.T) {
+	e := getTestBackend(t)
+	doc := feedOf(t, e, readFeedOn(t, e.b, e.storage, ""))
+	// The default revocation_max_staleness (5m) gives a 30s step.
+	if want := e.clock.now().Truncate(30 * time.Second).Unix(); doc.IssuedAt != want {
+		t.Fatalf("iat %d, want %d", doc.IssuedAt, want)
+	}
+	e.clock.advance(30 * time.Second)
+	if later := feedOf(t, e, readFeedOn(t, e.b, e.storage, "")); later.IssuedAt != doc.IssuedAt+30 {
+		t.Fatalf("a step later iat %d, want %d", later.IssuedAt, doc.IssuedAt+30)
+	}
+}
+
+// The largest feed the engine's limits allow, signed with the largest
+// signature it makes, fits what every Verifier reads, and meshtoken reads
+// it (regression: 10,000 services created then disabled made a 4.2 MiB feed
+// over the Verifier's 4 MiB, and every Verifier failed closed).
+func TestRevocationFeedWorstCaseFitsVerifiers(t *testing.T) {
+	e := getTestBackend(t)
+	e.mustOK(t, logical.UpdateOperation, "config", map[string]any{"signing_algorithm": "RS256"})
+	ring, err := e.b.getKeyRing(t.Context(), e.storage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const maxNumber = -(1 << 63)
+	doc := &meshtoken.Feed{
+		Issuer:   strings.Repeat("<", meshtoken.MaxIssuerLength),
+		IssuedAt: 1 << 62,
+		Tokens:   map[string]int64{},
+		Services: map[string]meshtoken.FeedService{},
+		Disabled: map[string]int64{},
+		Keys:     map[string]int64{},
+	}
+	for i := range meshtoken.MaxRevokedTokens {
+		doc.Tokens[fmt.Sprintf("%026d", i)] = maxNumber
+	}
+	for i := range meshtoken.MaxServiceNames {
+		name := fmt.Sprintf("%0*d", meshtoken.MaxServiceNameLength, i)
+		doc.Services[name] = meshtoken.FeedService{Gen: newRegistration() + "." + strconv.Itoa(math.MaxInt), Exp: maxNumber}
+		doc.Disabled[name] = maxNumber
+	}
+	for i := range meshtoken.MaxRemovedKeys {
+		doc.Keys[fmt.Sprintf("%043d", i)] = maxNumber
+	}
+	payload, err := json.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jws, err := signDeterministic(ring.current, meshtoken.RevocationsType, payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("worst-case feed: %d bytes; verifiers read up to %d", len(jws), meshtoken.MaxFeedLength)
+	if len(jws) > meshtoken.MaxFeedLength {
+		t.Fatalf("the worst-case feed is %d bytes, over the %d a Verifier reads", len(jws), meshtoken.MaxFeedLength)
+	}
+	pub := ring.current.signer.Public()
+	got, err := meshtoken.ParseFeed(string(jws), func(string) (meshtoken.Key, error) {
+		return meshtoken.Key{Algorithm: ring.current.entry.Algorithm, Public: pub}, nil
+	}, doc.Issuer)
+	if err != nil || len(got.Tokens) != meshtoken.MaxRevokedTokens {
+		t.Fatalf("meshtoken reads the worst-case feed: %v", err)
+	}
+}
+
+// Creating a service past the mount's name bound is refused; disabling and
+// deleting never are, and a tombstone holds its room until tidy.
+func TestServiceNamesAreBounded(t *testing.T) {
+	e := getTestBackend(t)
+	old := maxServiceNames
+	maxServiceNames = 3
+	t.Cleanup(func() { maxServiceNames = old })
+	e.register(t, "a", nil)
+	e.register(t, "b", nil)
+	e.mustOK(t, logical.DeleteOperation, "services/b", nil)
+	e.register(t, "c", nil)
+	e.mustFail(t, logical.CreateOperation, "services/d", map[string]any{}, "service names")
+	e.mustOK(t, logical.UpdateOperation, "services/a", map[string]any{"disabled": true})
+	e.mustOK(t, logical.UpdateOperation, "services/a/revoke", nil)
+	e.mustOK(t, logical.DeleteOperation, "services/a", nil)
+	e.mustOK(t, logical.UpdateOperation, "services/c", map[string]any{"token_ttl": "5m"})
 }

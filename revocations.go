@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 // revocationVersion is the current layout of revocationEntry.
@@ -21,7 +23,7 @@ const revocationVersion = 1
 // revoked token drops out when it expires, so the limit is on revocations
 // live at once; more than this many tokens to cut off is a job for
 // services/<name>/revoke, which costs one write whatever the count.
-const maxRevocations = 20000
+const maxRevocations = meshtoken.MaxRevokedTokens
 
 // jtiRe is the form of the jtis meshauth issues (crypto/rand Text); a jti is
 // used as a storage key only after its token's signature verified, and only
@@ -332,15 +334,16 @@ func (b *backend) tidyRevocations(ctx context.Context, s logical.Storage, now ti
 	return len(gone), earliest, nil
 }
 
-// revokeFullMessage tells an operator why a revoke was refused and what to do.
+// revokeFullMessage tells an operator why a revoke ended the whole service
+// instead of one token, and when room frees up.
 func revokeFullMessage(earliest time.Time, leeway time.Duration) string {
-	msg := fmt.Sprintf("cannot revoke: %d tokens are already revoked and not yet expired, the most this engine keeps "+
-		"(every node holds them in memory and reads them all when it starts); nothing was revoked. "+
+	msg := fmt.Sprintf("this token could not be revoked alone: %d tokens are already revoked and not yet expired, the most this engine keeps "+
+		"(every node holds them in memory, and the revocation feed's size bound counts on it). "+
 		"Room frees up as revoked tokens expire and tidy removes them", maxRevocations)
 	if !earliest.IsZero() {
 		msg += fmt.Sprintf(", the first at %s", earliest.Add(leeway).UTC().Format(time.RFC3339))
 	}
-	return msg + ". To cut off every token of a service at once, use services/<name>/revoke."
+	return msg + "."
 }
 
 // roomForRevocation returns a message for the caller when the set is full of

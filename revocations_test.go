@@ -218,31 +218,53 @@ func fillRevocations(tb testing.TB, e *testEnv, from, n int, exp time.Time) {
 	}
 }
 
-func TestRevokeRefusedWhenFullUntilTidyFreesRoom(t *testing.T) {
+// A revocation is never refused for size (the feed's bound counts on the
+// set's limit, and a revoke must always work): with the set full, revoke
+// ends the token's whole service instead, and says so. Once room frees,
+// revoke is per token again.
+func TestRevokeWhenFullRevokesTheServiceInstead(t *testing.T) {
 	e := getTestBackend(t)
 	key := e.register(t, "orders", nil)
+	otherKey := e.register(t, "payments", nil)
 	soon := e.clock.now().Add(10 * time.Minute).UTC().Truncate(time.Second)
 	fillRevocations(t, e, 0, 100, soon)
 	fillRevocations(t, e, 100, maxRevocations-100, e.clock.now().Add(time.Hour))
 	tok := e.mustLogin(t, "orders", key)
+	sibling := e.mustLogin(t, "orders", key)
+	bystander := e.mustLogin(t, "payments", otherKey)
 	frees := soon.Add(defaultLeeway).Format(time.RFC3339)
-	resp, err := e.request(t, logical.UpdateOperation, "revoke", map[string]any{"token": tok})
-	if err != nil || !resp.IsError() {
-		t.Fatalf("revoke with the set full: err=%v resp=%#v", err, resp)
+	resp := e.mustOK(t, logical.UpdateOperation, "revoke", map[string]any{"token": tok})
+	if resp.Data["revoked"] != true || resp.Data["service_revoked"] != true {
+		t.Fatalf("revoke with the set full: %#v", resp.Data)
 	}
-	msg := resp.Error().Error()
-	for _, want := range []string{"20000 tokens are already revoked", "nothing was revoked", frees, "services/<name>/revoke"} {
-		if !strings.Contains(msg, want) {
-			t.Errorf("message %q lacks %q", msg, want)
+	if len(resp.Warnings) != 1 {
+		t.Fatalf("warnings %v", resp.Warnings)
+	}
+	for _, want := range []string{"20000 tokens are already revoked", frees, "every token of service orders"} {
+		if !strings.Contains(resp.Warnings[0], want) {
+			t.Errorf("warning %q lacks %q", resp.Warnings[0], want)
 		}
 	}
-	if ok, _ := e.verify(t, tok, nil); !ok {
-		t.Fatal("a refused revoke revoked the token")
+	for _, tk := range []string{tok, sibling} {
+		if ok, reason := e.verify(t, tk, nil); ok || reason != reasonServiceRevoked {
+			t.Fatalf("token of the revoked service: %v %s", ok, reason)
+		}
 	}
-	// Once the first revoked tokens expire, revoke makes room itself.
+	if ok, reason := e.verify(t, bystander, nil); !ok {
+		t.Fatalf("another service's token: %s", reason)
+	}
+	if n := e.b.revoked.size(); n != maxRevocations {
+		t.Fatalf("set holds %d; want %d (nothing added)", n, maxRevocations)
+	}
+	// Once the first revoked tokens expire, revoke makes room itself and
+	// revokes one token again.
 	e.clock.advance(11 * time.Minute)
-	e.mustOK(t, logical.UpdateOperation, "revoke", map[string]any{"token": tok})
-	if ok, reason := e.verify(t, tok, nil); ok || reason != reasonTokenRevoked {
+	fresh := e.mustLogin(t, "orders", key)
+	resp = e.mustOK(t, logical.UpdateOperation, "revoke", map[string]any{"token": fresh})
+	if resp.Data["service_revoked"] != nil {
+		t.Fatalf("with room, revoke escalated: %#v", resp.Data)
+	}
+	if ok, reason := e.verify(t, fresh, nil); ok || reason != reasonTokenRevoked {
 		t.Fatalf("after room freed: %v %s", ok, reason)
 	}
 	if n := e.b.revoked.size(); n != maxRevocations-100+1 {
@@ -251,7 +273,7 @@ func TestRevokeRefusedWhenFullUntilTidyFreesRoom(t *testing.T) {
 	// Revoking it again needs no room.
 	fillRevocations(t, e, maxRevocations, 99, e.clock.now().Add(time.Hour))
 	e.b.revoked.reset()
-	e.mustOK(t, logical.UpdateOperation, "revoke", map[string]any{"token": tok})
+	e.mustOK(t, logical.UpdateOperation, "revoke", map[string]any{"token": fresh})
 }
 
 func TestRevocationMarksOfUnseenTokensDoNotPileUp(t *testing.T) {

@@ -156,6 +156,12 @@ func newRegistration() string {
 	return rand.Text()
 }
 
+// serviceNameSyntax is the contract's service-name syntax, the one
+// spelling that the path pattern, the check, its refusal and the help
+// derive from. Its length is meshtoken.MaxServiceNameLength, which the
+// revocation feed's size bound counts on.
+var serviceNameSyntax = `[a-z0-9][a-z0-9._-]{0,` + strconv.Itoa(meshtoken.MaxServiceNameLength-1) + `}`
+
 // serviceNamePattern matches any one path segment where a service name
 // goes. Vault matches a path against the patterns before any handler runs,
 // and a path no pattern matches answers "404 unsupported path", which tells
@@ -164,12 +170,16 @@ func newRegistration() string {
 const serviceNamePattern = `(?P<name>[^/]+)`
 
 // serviceNameRule is the name rule, as the refusal of a bad name states it.
-const serviceNameRule = "a service name is 1 to 128 characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit ([a-z0-9][a-z0-9._-]{0,127})"
+var serviceNameRule = "a service name is 1 to " + strconv.Itoa(meshtoken.MaxServiceNameLength) +
+	" characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit (" + serviceNameSyntax + ")"
 
-// serviceNameRe checks a whole name against the contract's syntax; the
-// upper-case letters it admits are then refused by serviceName with the
-// lower-case path, so a caller learns the spelling instead of a 404.
-var serviceNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+// serviceNameAnyCase is the syntax with upper-case letters admitted:
+// serviceName refuses the upper-case letters with the lower-case path, so a
+// caller learns the spelling instead of a bare refusal.
+var serviceNameAnyCase = strings.ReplaceAll(serviceNameSyntax, "a-z", "A-Za-z")
+
+// serviceNameRe checks a whole name against serviceNameAnyCase.
+var serviceNameRe = regexp.MustCompile(`^` + serviceNameAnyCase + `$`)
 
 // serviceName reads and checks the name path parameter. Names are lower
 // case and have exactly one spelling: Vault checks ACL policies on the path
@@ -209,7 +219,7 @@ func checkClaimNames(claims map[string]string) string {
 	}
 	slices.Sort(names)
 	for _, k := range names {
-		if r := meshtoken.FoldsTo(k, meshtoken.ReservedNames); r != "" {
+		if r := meshtoken.IsReservedName(k); r != "" {
 			if r == k {
 				return fmt.Sprintf("claims may not set the registered claim %q", k)
 			}

@@ -346,12 +346,7 @@ func subjectBelongs(svc *cachedService, sub string) bool {
 
 // serviceOfClaims names the service of a verified token for records
 // (revocations): the service claim of a JWT-SVID, else sub.
-func serviceOfClaims(c *meshtoken.Claims) string {
-	if c.Service != "" {
-		return c.Service
-	}
-	return c.Subject
-}
+func serviceOfClaims(c *meshtoken.Claims) string { return c.ServiceName() }
 
 // addSPIFFEServiceFields adds the SPIFFE fields to the services/:name schema.
 func addSPIFFEServiceFields(fields map[string]*framework.FieldSchema) {

@@ -116,18 +116,32 @@ func mintTokenWith(key *signingKey, cfg *configEntry, svc *cachedService, audien
 	encoded := base64.RawURLEncoding.AppendEncode(p[len(p):], p)
 	*buf = p
 
-	var sb strings.Builder
-	sb.Grow(len(key.headerB64) + 1 + len(encoded) + 1 + 700)
-	sb.WriteString(key.headerB64)
-	sb.WriteByte('.')
-	sb.Write(encoded)
-	sig, err := sign(key.method, key.signer, sb.String())
+	token, err := writeJWS(key.headerB64, encoded, func(input string) ([]byte, error) {
+		return sign(key.method, key.signer, input)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("signing token: %w", err)
 	}
+	return &mintedToken{token: token, jti: jti, kid: key.entry.KID, expiresAt: time.Unix(exp, 0).UTC()}, nil
+}
+
+// writeJWS is the one writer of a compact JWS, for tokens and the
+// revocation feed: headerB64 and payloadB64 (already base64url), joined by
+// a dot, signed by signature, and the signature appended base64url.
+func writeJWS(headerB64 string, payloadB64 []byte, signature func(signingInput string) ([]byte, error)) (string, error) {
+	var sb strings.Builder
+	// The signature of the largest key (RSA 2048) is 342 characters.
+	sb.Grow(len(headerB64) + 1 + len(payloadB64) + 1 + 700)
+	sb.WriteString(headerB64)
+	sb.WriteByte('.')
+	sb.Write(payloadB64)
+	sig, err := signature(sb.String())
+	if err != nil {
+		return "", err
+	}
 	sb.WriteByte('.')
 	sb.WriteString(base64.RawURLEncoding.EncodeToString(sig))
-	return &mintedToken{token: sb.String(), jti: jti, kid: key.entry.KID, expiresAt: time.Unix(exp, 0).UTC()}, nil
+	return sb.String(), nil
 }
 
 // payloadPool recycles the buffers payloads are built in.
@@ -207,7 +221,7 @@ const (
 	// its dot.
 	worstSignatureB64 = 345
 	// maxIssuerLen is config's bound on issuer.
-	maxIssuerLen = 512
+	maxIssuerLen = meshtoken.MaxIssuerLength
 )
 
 // checkTokenSize refuses a service whose largest possible token would exceed
@@ -248,7 +262,7 @@ func checkTokenSize(e *serviceEntry) string {
 		}
 	}
 	payload := len(prependExtraClaims(extra, registered))
-	worstHeaderB64 := base64.RawURLEncoding.EncodedLen(len(`{"alg":"EdDSA","kid":"`+strings.Repeat("k", 43)+`","typ":"JWT-SVID"}`)) + 1
+	worstHeaderB64 := base64.RawURLEncoding.EncodedLen(len(meshtoken.Header(meshtoken.EdDSA, strings.Repeat("k", 43), meshtoken.TokenType))) + 1
 	size := worstHeaderB64 + base64.RawURLEncoding.EncodedLen(payload) + worstSignatureB64
 	if size > maxTokenLength {
 		return fmt.Sprintf("a token of this service could reach %d bytes, over the %d-byte limit verifiers enforce; shorten claims or claims_template (%d bytes of JSON, each template directive counted at 512 bytes) or allowed_audiences", size, maxTokenLength, len(extra))
@@ -286,8 +300,6 @@ const (
 	reasonWrongIssuer       = meshtoken.ReasonWrongIssuer
 	reasonWrongAudience     = meshtoken.ReasonWrongAudience
 	reasonMissingClaim      = meshtoken.ReasonMissingClaim
-	reasonCertMismatch      = "certificate_mismatch"
-	reasonUnbound           = "unbound_token"
 	reasonOtherRegistration = "other_registration"
 	reasonUnknownService    = "unknown_service"
 	reasonServiceDisabled   = "service_disabled"

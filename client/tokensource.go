@@ -40,8 +40,6 @@ const (
 	// that names a time further away (a wrong clock on either side) is
 	// probed again after this long.
 	maxLockoutWait = 24 * time.Hour
-	// lockoutPhrase precedes the time in the engine's lockout error.
-	lockoutPhrase = "try again after "
 )
 
 // ErrLoginLocked is wrapped by the error of a login the engine refused
@@ -345,17 +343,15 @@ func (e *lockedError) Unwrap() []error {
 }
 
 // lockedUntil reads the end of a lockout from the engine's 403 answer
-// ("... locked ...; try again after <RFC3339>").
+// (meshtoken.LockoutMessage).
 func lockedUntil(err error) (time.Time, bool) {
 	var re *api.ResponseError
 	if !errors.As(err, &re) || re.StatusCode != http.StatusForbidden {
 		return time.Time{}, false
 	}
 	for _, msg := range re.Errors {
-		if _, after, ok := strings.Cut(msg, lockoutPhrase); ok {
-			if until, err := time.Parse(time.RFC3339, strings.TrimSpace(after)); err == nil {
-				return until, true
-			}
+		if until, ok := meshtoken.LockedUntil(msg); ok {
+			return until, true
 		}
 	}
 	return time.Time{}, false
@@ -434,7 +430,7 @@ func (ts *TokenSource) send(ctx context.Context) (*api.Secret, error) {
 // denied", which comes from an ACL policy. Vault wraps the text in its own
 // ("1 error occurred:\n\t* meshauth: login refused ..."): look for it
 // inside the message.
-const LoginRefusedPrefix = "meshauth: login refused"
+const LoginRefusedPrefix = meshtoken.LoginRefusedPrefix
 
 // getRefused reports whether a GET login was refused for the way it was
 // sent rather than for the service's credentials: 405 (the engine's GET

@@ -80,6 +80,8 @@ func TestClaimsFromVaultAndCertificate(t *testing.T) {
   "spiffe_id": {{meshauth.cert.spiffe_id}},
   "vault_entity": {{identity.entity.id}}
 }`
+	// The operator registers the trust domain of the SPIFFE ID first.
+	s.MustCLI(t, "write", claimsMount+"/trust_domains/mesh.example", "bundle=@"+ca.File)
 	out := s.MustCLI(t, "write", claimsMount+"/services/orders", "ca_chain=@"+ca.File, "spiffe_ids="+ordersID,
 		"default_audience=payments", "claims_template="+template)
 	key := vaultlab.JSONData(t, out)["api_key"].(string)
@@ -227,7 +229,7 @@ func TestClaimsFromVaultAndCertificate(t *testing.T) {
 		for range 6 { // more than lockout_threshold: template refusals do not lock out
 			_, err := loginOrders()
 			var re *api.ResponseError
-			if !errors.As(err, &re) || re.StatusCode != http.StatusForbidden || !strings.Contains(err.Error(), "permission denied") {
+			if !errors.As(err, &re) || re.StatusCode != http.StatusForbidden || !strings.Contains(err.Error(), "meshauth: login refused") {
 				t.Fatalf("missing value under fail: %v", err)
 			}
 		}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -26,6 +27,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/vault/api"
 
 	"github.com/datapunk/vault-plugin-secrets-meshauth/e2e/vaultlab"
 	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
@@ -253,6 +256,8 @@ func TestPythonService(t *testing.T) {
 		t.Fatalf("the new token through the sidecar: %d %s", code, body)
 	}
 
+	t.Run("unwrap_api_key", func(t *testing.T) { pythonUnwrap(t, s, root, py, pmount) })
+
 	// Vault stopped (SIGSTOP: the process is there, answering nothing):
 	// the last keys and feed serve until the feed's 10s, then 503.
 	if err := syscall.Kill(s.PID(), syscall.SIGSTOP); err != nil {
@@ -290,6 +295,78 @@ func TestPythonService(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 		code, _ = get(caller(orders), sidecar.URL+"/charge", fifth, nil)
+	}
+}
+
+// pythonUnwrap drives the Python unwrap_api_key against real wrapped
+// answers, as TestAPIKeysDeliveredWrapped drives client.UnwrapAPIKey: this
+// service's registration and rotate-key are unwrapped once, then "used"; a
+// token of another service or made with sys/wrapping/wrap is refused and
+// left unwrapped.
+func pythonUnwrap(t *testing.T, s *vaultlab.Server, root *api.Client, py, mount string) {
+	type outcome struct {
+		Outcome, APIKey, APIKeyID, CreationPath, Message string
+	}
+	unwrap := func(token, service string) outcome {
+		t.Helper()
+		body, _ := json.Marshal(map[string]string{"token": token, "service": service})
+		resp, err := http.Post(py+"/unwrap", "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var o struct {
+			Outcome      string `json:"outcome"`
+			APIKey       string `json:"api_key"`
+			APIKeyID     string `json:"api_key_id"`
+			CreationPath string `json:"creation_path"`
+			Message      string `json:"message"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&o); err != nil {
+			t.Fatalf("/unwrap answered %d: %v", resp.StatusCode, err)
+		}
+		return outcome(o)
+	}
+	s.MustCLI(t, "write", mount+"/config", "api_key_wrap_ttl=2m")
+	defer s.MustCLI(t, "write", mount+"/config", "api_key_wrap_ttl=0")
+	wrapped := func(path string) string {
+		t.Helper()
+		sec, err := root.Logical().Write(path, nil)
+		if err != nil || sec == nil || sec.WrapInfo == nil || sec.Data != nil {
+			t.Fatalf("%s: not wrapped: %v %#v", path, err, sec)
+		}
+		return sec.WrapInfo.Token
+	}
+
+	reg := wrapped(mount + "/services/py-wrapped")
+	if o := unwrap(reg, "py-wrapped"); o.Outcome != "ok" || !strings.HasPrefix(o.APIKey, "mak_") || o.APIKeyID == "" || o.CreationPath != mount+"/services/py-wrapped" {
+		t.Fatalf("registration: %+v", o)
+	}
+	if o := unwrap(reg, "py-wrapped"); o.Outcome != "WrappingTokenUsed" || !strings.Contains(o.Message, "grace_period=0") || strings.Contains(o.Message, reg) {
+		t.Fatalf("the same token again: %+v", o)
+	}
+
+	other := wrapped(mount + "/services/py-other")
+	if o := unwrap(other, "py-wrapped"); o.Outcome != "WrongCreationPath" {
+		t.Fatalf("py-other's token taken for py-wrapped: %+v", o)
+	}
+	root.SetWrappingLookupFunc(func(string, string) string { return "1m" })
+	forged, err := root.Logical().Write("sys/wrapping/wrap", map[string]any{"name": "py-wrapped", "api_key": "mak_forged", "api_key_id": "X"})
+	root.SetWrappingLookupFunc(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := unwrap(forged.WrapInfo.Token, "py-wrapped"); o.Outcome != "WrongCreationPath" {
+		t.Fatalf("forged wrapping token: %+v", o)
+	}
+	// A refused token is not used up: its own service still reads it.
+	if o := unwrap(other, "py-other"); o.Outcome != "ok" {
+		t.Fatalf("py-other reading its own token: %+v", o)
+	}
+
+	rotated := wrapped(mount + "/services/py-wrapped/rotate-key")
+	if o := unwrap(rotated, "py-wrapped"); o.Outcome != "ok" || o.CreationPath != mount+"/services/py-wrapped/rotate-key" {
+		t.Fatalf("rotate-key: %+v", o)
 	}
 }
 

@@ -338,7 +338,7 @@ func TestTrustDomainsAreTheOperators(t *testing.T) {
 			}
 			return out
 		}())["api_key"].(string)
-		if _, err := login("team-shop-web", key, own.IssueSVID(t, s.Dir, "own-web", webID)); err == nil || !strings.Contains(err.Error(), "permission denied") {
+		if _, err := login("team-shop-web", key, own.IssueSVID(t, s.Dir, "own-web", webID)); err == nil || !strings.Contains(err.Error(), "meshauth: login refused") {
 			t.Fatalf("login with the team's own SVID: %v", err)
 		}
 		// An SVID of the mesh does not chain to the team's ca_chain either.
@@ -439,7 +439,7 @@ func TestTrustDomainsUpgrade(t *testing.T) {
 		key  string
 		cert *vaultlab.Cert
 	}{"orders": {ordersKey, ordersSVID}, "partner-orders": {partnerKey, partnerSVID}} {
-		if _, err := login(name, c.key, c.cert); err == nil || !strings.Contains(err.Error(), "permission denied") {
+		if _, err := login(name, c.key, c.cert); err == nil || !strings.Contains(err.Error(), "meshauth: login refused") {
 			t.Fatalf("login %s before the trust domains are registered: %v", name, err)
 		}
 	}

@@ -20,6 +20,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,10 +37,12 @@ import (
 	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
-// issuer is a stand-in engine: one ES256 key served as a JWKS.
+// issuer is a stand-in engine: one ES256 key served as a JWKS, and an
+// empty revocation feed an hour old at /revocations until feedDown is set.
 type issuer struct {
-	key *ecdsa.PrivateKey
-	srv *httptest.Server
+	key      *ecdsa.PrivateKey
+	srv      *httptest.Server
+	feedDown atomic.Bool
 }
 
 func newIssuer(tb testing.TB) *issuer {
@@ -47,12 +50,24 @@ func newIssuer(tb testing.TB) *issuer {
 	point, _ := key.PublicKey.Bytes()
 	b64 := base64.RawURLEncoding.EncodeToString
 	jwks, _ := json.Marshal(map[string]any{"keys": []map[string]string{{"kid": "k1", "alg": "ES256", "kty": "EC", "crv": "P-256", "x": b64(point[1:33]), "y": b64(point[33:])}}})
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	i := &issuer{key: key}
+	i.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "max-age=300")
-		_, _ = w.Write(jwks)
+		if r.URL.Path != "/revocations" {
+			_, _ = w.Write(jwks)
+			return
+		}
+		if i.feedDown.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		feed := jwt.NewWithClaims(jwt.SigningMethodES256, jwt.MapClaims{"iss": "meshauth", "iat": time.Now().Add(-time.Hour).Unix(), "tokens": map[string]any{}, "services": map[string]any{}, "disabled": map[string]any{}, "keys": map[string]any{}})
+		feed.Header["kid"], feed.Header["typ"] = "k1", meshtoken.RevocationsType
+		s, _ := feed.SignedString(key)
+		_, _ = w.Write([]byte(s))
 	}))
-	tb.Cleanup(srv.Close)
-	return &issuer{key: key, srv: srv}
+	tb.Cleanup(i.srv.Close)
+	return i
 }
 
 func (i *issuer) sign(tb testing.TB, bound *x509.Certificate) string {
@@ -214,6 +229,32 @@ func TestInterceptorsVerifyAndBind(t *testing.T) {
 		if status.Code(err) != codes.Unauthenticated {
 			t.Errorf("%s: stream %v; want Unauthenticated", name, err)
 		}
+	}
+}
+
+// A revocation feed past its staleness with Vault unreachable makes calls
+// Unavailable, as the Middleware answers 503 (regression: the interceptor
+// mapped only a stale key set to Unavailable, a stale feed to
+// Unauthenticated, which sends callers to log in again for nothing).
+func TestInterceptorStaleFeedIsUnavailable(t *testing.T) {
+	iss, p := newIssuer(t), newPKI(t)
+	v, err := meshtoken.NewVerifier(t.Context(), meshtoken.VerifierConfig{
+		JWKSURL: iss.srv.URL, Issuer: "meshauth", Audience: "payments", HTTPClient: iss.srv.Client(),
+		Revocations: &meshtoken.RevocationConfig{URL: iss.srv.URL + "/revocations", MaxStaleness: time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss.feedDown.Store(true)
+	time.Sleep(5 * time.Millisecond)
+	orders := p.issue(t, "orders", x509.ExtKeyUsageClientAuth)
+	addr, _ := serve(t, p, v, false)
+	c := dial(t, addr, p, &orders, grpc.WithPerRPCCredentials(PerRPCCredentials(static(iss.sign(t, orders.Leaf)))))
+	if _, err := c.Check(t.Context(), &healthpb.HealthCheckRequest{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("stale feed: %v; want Unavailable", err)
+	}
+	if _, err := v.Verify(t.Context(), iss.sign(t, nil), nil); meshtoken.FailureOf(err) != meshtoken.FailureUnavailable {
+		t.Fatalf("stale feed, Verify: %v", err)
 	}
 }
 

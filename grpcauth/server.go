@@ -2,10 +2,7 @@ package grpcauth
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
-	"net"
-	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -38,9 +35,10 @@ func UnaryServerInterceptor(v *meshtoken.Verifier) grpc.UnaryServerInterceptor {
 // metadata) names. Failures are Unauthenticated and say nothing about why
 // beyond how to ask Vault's verify; the reason goes to the service through
 // the Verifier's Logger and OnReject (meshtoken.Verifier.Rejected). While
-// the Verifier's key set or revocations feed is past its MaxStaleness they
-// are Unavailable (the caller is not at fault); an unreadable header from a
-// trusted proxy is InvalidArgument.
+// the Verifier's key set or revocation feed is past its staleness they are
+// Unavailable (the caller is not at fault); an unreadable header from a
+// trusted proxy is InvalidArgument. The decisions are the Middleware's
+// (meshtoken.Verifier.Authenticate and meshtoken.FailureOf).
 func StreamServerInterceptor(v *meshtoken.Verifier) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		ctx, err := authenticate(ss.Context(), v)
@@ -59,30 +57,26 @@ type stream struct {
 
 func (s *stream) Context() context.Context { return s.ctx }
 
-// authenticate verifies the call's token and returns ctx with its claims.
+// authenticate verifies the call's token with the Verifier's one request
+// authentication (the Middleware's too) and returns ctx with its claims;
+// its failures map to codes as the Middleware's to HTTP statuses.
 func authenticate(ctx context.Context, v *meshtoken.Verifier) (context.Context, error) {
 	// ValueFromIncomingContext reads one key without copying the whole
 	// metadata, which FromIncomingContext would do on every call.
-	auth := metadata.ValueFromIncomingContext(ctx, "authorization")
-	if len(auth) != 1 {
-		return nil, status.Error(codes.Unauthenticated, "a meshauth bearer token is required")
+	req := meshtoken.Request{
+		Authorization: metadata.ValueFromIncomingContext(ctx, "authorization"),
+		Header:        func(name string) []string { return metadata.ValueFromIncomingContext(ctx, name) },
 	}
-	token, ok := strings.CutPrefix(auth[0], "Bearer ")
-	if !ok || token == "" {
-		return nil, status.Error(codes.Unauthenticated, "a meshauth bearer token is required")
-	}
-	var (
-		direct *x509.Certificate
-		addr   net.Addr
-	)
 	if p, ok := peer.FromContext(ctx); ok {
-		addr = p.Addr
+		req.Addr = p.Addr
 		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
-			direct = ti.State.PeerCertificates[0]
+			req.Peer = ti.State.PeerCertificates[0]
 		}
 	}
-	forwarded := func(name string) []string { return metadata.ValueFromIncomingContext(ctx, name) }
-	if !v.TrustedProxies().Trusts(direct, addr) && (len(forwarded(meshtoken.HeaderXFCC)) > 0 || len(forwarded(meshtoken.HeaderClientCert)) > 0) {
+	req.StripForwarded = func() {
+		if len(req.Header(meshtoken.HeaderXFCC)) == 0 && len(req.Header(meshtoken.HeaderClientCert)) == 0 {
+			return
+		}
 		// An untrusted peer's claim about certificates must not reach a
 		// handler that reads the metadata as a proxy's word.
 		md, _ := metadata.FromIncomingContext(ctx)
@@ -90,24 +84,22 @@ func authenticate(ctx context.Context, v *meshtoken.Verifier) (context.Context, 
 		md.Delete(meshtoken.HeaderClientCert)
 		ctx = metadata.NewIncomingContext(ctx, md)
 	}
-	thumb, err := v.PeerThumbprint(direct, addr, forwarded)
-	if err != nil {
-		v.Rejected(ctx, err)
-		return nil, status.Error(codes.InvalidArgument, "unreadable forwarded client certificate")
-	}
-	claims, err := v.VerifyThumbprint(ctx, token, thumb)
+	claims, err := v.Authenticate(ctx, req)
 	if err != nil {
 		// The reason goes to the service (VerifierConfig.Logger,
 		// OnReject), never to the caller.
 		v.Rejected(ctx, err)
 	}
-	switch {
-	case errors.Is(err, meshtoken.ErrKeysStale), errors.Is(err, meshtoken.ErrRevocationsStale):
+	switch meshtoken.FailureOf(err) {
+	case meshtoken.FailureNone:
+		return meshtoken.NewContext(ctx, claims), nil
+	case meshtoken.FailureUnavailable:
 		return nil, status.Error(codes.Unavailable, "token verification unavailable")
-	case err != nil:
-		return nil, status.Error(codes.Unauthenticated, "invalid token; "+v.VerifyHint())
+	case meshtoken.FailureBadRequest:
+		return nil, status.Error(codes.InvalidArgument, "unreadable forwarded client certificate")
 	}
-	// The token too, for a handler that exchanges it to call onward on
-	// the caller's behalf (meshtoken.TokenFromContext).
-	return meshtoken.NewTokenContext(meshtoken.NewContext(ctx, claims), token), nil
+	if errors.Is(err, meshtoken.ErrMissingToken) {
+		return nil, status.Error(codes.Unauthenticated, "a meshauth bearer token is required")
+	}
+	return nil, status.Error(codes.Unauthenticated, "invalid token; "+v.VerifyHint())
 }

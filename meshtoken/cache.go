@@ -24,9 +24,23 @@ type verdict struct {
 	// same kid (carry), and otherwise leaves it behind, so it never answers
 	// again.
 	set atomic.Pointer[keySet]
+	// sig is the signature segment that was verified; the entry answers
+	// only a token with exactly this signature.
+	sig string
 }
 
-// tokenCache remembers verified tokens, keyed by the token's whole text.
+// cacheKey splits a token into the key its verdict is remembered under (the
+// signed part: header and payload) and its signature segment.
+func cacheKey(token string) (signed, sig string) {
+	i := strings.LastIndexByte(token, '.')
+	if i < 0 {
+		return token, ""
+	}
+	return token[:i], token[i+1:]
+}
+
+// tokenCache remembers verified tokens, keyed by what was signed (header
+// and payload) and answering only the signature that was verified.
 //
 // What invalidates an entry:
 //   - its exp (plus leeway) passing: a lookup treats it as absent and
@@ -38,8 +52,10 @@ type verdict struct {
 //
 // Nothing else is cached: a lookup answers only what Parse decided from
 // this exact text; audience, binding and time are checked per request by
-// the caller. Two spellings of one token (e.g. an ECDSA signature with s and
-// n-s) are two entries, each verified in full before it is stored.
+// the caller. Parse accepts one spelling of each segment, but a signature
+// scheme may accept two signatures of one payload (ECDSA's s and n-s): both
+// are verified in full, and they share one entry (the last stored), so no
+// caller can multiply the entries of one signed token.
 type tokenCache struct {
 	max    int
 	leeway time.Duration
@@ -60,9 +76,13 @@ func (c *tokenCache) get(token string) *verdict {
 	if c == nil {
 		return nil
 	}
+	signed, sig := cacheKey(token)
 	c.mu.RLock()
-	e := c.m[token]
+	e := c.m[signed]
 	c.mu.RUnlock()
+	if e == nil || e.sig != sig {
+		return nil
+	}
 	return e
 }
 
@@ -72,23 +92,24 @@ func (c *tokenCache) put(token string, claims *Claims, key Key, set *keySet, cur
 	if c == nil {
 		return
 	}
-	e := &verdict{claims: claims, key: key}
-	e.set.Store(set)
 	// A copy of the text: the token is often a slice of a request's header
 	// block, which must not stay alive for the entry's sake.
 	token = strings.Clone(token)
+	signed, sig := cacheKey(token)
+	e := &verdict{claims: claims, key: key, sig: sig}
+	e.set.Store(set)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if cur.Load() != set {
 		return
 	}
-	if len(c.m) >= c.max {
+	if _, again := c.m[signed]; !again && len(c.m) >= c.max {
 		for k := range c.m { // map order is random: a random victim
 			delete(c.m, k)
 			break
 		}
 	}
-	c.m[token] = e
+	c.m[signed] = e
 }
 
 // drop forgets token (expired, or no longer answerable).
@@ -96,9 +117,10 @@ func (c *tokenCache) drop(token string, e *verdict) {
 	if c == nil {
 		return
 	}
+	signed, _ := cacheKey(token)
 	c.mu.Lock()
-	if c.m[token] == e {
-		delete(c.m, token)
+	if c.m[signed] == e {
+		delete(c.m, signed)
 	}
 	c.mu.Unlock()
 }
@@ -116,12 +138,18 @@ func (c *tokenCache) carry(next *keySet, now time.Time) {
 	defer c.mu.Unlock()
 	for tok, e := range c.m {
 		k, ok := next.keys[e.claims.KeyID]
-		if !ok || !sameKey(k, e.key) || now.Add(-c.leeway).After(e.claims.ExpiresAt) {
+		if !ok || !sameKey(k, e.key) || expired(e.claims, now, c.leeway) {
 			delete(c.m, tok)
 			continue
 		}
 		e.set.Store(next)
 	}
+}
+
+// expired reports whether the window check finds c expired at now.
+func expired(c *Claims, now time.Time, leeway time.Duration) bool {
+	reason, _ := c.window(now, leeway)
+	return reason == ReasonExpired
 }
 
 // len is the number of remembered tokens.

@@ -1,57 +1,72 @@
 package meshtoken_test
 
 import (
-	stdcontext "context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"encoding/json"
+	"context"
+	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
-	"strings"
+	"testing"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
-
 	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken/meshtokentest"
 )
 
-// A service that accepts meshauth tokens: the Verifier finds the keys and
-// the signed revocations feed through the engine's discovery document, and
-// the Middleware lets only valid tokens for this service (Audience) through.
-// The caller of a refused request is told how to ask Vault why; the service
-// logs the reason. (The engine here is a stand-in serving what a meshauth
-// mount serves.)
-func ExampleVerifier_Middleware() {
-	engine, sign := fakeEngine()
-	defer engine.Close()
+// t stands in for the *testing.T of a real test.
+var t = &testing.T{}
 
-	verifier, err := meshtoken.NewVerifier(context(), meshtoken.VerifierConfig{
-		DiscoveryURL: engine.URL + "/v1/meshauth/.well-known/openid-configuration",
-		Audience:     "payments",
-		HTTPClient:   engine.Client(), // in production: a client that trusts Vault's CA
-		// Why a token was refused goes to the service, never to the caller:
-		// to Logger (a *slog.Logger, at LogLevel) and to OnReject.
-		OnReject: func(_ stdcontext.Context, err error) {
-			fmt.Println("refused:", meshtoken.ReasonOf(err))
-		},
-	})
+// A service verifies the tokens its callers send: offline, with the keys
+// and revocation feed of the engine (here a fake one, meshtokentest).
+func ExampleVerifier_Verify() {
+	engine := meshtokentest.New(t)
+	v, err := meshtoken.NewVerifier(context.Background(), engine.VerifierConfig("payments"))
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	handler := verifier.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		claims, _ := meshtoken.ClaimsFromContext(r.Context())
-		_, _ = fmt.Fprintf(w, "hello %s", claims.Subject)
+	token, _ := engine.Token(t, "orders", "payments", time.Minute, nil)
+	claims, err := v.Verify(context.Background(), token, nil)
+	fmt.Println(claims.ServiceName(), err)
+
+	// A token for another service is refused, with a typed reason.
+	other, _ := engine.Token(t, "orders", "ledger", time.Minute, nil)
+	_, err = v.Verify(context.Background(), other, nil)
+	fmt.Println(errors.Is(err, meshtoken.ErrInvalidToken), meshtoken.ReasonOf(err))
+	// Output:
+	// orders <nil>
+	// true wrong_audience
+}
+
+// The Middleware answers 401 without a valid token, and hands the claims to
+// the handler. The caller of a refused request is told how to ask Vault
+// why; the reason goes to the service (Logger at LogLevel, and OnReject),
+// never to the caller.
+func ExampleVerifier_Middleware() {
+	engine := meshtokentest.New(t)
+	cfg := engine.VerifierConfig("payments")
+	cfg.OnReject = func(_ context.Context, err error) {
+		fmt.Println("refused:", meshtoken.ReasonOf(err))
+	}
+	v, err := meshtoken.NewVerifier(context.Background(), cfg)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	h := v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, _ := meshtoken.ClaimsFromContext(r.Context())
+		_, _ = fmt.Fprint(w, "hello "+c.ServiceName())
 	}))
-	for _, audience := range []string{"payments", "ledger"} {
-		req := httptest.NewRequest(http.MethodGet, "/charge", nil)
-		req.Header.Set("Authorization", "Bearer "+sign(audience))
-		rec := httptest.NewRecorder()
-		handler.ServeHTTP(rec, req)
-		fmt.Println(rec.Code, strings.TrimSpace(rec.Body.String()))
+	token, _ := engine.Token(t, "orders", "payments", time.Minute, nil)
+	other, _ := engine.Token(t, "orders", "ledger", time.Minute, nil)
+	for _, auth := range []string{"Bearer " + token, "Bearer " + other} {
+		req := httptest.NewRequest(http.MethodGet, "/", nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		fmt.Println(w.Code, w.Body.String())
 	}
 	// Output:
 	// 200 hello orders
@@ -59,44 +74,23 @@ func ExampleVerifier_Middleware() {
 	// 401 invalid token; to see why, ask Vault: vault write meshauth/verify token=<the token> audience=payments
 }
 
-// fakeEngine serves discovery, jwks and revocations as a meshauth mount
-// does, and returns a function that mints tokens of the service "orders".
-func fakeEngine() (*httptest.Server, func(audience string) string) {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	kid, _ := meshtoken.Thumbprint(&key.PublicKey)
-	jwk, _ := meshtoken.PublicJWK(&key.PublicKey)
-	jwk["kid"], jwk["alg"], jwk["use"] = kid, "ES256", "sig"
-	signed := func(claims jwt.MapClaims, typ string) string {
-		tok := jwt.NewWithClaims(jwt.SigningMethodES256, claims)
-		tok.Header["kid"], tok.Header["typ"] = kid, typ
-		s, _ := tok.SignedString(key)
-		return s
+// Parse checks a token against keys the caller holds: the parser both the
+// engine's online verify and the Verifier use. Every refusal has a reason.
+func ExampleParse() {
+	keys := func(kid string) (meshtoken.Key, error) {
+		return meshtoken.Key{}, meshtoken.ErrUnknownKey // no key in this example
 	}
-	now := time.Now().Unix()
-	feed := signed(jwt.MapClaims{"iss": "meshauth", "iat": now, "tokens": map[string]int64{}}, meshtoken.RevocationsType)
-	mux := http.NewServeMux()
-	mux.HandleFunc("/v1/meshauth/.well-known/openid-configuration", func(w http.ResponseWriter, _ *http.Request) {
-		_ = json.NewEncoder(w).Encode(map[string]string{
-			"issuer": "meshauth", "jwks_uri": "/v1/meshauth/jwks", "revocation_endpoint": "/v1/meshauth/revocations",
-		})
-	})
-	mux.HandleFunc("/v1/meshauth/jwks", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Cache-Control", "max-age=300")
-		_ = json.NewEncoder(w).Encode(map[string]any{"keys": []any{jwk}})
-	})
-	mux.HandleFunc("/v1/meshauth/revocations", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Cache-Control", "max-age=150")
-		_, _ = io.WriteString(w, feed)
-	})
-	srv := httptest.NewTLSServer(mux)
-	n := 0
-	return srv, func(audience string) string {
-		n++
-		return signed(jwt.MapClaims{
-			"iss": "meshauth", "sub": "orders", "aud": audience, "jti": fmt.Sprintf("J%d", n),
-			"iat": now, "nbf": now, "exp": now + 300,
-		}, "JWT")
+	opts := meshtoken.Options{Issuer: "meshauth", Leeway: meshtoken.DefaultLeeway}
+	for _, token := range []string{
+		"not a token",
+		"eyJhbGciOiJFUzI1NiIsImtpZCI6Im5vbmUifQ.eyJzdWIiOiJvcmRlcnMifQ.c2ln",
+		"eyJhbGciOiJFUzI1NiIsImtpZCI6Im5vbmUifQ.eyJzdWIiOiJvcmRlcnMifR.c2ln", // spare bits set
+	} {
+		_, err := meshtoken.Parse(token, keys, opts)
+		fmt.Println(meshtoken.ReasonOf(err))
 	}
+	// Output:
+	// malformed
+	// unknown_key
+	// malformed
 }
-
-func context() stdcontext.Context { return stdcontext.Background() }

@@ -10,13 +10,14 @@ import (
 
 // Claims written by token exchange (RFC 8693): exchange/<name> issues a token
 // for the subject of another, acting on its behalf.
+//
+// ClaimActor (contract.go) is the RFC 8693 section 4.1 actor claim:
+// {"sub": <acting service>, "gen": <its gen>}, with the actor before it
+// nested inside as act. gen is the acting service's registration and
+// revocation epoch, so revoking, disabling or re-registering it ends the
+// tokens it obtained, online and through the feed, as for the subject's
+// service.
 const (
-	// ClaimAct is the RFC 8693 section 4.1 actor claim: {"sub": <acting
-	// service>, "gen": <its gen>}, with the actor before it nested inside
-	// as act. gen is the acting service's registration and revocation
-	// epoch, so revoking, disabling or re-registering it ends the tokens it
-	// obtained, online and through the feed, as for the subject's service.
-	ClaimAct = "act"
 	// ClaimDerivedFrom lists the jti of every token the token was exchanged
 	// from, the original first and the subject token last, so revoking any
 	// of them ends the derived token: online in verify, offline through the
@@ -29,7 +30,7 @@ const (
 const MaxActorDepth = 8
 
 // actMembers are the members meshauth reads inside act.
-var actMembers = []string{"sub", "gen", ClaimAct}
+var actMembers = []string{"sub", "gen", ClaimActor}
 
 // ErrDelegation is returned by Verify for a delegated token (one with act)
 // that the Verifier's MaxDelegationDepth or AllowedActors refuse.
@@ -74,7 +75,7 @@ func (c *Claims) readDelegation(rc *registered) error {
 		}
 		c.actors = append(c.actors, sub)
 		c.actorGens = append(c.actorGens, gen)
-		raw = members[ClaimAct]
+		raw = members[ClaimActor]
 	}
 	if len(rc.Derived) != len(c.actors) {
 		return fmt.Errorf("%s must list one jti per actor (%d actors, %d jtis)", ClaimDerivedFrom, len(c.actors), len(rc.Derived))
@@ -104,23 +105,15 @@ func (v *Verifier) checkDelegation(c *Claims) error {
 	return nil
 }
 
-// tokenKey is the context key of the verified token's text.
-type tokenKey struct{}
-
-func withToken(ctx context.Context, token string) context.Context {
-	return context.WithValue(ctx, tokenKey{}, token)
-}
-
-// NewTokenContext returns ctx carrying the verified token's text, as the
-// Middleware and the gRPC interceptors do; TokenFromContext reads it.
-func NewTokenContext(ctx context.Context, token string) context.Context { return withToken(ctx, token) }
-
-// TokenFromContext returns the bearer token the Middleware verified, as the
-// caller sent it: the subject_token a service exchanges (client's
-// TokenSource.Exchange) to call onward on its caller's behalf. Forward it
-// only to Vault's exchange, never to another service: it is bound to the
-// caller's certificate and addressed to this service.
+// TokenFromContext returns the bearer token the Middleware (or a grpcauth
+// interceptor) verified, as the caller sent it: the subject_token a service
+// exchanges (client's TokenSource.Exchange) to call onward on its caller's
+// behalf. Forward it only to Vault's exchange, never to another service: it
+// is addressed to this service and bound to the caller's certificate.
 func TokenFromContext(ctx context.Context) (string, bool) {
-	t, ok := ctx.Value(tokenKey{}).(string)
-	return t, ok && t != ""
+	c, ok := ClaimsFromContext(ctx)
+	if !ok || c.raw == "" {
+		return "", false
+	}
+	return c.raw, true
 }

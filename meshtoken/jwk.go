@@ -4,7 +4,6 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/base64"
@@ -47,10 +46,10 @@ func PublicJWK(pub crypto.PublicKey) (map[string]string, error) {
 	return nil, fmt.Errorf("unsupported public key type %T", pub)
 }
 
-// Thumbprint computes the RFC 7638 thumbprint of a public key: SHA-256 of
+// JWKThumbprint computes the RFC 7638 thumbprint of a public key: SHA-256 of
 // its required JWK members in lexicographic order, base64url. meshauth uses
 // it as kid, which binds the kid to the key itself.
-func Thumbprint(pub crypto.PublicKey) (string, error) {
+func JWKThumbprint(pub crypto.PublicKey) (string, error) {
 	jwk, err := PublicJWK(pub)
 	if err != nil {
 		return "", err
@@ -69,35 +68,34 @@ func Thumbprint(pub crypto.PublicKey) (string, error) {
 }
 
 // ParseJWK decodes one JWK of a meshauth key set into a Key bound to its
-// alg, checking that the key type and curve fit the algorithm.
+// alg, checking that the key type, curve and size fit the algorithm
+// (Algorithm.FitsKey).
 func ParseJWK(k map[string]string) (Key, error) {
 	b64 := func(s string) []byte { b, _ := base64.RawURLEncoding.DecodeString(s); return b }
-	alg := k["alg"]
-	switch {
-	case alg == EdDSA && k["kty"] == "OKP" && k["crv"] == "Ed25519":
-		x := b64(k["x"])
-		if len(x) != ed25519.PublicKeySize {
-			return Key{}, errors.New("bad Ed25519 key")
-		}
-		return Key{Algorithm: alg, Public: ed25519.PublicKey(x)}, nil
-	case alg == ES256 && k["kty"] == "EC" && k["crv"] == "P-256",
-		alg == ES384 && k["kty"] == "EC" && k["crv"] == "P-384":
-		curve := elliptic.P256()
-		if k["crv"] == "P-384" {
-			curve = elliptic.P384()
-		}
+	a, ok := AlgorithmOf(k["alg"])
+	if !ok || k["kty"] != a.KeyType || k["crv"] != a.CurveName {
+		return Key{}, fmt.Errorf("unsupported JWK (alg %q, kty %q, crv %q)", k["alg"], k["kty"], k["crv"])
+	}
+	var pub crypto.PublicKey
+	switch a.KeyType {
+	case "OKP":
+		pub = ed25519.PublicKey(b64(k["x"]))
+	case "EC":
 		pt := append(append([]byte{4}, b64(k["x"])...), b64(k["y"])...)
-		pub, err := ecdsa.ParseUncompressedPublicKey(curve, pt)
+		ec, err := ecdsa.ParseUncompressedPublicKey(a.Curve, pt)
 		if err != nil {
 			return Key{}, err
 		}
-		return Key{Algorithm: alg, Public: pub}, nil
-	case alg == RS256 && k["kty"] == "RSA":
+		pub = ec
+	case "RSA":
 		n, e := new(big.Int).SetBytes(b64(k["n"])), new(big.Int).SetBytes(b64(k["e"]))
-		if n.BitLen() < minRSABits || !e.IsInt64() || e.Int64() < 3 || e.Int64() > 1<<31 {
+		if !e.IsInt64() || e.Int64() > 1<<31 {
 			return Key{}, errors.New("bad RSA key")
 		}
-		return Key{Algorithm: alg, Public: &rsa.PublicKey{N: n, E: int(e.Int64())}}, nil
+		pub = &rsa.PublicKey{N: n, E: int(e.Int64())}
 	}
-	return Key{}, fmt.Errorf("unsupported JWK (alg %q, kty %q)", alg, k["kty"])
+	if !a.FitsKey(pub) {
+		return Key{}, fmt.Errorf("bad %s key", a.Name)
+	}
+	return Key{Algorithm: a.Name, Public: pub}, nil
 }

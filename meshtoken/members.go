@@ -11,11 +11,11 @@ import (
 // cnfMembers are the members meshauth reads inside cnf.
 var cnfMembers = []string{"x5t#S256"}
 
-// FoldsTo returns the reserved name that name folds to (Unicode simple case
+// foldsTo returns the reserved name that name folds to (Unicode simple case
 // folding, as Go's encoding/json matches struct fields: "SUB", "ſub" and
 // "Sub" all fold to "sub"), or "" when it folds to none. An exact match also
 // returns the name.
-func FoldsTo(name string, reserved []string) string {
+func foldsTo(name string, reserved []string) string {
 	for _, r := range reserved {
 		if strings.EqualFold(name, r) {
 			return r
@@ -41,7 +41,7 @@ const maxDepth = 32
 // without being equal to it. Member names are compared after JSON unescaping,
 // as every reader does.
 func CheckMembers(payload []byte) error {
-	return checkMembers(payload, RegisteredClaims, map[string][]string{"cnf": cnfMembers, ClaimAct: actMembers})
+	return checkMembers(payload, registeredClaims[:], map[string][]string{"cnf": cnfMembers, ClaimActor: actMembers})
 }
 
 // checkMembers checks one JSON object: no duplicates at any depth, top-level
@@ -93,7 +93,7 @@ func checkObject(dec *json.Decoder, reserved []string, inner map[string][]string
 			return fmt.Errorf("%w: member %q appears twice", ErrAmbiguousMembers, name)
 		}
 		seen[name] = struct{}{}
-		if r := FoldsTo(name, reserved); r != "" && r != name {
+		if r := foldsTo(name, reserved); r != "" && r != name {
 			return fmt.Errorf("%w: member %q spells %q differently", ErrAmbiguousMembers, name, r)
 		}
 		var nested []string

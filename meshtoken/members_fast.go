@@ -88,7 +88,7 @@ func (s *plainScanner) object(reserved []string, inner map[string][]string, dept
 		names[n] = name
 		n++
 		if reserved != nil {
-			if r := FoldsTo(string(name), reserved); r != "" && r != string(name) {
+			if r := foldsTo(string(name), reserved); r != "" && r != string(name) {
 				return false
 			}
 		}

@@ -6,11 +6,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 )
+
+// b64 decodes the segments of a token: base64url without padding, and
+// strict, so bits past the last whole byte must be zero. With WellFormed
+// (the alphabet only, no padding, no line breaks) each segment has exactly
+// one spelling, and so does a token, but for the signature algorithm's own
+// malleability (the token cache keys on the signed part for that).
+var b64 = base64.RawURLEncoding.Strict()
 
 // Key is a verification key bound to the one algorithm it verifies.
 type Key struct {
@@ -94,10 +102,6 @@ var (
 	errCritHeader  = errors.New("crit header names extensions meshauth does not understand")
 )
 
-// headerNames are the JOSE header parameters a header may spell only
-// exactly (RFC 7515 section 4.1).
-var headerNames = []string{"alg", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "typ", "cty", "crit"}
-
 // Claims are what a verified token says.
 type Claims struct {
 	// Issuer is iss.
@@ -119,11 +123,23 @@ type Claims struct {
 	Service string
 	// KeyID is the kid of the key that verified the token.
 	KeyID string
-	// actors and derivedFrom are act and meshauth_derived_from, read by
-	// Actors and DerivedFrom (exchange.go).
+	// actors, actorGens and derivedFrom are act and meshauth_derived_from,
+	// read by Actors, ActorGenerations and DerivedFrom (exchange.go).
 	actors, actorGens, derivedFrom []string
+	// raw is the token as verified, for TokenFromContext.
+	raw string
 	// Payload is the decoded claims segment, for Extra.
 	Payload []byte
+}
+
+// ServiceName is the service the token belongs to: meshauth_service in a
+// JWT-SVID (whose sub is a SPIFFE ID), else sub. The engine's verify and
+// the revocation feed check both read it here.
+func (c *Claims) ServiceName() string {
+	if c.Service != "" {
+		return c.Service
+	}
+	return c.Subject
 }
 
 // Bound reports whether the token is bound to a client certificate.
@@ -137,7 +153,7 @@ func (c *Claims) Extra() map[string]any {
 	if json.Unmarshal(c.Payload, &all) != nil {
 		return nil
 	}
-	for _, name := range RegisteredClaims {
+	for _, name := range registeredClaims {
 		delete(all, name)
 	}
 	return all
@@ -161,106 +177,171 @@ type registered struct {
 // and nbf. Certificate binding, revocation and service state are the
 // caller's next steps.
 func Parse(raw string, keys KeyFunc, opts Options) (*Claims, error) {
-	if len(raw) > MaxTokenLength {
-		return nil, refuse(ReasonTooLarge, errors.New("token is larger than 16 KiB"))
-	}
-	if !WellFormed(raw) {
-		return nil, refuse(ReasonMalformed, errors.New("not a compact JWS of three base64url segments"))
-	}
-	first := strings.IndexByte(raw, '.')
-	second := first + 1 + strings.IndexByte(raw[first+1:], '.')
-	header, err := base64.RawURLEncoding.DecodeString(raw[:first])
-	if err != nil {
-		return nil, refuse(ReasonMalformed, err)
-	}
-	if err := checkMembers(header, headerNames, nil); err != nil {
-		return nil, refuse(ReasonMalformed, err)
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(raw[first+1 : second])
-	if err != nil {
-		return nil, refuse(ReasonMalformed, err)
-	}
-	// The claims golang-jwt decodes below must be the claims every other
-	// verifier of the same bytes sees.
-	if err := CheckMembers(payload); err != nil {
-		return nil, refuse(ReasonAmbiguousClaims, err)
-	}
-
-	// The header: its members were checked above, so decoding it into a
-	// struct reads exactly alg, kid and crit.
-	var h struct {
-		Alg  string          `json:"alg"`
-		Kid  string          `json:"kid"`
-		Crit json.RawMessage `json:"crit"`
-	}
-	if err := json.Unmarshal(header, &h); err != nil {
-		return nil, refuse(ReasonMalformed, err)
-	}
-	if !IsAlgorithm(h.Alg) {
-		return nil, refuse(ReasonAlgNotAllowed, fmt.Errorf("alg %q is not one meshauth signs with", h.Alg))
-	}
-	if h.Crit != nil {
-		return nil, refuse(ReasonCritHeader, errCritHeader)
-	}
-	k, err := keys(h.Kid)
-	if err != nil {
-		if errors.Is(err, ErrUnknownKey) {
-			return nil, refuse(ReasonUnknownKey, err)
+	h, payload, rerr := verifyJWS(raw, MaxTokenLength, keys, func(payload []byte) *Error {
+		// The claims decoded below must be the claims every other
+		// verifier of the same bytes sees.
+		if err := CheckMembers(payload); err != nil {
+			return refuse(ReasonAmbiguousClaims, err)
 		}
-		return nil, refuse(ReasonMalformed, err)
+		return nil
+	})
+	if rerr != nil {
+		return nil, rerr
 	}
-	// Each kid is bound to exactly one algorithm: a token may not choose how
-	// its key is used (no HS256 with a public key as the secret).
-	if h.Alg != k.Algorithm {
-		return nil, refuse(ReasonAlgMismatch, errAlgMismatch)
-	}
-	sig, err := base64.RawURLEncoding.DecodeString(raw[second+1:])
-	if err != nil {
-		return nil, refuse(ReasonMalformed, err)
-	}
-	// golang-jwt checks the signature over the segments as sent; the
-	// header and payload are decoded once, here, not again by a parser.
-	if err := jwt.GetSigningMethod(h.Alg).Verify(raw[:second], sig, k.Public); err != nil {
-		return nil, refuse(ReasonBadSignature, err)
+	if h.Typ == RevocationsType {
+		return nil, refuse(ReasonMalformed, errors.New("a revocation feed is not a token"))
 	}
 
 	rc := &registered{}
 	if err := json.Unmarshal(payload, rc); err != nil {
 		return nil, refuse(ReasonMalformed, err)
 	}
+	if err := checkConfirmation(rc.Cnf); err != nil {
+		return nil, refuse(ReasonUnsupportedConfirmation, err)
+	}
 	now := opts.Now
 	if now.IsZero() {
 		now = time.Now()
 	}
-	validatorOpts := []jwt.ParserOption{
-		jwt.WithIssuedAt(),
-		jwt.WithLeeway(opts.Leeway),
-		jwt.WithTimeFunc(func() time.Time { return now }),
-		jwt.WithExpirationRequired(),
-	}
-	if opts.Issuer != "" {
-		validatorOpts = append(validatorOpts, jwt.WithIssuer(opts.Issuer))
-	}
-	if opts.Audience != "" {
-		validatorOpts = append(validatorOpts, jwt.WithAudience(opts.Audience))
-	}
-	if err := jwt.NewValidator(validatorOpts...).Validate(rc); err != nil {
-		reason := failureReason(nil, err)
-		// The signature verified above, so an expired token here is one
-		// of ours.
-		if opts.AllowExpired && reason == ReasonExpired && rc.Subject != "" && rc.ID != "" {
-			return claimsOf(rc, h.Kid, payload), refuse(reason, err)
-		}
-		return nil, refuse(reason, err)
-	}
-	if rc.Subject == "" || rc.ID == "" || rc.IssuedAt == nil || rc.NotBefore == nil {
-		return nil, refuse(ReasonMissingClaim, errors.New("sub, jti, iat and nbf are required"))
-	}
 	c := claimsOf(rc, h.Kid, payload)
-	if err := c.readDelegation(rc); err != nil {
-		return nil, refuse(ReasonMalformed, err)
+	reason, err := c.window(now, opts.Leeway)
+	if reason == "" || reason == ReasonExpired {
+		if r, e := c.identity(opts.Issuer, opts.Audience); r != "" {
+			return nil, refuse(r, e)
+		}
 	}
-	return c, nil
+	switch {
+	case reason == "":
+		// An exchanged token's act and meshauth_derived_from (exchange.go).
+		if err := c.readDelegation(rc); err != nil {
+			return nil, refuse(ReasonMalformed, err)
+		}
+		c.raw = raw
+		return c, nil
+	case reason == ReasonExpired && opts.AllowExpired:
+		// The signature verified above and every other claim holds, so
+		// an expired token here is one of ours.
+		return c, refuse(reason, err)
+	}
+	return nil, refuse(reason, err)
+}
+
+// Refusals of a token's claims: golang-jwt's sentinels, so callers that
+// match them with errors.Is keep working.
+var (
+	errNoTimes       = fmt.Errorf("%w: exp, iat and nbf", jwt.ErrTokenRequiredClaimMissing)
+	errExpired       = jwt.ErrTokenExpired
+	errNotYetValid   = jwt.ErrTokenNotValidYet
+	errIssuedFuture  = jwt.ErrTokenUsedBeforeIssued
+	errNoIdentity    = fmt.Errorf("%w: sub and jti", jwt.ErrTokenRequiredClaimMissing)
+	errWrongIssuer   = jwt.ErrTokenInvalidIssuer
+	errWrongAudience = jwt.ErrTokenInvalidAudience
+)
+
+// window is the one time check of a token: Parse runs it on a fresh token
+// and the Verifier on a remembered one, so memory never accepts a token at
+// an instant when Parse would refuse it. A token is valid from
+// max(nbf, iat) - leeway inclusive until exp + leeway exclusive (RFC 7519:
+// "on or after" exp it must not be accepted).
+func (c *Claims) window(now time.Time, leeway time.Duration) (string, error) {
+	switch {
+	case c.ExpiresAt.IsZero() || c.IssuedAt.IsZero() || c.NotBefore.IsZero():
+		return ReasonMissingClaim, errNoTimes
+	case !now.Before(c.ExpiresAt.Add(leeway)):
+		return ReasonExpired, errExpired
+	case now.Add(leeway).Before(c.NotBefore):
+		return ReasonNotYetValid, errNotYetValid
+	case now.Add(leeway).Before(c.IssuedAt):
+		return ReasonIssuedInFuture, errIssuedFuture
+	}
+	return "", nil
+}
+
+// identity checks what does not depend on the time: sub and jti present,
+// iss (when issuer is set) and aud (when audience is set).
+func (c *Claims) identity(issuer, audience string) (string, error) {
+	switch {
+	case c.Subject == "" || c.ID == "":
+		return ReasonMissingClaim, errNoIdentity
+	case issuer != "" && c.Issuer != issuer:
+		return ReasonWrongIssuer, errWrongIssuer
+	case audience != "" && !slices.Contains(c.Audience, audience):
+		return ReasonWrongAudience, errWrongAudience
+	}
+	return "", nil
+}
+
+// jwsHeader is what meshauth reads of a JOSE header; its members were
+// checked (checkMembers) before it is decoded, so it reads exactly these.
+type jwsHeader struct {
+	Alg  string          `json:"alg"`
+	Kid  string          `json:"kid"`
+	Typ  string          `json:"typ"`
+	Crit json.RawMessage `json:"crit"`
+}
+
+// verifyJWS is the one check of a compact JWS meshauth signs, a token or
+// the revocation feed: at most maxLen bytes; one spelling (WellFormed and
+// strict base64url in every segment); a header whose members every JSON
+// reader reads alike; no crit; an alg meshauth signs with; a kid that keys
+// names and the one algorithm bound to it; a payload that checkPayload
+// accepts; the signature over the segments as sent. It returns the header
+// and the decoded payload.
+func verifyJWS(raw string, maxLen int, keys KeyFunc, checkPayload func([]byte) *Error) (jwsHeader, []byte, *Error) {
+	var h jwsHeader
+	if len(raw) > maxLen {
+		return h, nil, refuse(ReasonTooLarge, fmt.Errorf("larger than %d bytes", maxLen))
+	}
+	if !WellFormed(raw) {
+		return h, nil, refuse(ReasonMalformed, errors.New("not a compact JWS of three base64url segments"))
+	}
+	first := strings.IndexByte(raw, '.')
+	second := first + 1 + strings.IndexByte(raw[first+1:], '.')
+	header, err := b64.DecodeString(raw[:first])
+	if err != nil {
+		return h, nil, refuse(ReasonMalformed, err)
+	}
+	if err := checkMembers(header, headerNames[:], nil); err != nil {
+		return h, nil, refuse(ReasonMalformed, err)
+	}
+	payload, err := b64.DecodeString(raw[first+1 : second])
+	if err != nil {
+		return h, nil, refuse(ReasonMalformed, err)
+	}
+	if e := checkPayload(payload); e != nil {
+		return h, nil, e
+	}
+	if err := json.Unmarshal(header, &h); err != nil {
+		return h, nil, refuse(ReasonMalformed, err)
+	}
+	if !IsAlgorithm(h.Alg) {
+		return h, nil, refuse(ReasonAlgNotAllowed, fmt.Errorf("alg %q is not one meshauth signs with", h.Alg))
+	}
+	if h.Crit != nil {
+		return h, nil, refuse(ReasonCritHeader, errCritHeader)
+	}
+	k, err := keys(h.Kid)
+	if err != nil {
+		if errors.Is(err, ErrUnknownKey) {
+			return h, nil, refuse(ReasonUnknownKey, err)
+		}
+		return h, nil, refuse(ReasonMalformed, err)
+	}
+	// Each kid is bound to exactly one algorithm: a token may not choose how
+	// its key is used (no HS256 with a public key as the secret).
+	if h.Alg != k.Algorithm {
+		return h, nil, refuse(ReasonAlgMismatch, errAlgMismatch)
+	}
+	sig, err := b64.DecodeString(raw[second+1:])
+	if err != nil {
+		return h, nil, refuse(ReasonMalformed, err)
+	}
+	// golang-jwt checks the signature over the segments as sent; the
+	// header and payload are decoded once, here, not again by a parser.
+	if err := algorithmTable[h.Alg].Method.Verify(raw[:second], sig, k.Public); err != nil {
+		return h, nil, refuse(ReasonBadSignature, err)
+	}
+	return h, payload, nil
 }
 
 func claimsOf(rc *registered, kid string, payload []byte) *Claims {
@@ -285,37 +366,6 @@ func claimsOf(rc *registered, kid string, payload []byte) *Claims {
 		c.NotBefore = rc.NotBefore.Time
 	}
 	return c
-}
-
-// failureReason maps a golang-jwt error to a reason.
-func failureReason(tok *jwt.Token, err error) string {
-	switch {
-	case errors.Is(err, errCritHeader):
-		return ReasonCritHeader
-	case errors.Is(err, ErrUnknownKey):
-		return ReasonUnknownKey
-	case errors.Is(err, errAlgMismatch):
-		return ReasonAlgMismatch
-	case tok != nil && tok.Method != nil && !IsAlgorithm(tok.Method.Alg()):
-		return ReasonAlgNotAllowed
-	case errors.Is(err, jwt.ErrTokenMalformed), errors.Is(err, jwt.ErrTokenUnverifiable):
-		return ReasonMalformed
-	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
-		return ReasonBadSignature
-	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
-		return ReasonMissingClaim
-	case errors.Is(err, jwt.ErrTokenExpired):
-		return ReasonExpired
-	case errors.Is(err, jwt.ErrTokenNotValidYet):
-		return ReasonNotYetValid
-	case errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
-		return ReasonIssuedInFuture
-	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
-		return ReasonWrongIssuer
-	case errors.Is(err, jwt.ErrTokenInvalidAudience):
-		return ReasonWrongAudience
-	}
-	return ReasonInvalid
 }
 
 // Thumbprint is the cnf.x5t#S256 the token is bound to, or "".

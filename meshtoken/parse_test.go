@@ -25,7 +25,7 @@ func newTestKey(tb testing.TB) *testKey {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	kid, err := Thumbprint(priv.Public())
+	kid, err := JWKThumbprint(priv.Public())
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -141,7 +141,7 @@ func TestThumbprintRFC7638(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := Thumbprint(k.Public); got != "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs" {
+	if got, _ := JWKThumbprint(k.Public); got != "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs" {
 		t.Fatalf("thumbprint %s", got)
 	}
 	round, err := PublicJWK(k.Public)

@@ -2,8 +2,6 @@ package meshtoken
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,32 +10,33 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-
-	"github.com/golang-jwt/jwt/v5"
 )
-
-// RevocationsType is the typ header of the engine's revocations feed.
-const RevocationsType = "meshauth-revocations+jwt"
 
 // Defaults of RevocationConfig.
 const (
 	// DefaultRevocationMaxStaleness is the engine's default
 	// revocation_max_staleness.
 	DefaultRevocationMaxStaleness = 5 * time.Minute
-	// maxRevocationsBytes bounds a feed: the engine keeps at most 20000
-	// revoked tokens, about 1.1 MiB encoded, plus services and keys.
-	maxRevocationsBytes = 4 << 20
 )
+
+// ReasonRevoked is the reason of ErrRevoked.
+const ReasonRevoked = "revoked"
 
 // Errors of the revocations check; wrap-compatible with errors.Is.
 var (
 	// ErrRevoked is returned for a token the revocations feed names: by jti,
 	// by its service's revocation epoch, a disabled service, or its key.
-	ErrRevoked = errors.New(errPrefix + "token is revoked")
+	// It is an *Error of reason ReasonRevoked and wraps ErrInvalidToken.
+	ErrRevoked = refuse(ReasonRevoked, fmt.Errorf("%w: token is revoked", ErrInvalidToken))
 	// ErrRevocationsStale is returned while the last copy of the feed Vault
 	// confirmed is older than RevocationConfig.MaxStaleness (and
 	// AllowStale is not set): revoked tokens might pass, so nothing does.
 	ErrRevocationsStale = errors.New(errPrefix + "revocations feed is older than its maximum staleness and could not be refreshed from Vault")
+	// ErrFeedRollback is a fetch's error when Vault (a lagging node, a
+	// cache, anyone on the path) served a feed older than one this
+	// Verifier already accepted: the newer copy stays, so a revoked token
+	// cannot verify again.
+	ErrFeedRollback = errors.New(errPrefix + "revocations feed is older than one already accepted")
 )
 
 // RevocationConfig makes a Verifier refuse what the engine's revocations
@@ -49,9 +48,12 @@ type RevocationConfig struct {
 	// by "revocations".
 	URL string
 	// MaxStaleness is the oldest a copy of the feed may be, counted from
-	// when Vault last served or confirmed it (200 or 304). Past it every
-	// Verify fails closed with ErrRevocationsStale until a fetch succeeds.
-	// Set it to the engine's revocation_max_staleness. Default 5m.
+	// its iat (the time it describes; the engine renders a new one every
+	// tenth of its revocation_max_staleness and serves it with a max-age of
+	// half of it, so a copy is refetched well before this). Past it every
+	// Verify fails closed with ErrRevocationsStale until a fetch brings a
+	// newer one. Set it to the engine's revocation_max_staleness. Default
+	// 5m. This Verifier's clock running ahead of Vault's counts against it.
 	MaxStaleness time.Duration
 	// AllowStale keeps verifying with the last copy past MaxStaleness, for
 	// services that prefer availability to prompt revocation.
@@ -64,21 +66,12 @@ type RevocationConfig struct {
 
 // revocationList is one verified feed. It is immutable once published.
 type revocationList struct {
-	tokens   map[string]int64
-	services map[string]struct {
-		Gen string `json:"gen"`
-		Exp int64  `json:"exp"`
-	}
-	disabled map[string]int64
-	keys     map[string]int64
-	// certificates maps x5t#S256 of revoked client certificates to when
-	// their last token expires: a token bound to one is refused.
-	certificates map[string]int64
-	etag         string
-	// confirmed is when Vault last served or confirmed this list (the start
-	// of that fetch).
-	confirmed time.Time
-	// freshUntil is confirmed plus the response's max-age.
+	feed *Feed
+	etag string
+	// issued is the feed's iat: staleness counts from it.
+	issued time.Time
+	// freshUntil is the start of the fetch that last served or confirmed
+	// it plus the response's max-age: when to fetch again.
 	freshUntil time.Time
 }
 
@@ -128,7 +121,7 @@ func (v *Verifier) RevocationsAge() time.Duration {
 	if list == nil {
 		return 0
 	}
-	return v.now().Sub(list.confirmed)
+	return v.now().Sub(list.issued)
 }
 
 // fetchRevocations downloads the feed (or has it confirmed by ETag),
@@ -155,71 +148,34 @@ func (v *Verifier) fetchRevocations(ctx context.Context, start time.Time) (err e
 	defer resp.Body.Close()
 	age := maxAge(resp.Header.Get("Cache-Control"))
 	if resp.StatusCode == http.StatusNotModified && old != nil {
+		// The same bytes, so the same iat: a 304 says when to ask again,
+		// not that the copy is any younger.
 		renewed := *old
-		renewed.confirmed, renewed.freshUntil = start, start.Add(age)
+		renewed.freshUntil = start.Add(age)
 		rs.list.Store(&renewed)
 		return nil
 	}
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf(errPrefix+"fetching revocations: GET %s: %s", rs.cfg.URL, resp.Status)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxRevocationsBytes+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxFeedLength+1))
 	if err != nil {
 		return fmt.Errorf(errPrefix+"fetching revocations: %w", err)
 	}
-	if len(body) > maxRevocationsBytes {
-		return fmt.Errorf(errPrefix+"revocations feed is larger than %d bytes", maxRevocationsBytes)
-	}
-	list, err := v.parseRevocations(ctx, strings.TrimSpace(string(body)))
-	if err != nil {
-		return err
-	}
-	list.etag = resp.Header.Get("ETag")
-	list.confirmed, list.freshUntil = start, start.Add(age)
-	rs.list.Store(list)
-	return nil
-}
-
-// parseRevocations checks the feed's signature with the key its kid names
-// in the key set (one algorithm per kid, as for tokens) and its issuer.
-func (v *Verifier) parseRevocations(ctx context.Context, raw string) (*revocationList, error) {
-	var doc struct {
-		Issuer   string           `json:"iss"`
-		Tokens   map[string]int64 `json:"tokens"`
-		Services map[string]struct {
-			Gen string `json:"gen"`
-			Exp int64  `json:"exp"`
-		} `json:"services"`
-		Disabled map[string]int64 `json:"disabled"`
-		Keys     map[string]int64 `json:"keys"`
-		// Certificates lists revoked client certificates by x5t#S256.
-		Certificates map[string]int64 `json:"certificates"`
-	}
-	_, err := jwt.NewParser(jwt.WithValidMethods(Algorithms), jwt.WithoutClaimsValidation()).Parse(raw, func(t *jwt.Token) (any, error) {
-		if t.Header["typ"] != RevocationsType {
-			return nil, errors.New("not a revocations feed (typ)")
-		}
-		kid, _ := t.Header["kid"].(string)
+	feed, err := ParseFeed(strings.TrimSpace(string(body)), func(kid string) (Key, error) {
 		k, _, err := v.key(ctx, kid)
-		if err != nil {
-			return nil, err
-		}
-		if t.Method.Alg() != k.Algorithm {
-			return nil, errAlgMismatch
-		}
-		return k.Public, nil
-	})
+		return k, err
+	}, v.cfg.Issuer)
 	if err != nil {
-		return nil, fmt.Errorf(errPrefix+"revocations feed refused: %w", err)
+		return fmt.Errorf(errPrefix+"revocations feed refused: %w", err)
 	}
-	payload, _ := base64.RawURLEncoding.DecodeString(raw[strings.IndexByte(raw, '.')+1 : strings.LastIndexByte(raw, '.')])
-	if err := json.Unmarshal(payload, &doc); err != nil {
-		return nil, fmt.Errorf(errPrefix+"revocations feed does not parse: %w", err)
+	if old != nil && feed.IssuedAt < old.feed.IssuedAt {
+		return fmt.Errorf("%w (iat %d, accepted %d)", ErrFeedRollback, feed.IssuedAt, old.feed.IssuedAt)
 	}
-	if doc.Issuer != v.cfg.Issuer {
-		return nil, fmt.Errorf(errPrefix+"revocations feed is of issuer %q, not %q", doc.Issuer, v.cfg.Issuer)
-	}
-	return &revocationList{tokens: doc.Tokens, services: doc.Services, disabled: doc.Disabled, keys: doc.Keys, certificates: doc.Certificates}, nil
+	// Fetches run one at a time (backgroundFetch), so old is still the
+	// current copy here: nothing older can replace a newer one.
+	rs.list.Store(&revocationList{feed: feed, etag: resp.Header.Get("ETag"), issued: feed.Time(), freshUntil: start.Add(age)})
+	return nil
 }
 
 // refetchRevocations starts one background fetch of the feed when none runs
@@ -239,10 +195,13 @@ func (v *Verifier) checkRevoked(ctx context.Context, c *Claims) error {
 	}
 	list := rs.list.Load()
 	now := v.now()
+	stale := func(now time.Time, l *revocationList) bool {
+		return now.Sub(l.issued) > rs.cfg.MaxStaleness
+	}
 	// MaxStaleness may be shorter than the feed's max-age: it wins.
-	if !now.Before(list.freshUntil) || now.Sub(list.confirmed) > rs.cfg.MaxStaleness {
+	if !now.Before(list.freshUntil) || stale(now, list) {
 		done := v.refetchRevocations(ctx)
-		if now.Sub(list.confirmed) > rs.cfg.MaxStaleness && done != nil {
+		if stale(now, list) && done != nil {
 			select {
 			case <-done:
 			case <-ctx.Done():
@@ -250,7 +209,7 @@ func (v *Verifier) checkRevoked(ctx context.Context, c *Claims) error {
 			}
 			list = rs.list.Load()
 		}
-		if v.now().Sub(list.confirmed) > rs.cfg.MaxStaleness && !rs.cfg.AllowStale {
+		if stale(v.now(), list) && !rs.cfg.AllowStale {
 			if err := rs.fetch.err(); err != nil {
 				return fmt.Errorf("%w: %w", ErrRevocationsStale, err)
 			}
@@ -259,39 +218,37 @@ func (v *Verifier) checkRevoked(ctx context.Context, c *Claims) error {
 	}
 	// Entries whose tokens have all expired are harmless to check: such a
 	// token fails exp anyway.
-	if _, ok := list.keys[c.KeyID]; ok {
+	f := list.feed
+	if _, ok := f.Keys[c.KeyID]; ok {
 		return fmt.Errorf("%w: its signing key %s was removed", ErrRevoked, c.KeyID)
 	}
-	if _, ok := list.tokens[c.ID]; ok {
+	if _, ok := f.Tokens[c.ID]; ok {
 		return fmt.Errorf("%w: jti %s", ErrRevoked, c.ID)
 	}
 	// An exchanged token ends with any token it was derived from.
 	for _, jti := range c.derivedFrom {
-		if _, ok := list.tokens[jti]; ok {
+		if _, ok := f.Tokens[jti]; ok {
 			return fmt.Errorf("%w: it was exchanged from jti %s, which is revoked", ErrRevoked, jti)
 		}
 	}
 	if c.Bound() {
-		if _, ok := list.certificates[c.Confirmation.X5tS256]; ok {
+		if _, ok := f.Certificates[c.Confirmation.X5tS256]; ok {
 			return fmt.Errorf("%w: its client certificate %s was revoked", ErrRevoked, c.Confirmation.X5tS256)
 		}
 	}
-	service := c.Subject
-	if c.Service != "" {
-		service = c.Service
-	}
-	if _, ok := list.disabled[service]; ok {
+	service := c.ServiceName()
+	if _, ok := f.Disabled[service]; ok {
 		return fmt.Errorf("%w: service %s is disabled", ErrRevoked, service)
 	}
-	if s, ok := list.services[service]; ok && s.Gen != c.Generation {
+	if s, ok := f.Services[service]; ok && s.Gen != c.Generation {
 		return fmt.Errorf("%w: every token of service %s issued before its last revoke", ErrRevoked, service)
 	}
 	// Each actor of an exchanged token, by the same rules.
 	for i, actor := range c.actors {
-		if _, ok := list.disabled[actor]; ok {
+		if _, ok := f.Disabled[actor]; ok {
 			return fmt.Errorf("%w: acting service %s is disabled", ErrRevoked, actor)
 		}
-		if s, ok := list.services[actor]; ok && s.Gen != c.actorGens[i] {
+		if s, ok := f.Services[actor]; ok && s.Gen != c.actorGens[i] {
 			return fmt.Errorf("%w: acting service %s was revoked after the exchange", ErrRevoked, actor)
 		}
 	}

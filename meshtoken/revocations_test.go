@@ -50,7 +50,11 @@ func (f *feedServer) set(t *testing.T, j *jwksServer, kid string, doc map[string
 	j.mu.Lock()
 	k, alg := j.keys[kid], j.algs[kid]
 	j.mu.Unlock()
-	tok := jwt.NewWithClaims(jwt.GetSigningMethod(alg), jwt.MapClaims(doc))
+	claims := jwt.MapClaims{"iat": time.Now().Unix()}
+	for k, v := range doc {
+		claims[k] = v
+	}
+	tok := jwt.NewWithClaims(jwt.GetSigningMethod(alg), claims)
 	tok.Header["kid"], tok.Header["typ"] = kid, RevocationsType
 	s, err := tok.SignedString(k)
 	if err != nil {
@@ -109,22 +113,22 @@ func TestVerifierRefusesWhatTheFeedRevokes(t *testing.T) {
 		}
 	}
 
-	// Past max-age a background fetch revalidates by ETag: 304, no body.
+	// Past max-age a background fetch revalidates by ETag: 304, no body;
+	// the same bytes are the same iat, so the copy is no younger.
 	advance(45 * time.Second)
 	if _, err := v.Verify(t.Context(), good, nil); err != nil {
 		t.Fatal(err)
 	}
-	// The background fetch is done once the copy is renewed.
 	deadline := time.Now().Add(5 * time.Second)
-	for v.RevocationsAge() > time.Second && time.Now().Before(deadline) {
+	for feed.notChanged.Load() == 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	v.revocations.fetch.wait()
 	if feed.notChanged.Load() != 1 || feed.full.Load() != 1 {
 		t.Fatalf("revalidation: %d full fetches, %d 304s", feed.full.Load(), feed.notChanged.Load())
 	}
-	if age := v.RevocationsAge(); age > time.Second {
-		t.Fatalf("a 304 did not renew the copy: age %s", age)
+	if age := v.RevocationsAge(); age < 45*time.Second {
+		t.Fatalf("a 304 made the copy younger than its iat: age %s", age)
 	}
 
 	// Vault unreachable past MaxStaleness: fail closed.
@@ -203,7 +207,7 @@ func BenchmarkOfflineVerifyWithFeed(b *testing.B) {
 		tokens[fmt.Sprintf("%026d", i)] = exp
 	}
 	k, alg := j.keys[kid], j.algs[kid]
-	feedTok := jwt.NewWithClaims(jwt.GetSigningMethod(alg), jwt.MapClaims{"iss": "meshauth", "tokens": tokens})
+	feedTok := jwt.NewWithClaims(jwt.GetSigningMethod(alg), jwt.MapClaims{"iss": "meshauth", "iat": time.Now().Unix(), "tokens": tokens})
 	feedTok.Header["kid"], feedTok.Header["typ"] = kid, RevocationsType
 	body, err := feedTok.SignedString(k)
 	if err != nil {
@@ -238,12 +242,51 @@ func BenchmarkCheckRevoked(b *testing.B) {
 		tokens[fmt.Sprintf("%026d", i)] = 1
 	}
 	v := &Verifier{now: time.Now, revocations: &revocationState{cfg: RevocationConfig{MaxStaleness: time.Hour}}}
-	v.revocations.list.Store(&revocationList{tokens: tokens, confirmed: time.Now(), freshUntil: time.Now().Add(time.Hour)})
+	v.revocations.list.Store(&revocationList{feed: &Feed{Tokens: tokens}, issued: time.Now(), freshUntil: time.Now().Add(time.Hour)})
 	c := &Claims{Subject: "orders", ID: "ABCDEFGHIJKLMNOPQRSTUVWXYZ", Generation: "R.1", KeyID: "k1"}
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := v.checkRevoked(b.Context(), c); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// A feed older than one the Verifier accepted is refused and the newer copy
+// stays (regression: a lagging node or a cache could serve an older feed and
+// a revoked token verified again); staleness counts from iat, so a feed
+// served now but describing long ago is stale.
+func TestVerifierRefusesAnOlderFeed(t *testing.T) {
+	j := newJWKSServer(t)
+	kid := j.addKey("ES256")
+	now := time.Now()
+	exp := now.Add(time.Hour).Unix()
+	older := map[string]any{"iss": "meshauth", "iat": now.Add(-time.Minute).Unix()}
+	newer := map[string]any{"iss": "meshauth", "iat": now.Unix(), "tokens": map[string]int64{"REVOKED": exp}}
+	feed := newFeedServer(t, j, kid, newer)
+	v, err := NewVerifier(t.Context(), VerifierConfig{
+		DiscoveryURL: j.srv.URL + "/v1/meshauth/.well-known/openid-configuration", AllowAnyAudience: true, HTTPClient: j.srv.Client(),
+		Revocations: &RevocationConfig{URL: feed.srv.URL, MaxStaleness: 5 * time.Minute},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	revoked := j.sign(t, kid, map[string]any{"jti": "REVOKED"})
+	feed.set(t, j, kid, older)
+	if err := v.fetchRevocations(t.Context(), now); !errors.Is(err, ErrFeedRollback) {
+		t.Fatalf("an older feed: %v; want ErrFeedRollback", err)
+	}
+	if _, err := v.Verify(t.Context(), revoked, nil); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("after a rollback attempt the revoked token: %v", err)
+	}
+	// A feed served fresh but with an iat past MaxStaleness (+ leeway).
+	feed.set(t, j, kid, map[string]any{"iss": "meshauth", "iat": now.Add(time.Minute).Unix()})
+	if err := v.fetchRevocations(t.Context(), now); err != nil {
+		t.Fatal(err)
+	}
+	v.revocations.fetch.attempted(now) // no refetch: the copy is what it is
+	v.now = func() time.Time { return now.Add(7 * time.Minute) }
+	if _, err := v.Verify(t.Context(), j.sign(t, kid, map[string]any{"exp": exp}), nil); !errors.Is(err, ErrRevocationsStale) {
+		t.Fatalf("a feed whose iat is 6 minutes old: %v; want ErrRevocationsStale", err)
 	}
 }

@@ -2,7 +2,6 @@ package meshtoken
 
 import (
 	"context"
-	"crypto/subtle"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -11,7 +10,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -21,7 +19,6 @@ import (
 // Defaults of a Verifier.
 const (
 	defaultMinRefetch   = 30 * time.Second
-	defaultMaxCacheAge  = time.Hour
 	defaultMaxStaleness = time.Hour
 	maxJWKSBytes        = 1 << 20
 	maxDiscoveryBytes   = 64 << 10
@@ -33,14 +30,9 @@ const (
 // Errors a Verifier returns; wrap-compatible with errors.Is.
 var (
 	ErrInvalidToken = errors.New(errPrefix + "invalid token")
-	ErrCertMismatch = errors.New(errPrefix + "token is bound to another client certificate")
-	ErrCertMissing  = errors.New(errPrefix + "token is bound to a client certificate, but none was presented")
-	// ErrNotBound is returned for a token without cnf when RequireBinding is set.
-	ErrNotBound = errors.New(errPrefix + "token is not bound to a client certificate (cnf), and RequireBinding is set")
 	// ErrKeysStale is returned while the key set is older than MaxStaleness
 	// allows and Vault cannot be reached to refresh it.
-	ErrKeysStale  = errors.New(errPrefix + "key set is past MaxStaleness and could not be refreshed from Vault")
-	errCnfUnknown = errors.New(errPrefix + "cnf carries no x5t#S256, the only confirmation method this verifier checks")
+	ErrKeysStale = errors.New(errPrefix + "key set is past MaxStaleness and could not be refreshed from Vault")
 )
 
 // VerifierConfig says where the keys are and what a token must say.
@@ -314,7 +306,7 @@ func maxAge(cc string) time.Duration {
 		part = strings.TrimSpace(part)
 		if secs, ok := strings.CutPrefix(part, "max-age="); ok {
 			if n, err := strconv.Atoi(secs); err == nil && n >= 0 {
-				return min(time.Duration(n)*time.Second, defaultMaxCacheAge)
+				return min(time.Duration(n)*time.Second, MaxKeyCacheAge)
 			}
 		}
 	}
@@ -439,19 +431,8 @@ func (v *Verifier) VerifyThumbprint(ctx context.Context, token, thumbprint strin
 	if err != nil {
 		return nil, err
 	}
-	switch cnf := claims.Confirmation; {
-	case cnf == nil && v.cfg.RequireBinding:
-		return nil, ErrNotBound
-	case cnf != nil && cnf.X5tS256 == "":
-		// A confirmation this verifier cannot check must not pass as none.
-		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, errCnfUnknown)
-	case cnf != nil:
-		if thumbprint == "" {
-			return nil, ErrCertMissing
-		}
-		if subtle.ConstantTimeCompare([]byte(thumbprint), []byte(cnf.X5tS256)) != 1 {
-			return nil, ErrCertMismatch
-		}
+	if err := (Binding{Thumbprint: thumbprint, Required: v.cfg.RequireBinding}).Check(claims); err != nil {
+		return nil, err
 	}
 	if err := v.checkDelegation(claims); err != nil {
 		return nil, err
@@ -469,10 +450,7 @@ func (v *Verifier) parse(ctx context.Context, token string) (*Claims, error) {
 	if c, ok := v.remembered(ctx, token, now); ok {
 		return c, nil
 	}
-	opts := Options{Issuer: v.cfg.Issuer, Leeway: v.cfg.Leeway, Now: now}
-	if !v.cfg.AllowAnyAudience {
-		opts.Audience = v.cfg.Audience
-	}
+	opts := Options{Issuer: v.cfg.Issuer, Audience: v.audience(), Leeway: v.cfg.Leeway, Now: now}
 	var (
 		used    Key
 		usedSet *keySet
@@ -490,6 +468,14 @@ func (v *Verifier) parse(ctx context.Context, token string) (*Claims, error) {
 	return &c, nil
 }
 
+// audience is the aud a token must name; "" when any is accepted.
+func (v *Verifier) audience() string {
+	if v.cfg.AllowAnyAudience {
+		return ""
+	}
+	return v.cfg.Audience
+}
+
 // remembered answers a token verified before, when every check that could
 // come out differently now still passes: its key is in the current key set
 // (within that set's freshness, the same rules as a fresh verification),
@@ -502,15 +488,15 @@ func (v *Verifier) remembered(ctx context.Context, token string, now time.Time) 
 		return nil, false
 	}
 	c := e.claims
-	leeway := v.cfg.Leeway
-	if now.Add(-leeway).After(c.ExpiresAt) {
-		v.verified.drop(token, e)
+	// The same checks Parse ran, at now: memory answers only what a fresh
+	// Parse of the same text would answer at this instant.
+	if reason, _ := c.window(now, v.cfg.Leeway); reason != "" {
+		if reason == ReasonExpired {
+			v.verified.drop(token, e)
+		}
 		return nil, false
 	}
-	if now.Add(leeway).Before(c.NotBefore) || now.Add(leeway).Before(c.IssuedAt) {
-		return nil, false
-	}
-	if !v.cfg.AllowAnyAudience && !slices.Contains(c.Audience, v.cfg.Audience) {
+	if reason, _ := c.identity(v.cfg.Issuer, v.audience()); reason != "" {
 		return nil, false
 	}
 	if _, s, err := v.key(ctx, c.KeyID); err != nil || s != e.set.Load() {

@@ -274,3 +274,9 @@ func TestVerifierNamesTheCAProblem(t *testing.T) {
 		t.Fatalf("NewVerifier against an untrusted CA: %v", err)
 	}
 }
+
+func (c *fakeClock) set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = t
+}

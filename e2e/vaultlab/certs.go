@@ -4,10 +4,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/base64"
 	"encoding/pem"
 	"math/big"
 	"net"
@@ -15,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
 )
 
 // CA issues certificates for one test run; nothing is committed that
@@ -35,10 +35,7 @@ type Cert struct {
 }
 
 // X5t is the RFC 8705 thumbprint a token bound to this certificate carries.
-func (c *Cert) X5t() string {
-	sum := sha256.Sum256(c.X509.Raw)
-	return base64.RawURLEncoding.EncodeToString(sum[:])
-}
+func (c *Cert) X5t() string { return meshtoken.CertificateThumbprint(c.X509) }
 
 // NewCA makes a CA and writes its PEM into dir.
 func NewCA(t T, dir, name string) *CA {

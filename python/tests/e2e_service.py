@@ -3,12 +3,17 @@
 client certificate (TokenSource, AppRole for its Vault token) and serves
 
   /charge   behind meshauth's WSGI middleware (a Verifier from the issuer's
-            discovery document, enforcing the revocation feed, believing the
+            discovery document, checking the revocation feed found through
+            its revocation_endpoint (by default; only its staleness is
+            tuned here, to the engine's 10s), believing the
             X-Forwarded-Client-Cert header only from its trusted proxy's
             network): answers the caller's service name;
   /token    the service's token (?fresh=1: a new login);
   /verify   the Verifier's verdict on ?token= presented with ?thumbprint=
-            ("" accepted, else the reason), to compare with Go's.
+            ("" accepted, else the reason), to compare with Go's;
+  /unwrap   unwrap_api_key on the POSTed JSON {"token", "service"}: JSON
+            {"outcome": "ok" or the exception's class, "api_key", "api_key_id",
+            "creation_path"}.
 
 It prints "ready <port>" once it serves. Configuration is JSON on stdin,
 so no secret appears on a command line.
@@ -20,8 +25,8 @@ import sys
 import urllib.parse
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from meshauth import (AppRoleAuth, RevocationConfig, TokenSource, TrustedProxies, Verifier, VerifyError,
-                      WSGIMiddleware)
+from meshauth import (AppRoleAuth, RevocationConfig, TokenSource, TrustedProxies, UnwrapError, Verifier, VerifyError,
+                      WSGIMiddleware, unwrap_api_key)
 
 
 class ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
@@ -70,6 +75,17 @@ def main():
                 reason = e.reason
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [reason.encode()]
+        if path == "/unwrap" and environ.get("REQUEST_METHOD") == "POST":
+            req = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))
+            try:
+                key = unwrap_api_key(cfg["vault_addr"], req["token"], cfg["mount"], req["service"],
+                                     ca_file=cfg["vault_ca"])
+                answer = {"outcome": "ok", "api_key": key.key, "api_key_id": key.key_id,
+                          "creation_path": key.creation_path}
+            except UnwrapError as e:
+                answer = {"outcome": type(e).__name__, "message": str(e)}
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [json.dumps(answer).encode()]
         start_response("404 Not Found", [])
         return [b""]
 

@@ -1,11 +1,13 @@
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import requests
 
-from meshauth import AppRoleAuth, KubernetesAuth, LoginError, MeshauthAuth, StaticToken, TokenSource
+from meshauth import (AppRoleAuth, KubernetesAuth, LoginError, LoginLocked, LoginRefused, MeshauthAuth, StaticToken,
+                      TokenSource, VaultPermissionDenied)
 from helpers import Clock
 
 
@@ -157,3 +159,85 @@ def test_exchange_cached_per_subject_and_audience(vault):
     with pytest.raises(LoginError) as e:
         ts.exchange("subj", "x")
     assert "exchange_audiences" in str(e.value)
+
+
+# Answer bodies as Vault 1.21 sends them (docs/http-api.md): the engine's
+# errors wrapped in Vault's "1 error occurred" list.
+REFUSED = {"errors": ["1 error occurred:\n\t* meshauth: login refused for service \"orders\": the API key, the client "
+                      "certificate or the service's state did not pass, and the answer does not say which. Vault's "
+                      "server log has the reason at level info (message \"login refused\", fields service, caller and "
+                      "reason): see it in the server's log output, or live with: vault monitor -log-level=info\n\n"]}
+LOCKED = {"errors": ["1 error occurred:\n\t* login locked for this caller after too many failed attempts; try again "
+                     "after 2999-01-01T00:00:00Z\n\n"]}
+ACL = {"errors": ["1 error occurred:\n\t* permission denied\n\n"]}
+INVALID = {"errors": ["2 errors occurred:\n\t* permission denied\n\t* invalid token\n\n"]}
+
+
+def test_refusals_are_told_apart(vault):
+    clock = Clock()
+    ts = TokenSource(vault, "orders", "K", AppRoleAuth("role", "SECRET-ID"), clock=clock, min_backoff=1, max_backoff=30)
+    cases = [(REFUSED, LoginRefused), (LOCKED, LoginLocked), (ACL, VaultPermissionDenied),
+             (INVALID, VaultPermissionDenied)]
+    for body, kind in cases:
+        clock.t += 24 * 3600 * 365 * 1000  # past any wait
+        FakeVault.answers = [(403, body)]
+        with pytest.raises(LoginError) as e:
+            ts.token()
+        assert type(e.value) is kind, (body, e.value)
+        assert e.value.status == 403
+    # Each is only itself.
+    clock.t += 24 * 3600 * 365 * 1000
+    FakeVault.answers = [(403, REFUSED)]
+    with pytest.raises(LoginRefused) as e:
+        ts.token()
+    assert e.value.locked_until is None and "vault monitor" in str(e.value)
+    assert not isinstance(e.value, (LoginLocked, VaultPermissionDenied))
+    clock.t += 24 * 3600 * 365 * 1000
+    FakeVault.answers = [(403, LOCKED)]
+    with pytest.raises(LoginLocked) as e:
+        ts.token()
+    assert e.value.locked_until == 32472144000.0
+    clock.t += 24 * 3600 * 365 * 1000
+    FakeVault.answers = [(403, ACL)]
+    with pytest.raises(VaultPermissionDenied) as e:
+        ts.token()
+    assert "meshauth/login/orders" in str(e.value) and not e.value.invalid_token
+    # Only a 403 is a refusal: the same text with another status is a plain LoginError.
+    clock.t += 24 * 3600 * 365 * 1000
+    FakeVault.answers = [(500, {"errors": ["1 error occurred:\n\t* meshauth: login refused\n\n"]})]
+    with pytest.raises(LoginError) as e:
+        ts.token()
+    assert type(e.value) is LoginError
+
+
+def test_invalid_vault_token_logs_in_to_vault_again(vault):
+    clock = Clock()
+    ts = TokenSource(vault, "orders", "K", AppRoleAuth("role", "SECRET-ID"), clock=clock, min_backoff=1)
+    FakeVault.answers = [(403, INVALID)]
+    with pytest.raises(VaultPermissionDenied) as e:
+        ts.token()
+    assert e.value.invalid_token
+    clock.t += 1.1
+    FakeVault.answers = [ok("t9")]
+    assert ts.token() == "t9"
+    approle = [s for s in FakeVault.seen if s[1] == "/v1/auth/approle/login"]
+    assert len(approle) == 2
+
+
+def test_refused_login_is_not_retried_in_a_tight_loop(vault):
+    # Regression: a refusal backed off from min_backoff like any failure, so
+    # the refresher asked again within a second, each time counting toward
+    # the engine's lockout. Now it waits max_backoff (less jitter).
+    ts = TokenSource(vault, "orders", "K", StaticToken("root"), min_backoff=0.01, max_backoff=30)
+    FakeVault.answers = [(403, REFUSED)] * 50
+    ts.start()
+    try:
+        time.sleep(0.6)
+    finally:
+        ts.stop()
+    logins = [s for s in FakeVault.seen if s[1].startswith("/v1/meshauth/login/")]
+    assert len(logins) == 1
+    with pytest.raises(LoginRefused) as e:
+        ts.token()  # the last refusal, without asking Vault
+    assert e.value.retry_at - time.time() > 20
+    assert len([s for s in FakeVault.seen if s[1].startswith("/v1/meshauth/login/")]) == 1

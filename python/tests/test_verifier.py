@@ -1,3 +1,6 @@
+import json
+import time
+
 import pytest
 
 from meshauth import RevocationConfig, Verifier, VerifyError
@@ -24,9 +27,12 @@ def make(iss, clock, feed=None, **kw):
         return 200, {"Cache-Control": "max-age=5", "ETag": state["etag"]}, state["feed"].encode()
 
     http = FakeHTTP({JWKS: jwks, FEED: revocations})
-    rev = RevocationConfig(max_staleness=10) if feed is not None else None
+    if feed is not None:
+        kw["revocations"] = RevocationConfig(max_staleness=10)
+    else:
+        kw.setdefault("skip_revocations", True)
     v = Verifier(jwks_url=JWKS, issuer=ISSUER, audience="payments", http=http, clock=clock,
-                 min_refetch_interval=1, max_staleness=120, revocations=rev, **kw)
+                 min_refetch_interval=1, max_staleness=120, **kw)
     return v, state, http
 
 
@@ -154,10 +160,72 @@ def test_discovery_stays_on_its_host():
         return FakeHTTP({disc: (200, {}, ('{"issuer":"%s","jwks_uri":"%s"}' % (ISSUER, jwks_uri)).encode()),
                          JWKS: (200, {}, iss.jwks())})
 
-    v = Verifier(discovery_url=disc, audience="payments", http=http("/v1/meshauth/jwks"))
+    v = Verifier(discovery_url=disc, audience="payments", http=http("/v1/meshauth/jwks"), skip_revocations=True)
     assert v.jwks_url == JWKS and v.issuer == ISSUER
     with pytest.raises(ValueError):
-        Verifier(discovery_url=disc, audience="payments", http=http("https://elsewhere/jwks"))
+        Verifier(discovery_url=disc, audience="payments", http=http("https://elsewhere/jwks"), skip_revocations=True)
+
+
+def discovery(iss, feed, **members):
+    disc = "https://v/v1/meshauth/.well-known/openid-configuration"
+    doc = {"issuer": ISSUER, "jwks_uri": "/v1/meshauth/jwks"}
+    doc.update(members)
+    docs = {disc: (200, {}, json.dumps(doc).encode()), JWKS: (200, {}, iss.jwks())}
+    for url in ("https://v/v1/meshauth/revocations", "https://v/v1/meshauth/feed"):
+        docs[url] = (200, {"Cache-Control": "max-age=5"}, feed.encode())
+    return disc, FakeHTTP(docs)
+
+
+def test_revocations_checked_by_default():
+    # Regression: revocations=None used to mean no feed at all, so a revoked
+    # token passed a Verifier built with the defaults.
+    iss = Issuer()
+    now = int(time.time())
+    disc, http = discovery(iss, iss.feed(tokens={"gone": now + 600}))
+    v = Verifier(discovery_url=disc, audience="payments", http=http)
+    assert "https://v/v1/meshauth/revocations" in http.calls
+    assert reason(v, iss.token(jti="gone")) == "revoked"
+    assert reason(v, iss.token(jti="kept")) == ""
+    # The explicit opt-out, as meshtoken's SkipRevocations.
+    disc, http = discovery(iss, iss.feed(tokens={"gone": now + 600}))
+    v = Verifier(discovery_url=disc, audience="payments", http=http, skip_revocations=True)
+    assert all("revocations" not in u for u in http.calls)
+    assert reason(v, iss.token(jti="gone")) == ""
+    with pytest.raises(ValueError, match="contradict"):
+        Verifier(discovery_url=disc, audience="payments", http=http, skip_revocations=True,
+                 revocations=RevocationConfig())
+
+
+def test_default_feed_is_required_to_start():
+    # Checked by default means a Verifier that cannot read the feed does not
+    # start (as meshtoken's NewVerifier), rather than silently not checking.
+    iss = Issuer()
+    http = FakeHTTP({JWKS: (200, {}, iss.jwks()), FEED: (404, {}, b"")})
+    with pytest.raises(ValueError, match="revocations"):
+        Verifier(jwks_url=JWKS, issuer=ISSUER, audience="payments", http=http)
+
+
+def test_feed_from_discovery_revocation_endpoint():
+    iss = Issuer()
+    now = int(time.time())
+    feed = iss.feed(tokens={"gone": now + 600})
+    disc, http = discovery(iss, feed, revocation_endpoint="/v1/meshauth/feed")
+    v = Verifier(discovery_url=disc, audience="payments", http=http)
+    assert "https://v/v1/meshauth/feed" in http.calls and FEED not in http.calls
+    assert reason(v, iss.token(jti="gone")) == "revoked"
+    # An explicit url wins over discovery's.
+    disc, http = discovery(iss, feed, revocation_endpoint="/v1/meshauth/feed")
+    Verifier(discovery_url=disc, audience="payments", http=http, revocations=RevocationConfig(url=FEED))
+    assert FEED in http.calls and "https://v/v1/meshauth/feed" not in http.calls
+    # The same-scheme-and-host rule as jwks_uri.
+    for bad in ("https://elsewhere/v1/meshauth/revocations", "http://v/v1/meshauth/revocations",
+                "https://v:8443/v1/meshauth/revocations", "//elsewhere/revocations"):
+        disc, http = discovery(iss, feed, revocation_endpoint=bad)
+        with pytest.raises(ValueError, match="revocation_endpoint"):
+            Verifier(discovery_url=disc, audience="payments", http=http)
+    disc, http = discovery(iss, feed, revocation_endpoint=7)
+    with pytest.raises(ValueError, match="revocation_endpoint"):
+        Verifier(discovery_url=disc, audience="payments", http=http)
 
 
 def test_garbage_only_ever_refused():
@@ -201,3 +269,49 @@ def test_exchanged_token_actors_and_derived_revocation():
     reason(v, tok)
     v._feed_fetch._running and v._feed_fetch._running.wait(2)
     assert reason(v, tok) == "revoked"
+
+
+def test_extra_claims_objects_lists_numbers_intact():
+    # claims_template renders objects, lists and numbers (with UseNumber, so
+    # integers beyond 2**53 stay exact in the token).
+    import decimal
+    iss, clock = Issuer(), Clock()
+    v, _, _ = make(iss, clock)
+    big = "1" + "0" * 5000
+    body = ('{"iss":"%s","sub":"orders","aud":"payments","iat":%d,"nbf":%d,"exp":%d,"jti":"x1",'
+            '"team":"pay","ctx":{"env":"prod","tier":2,"tags":["a",{"b":[1,2.5,-0,1e3]}],"none":null,"ok":true},'
+            '"ids":[9007199254740993,-12345678901234567890123],"ratio":0.1,"huge":1e400,"long":%s,"e":[]}'
+            % (ISSUER, clock.t, clock.t, clock.t + 600, big))
+    tok = iss.sign("k1", body.encode())
+    c = v.verify(tok)
+    x = c.extra()
+    assert set(x) == {"team", "ctx", "ids", "ratio", "huge", "long", "e"}
+    assert x["team"] == "pay" and x["e"] == []
+    assert x["ctx"] == {"env": "prod", "tier": 2, "tags": ["a", {"b": [1, 2.5, 0, 1000.0]}], "none": None, "ok": True}
+    assert type(x["ctx"]["tier"]) is int and type(x["ctx"]["tags"][1]["b"][1]) is float
+    assert x["ids"] == [9007199254740993, -12345678901234567890123] and all(type(i) is int for i in x["ids"])
+    assert x["ratio"] == 0.1 and type(x["ratio"]) is float
+    assert x["huge"] == decimal.Decimal("1e400")
+    assert x["long"] == decimal.Decimal(big)
+    # Numbers are numbers, not their literal text.
+    assert not isinstance(x["ctx"]["tier"], str)
+    # Regression: extra() handed out the cached claims' own nested objects,
+    # so a caller changing them changed what the next request saw.
+    x["ctx"]["env"] = "dev"
+    x["ctx"]["tags"].append("z")
+    again = v.verify(tok).extra()
+    assert again["ctx"]["env"] == "prod" and again["ctx"]["tags"][-1] != "z"
+
+
+def test_extra_of_deeply_nested_arrays():
+    # Arrays are not depth-bounded (objects are, at 32, as in meshtoken):
+    # extra() must not hit Python's recursion limit.
+    iss, clock = Issuer(), Clock()
+    v, _, _ = make(iss, clock)
+    body = ('{"iss":"%s","sub":"orders","aud":"payments","iat":%d,"nbf":%d,"exp":%d,"jti":"d1","deep":%s1%s}'
+            % (ISSUER, clock.t, clock.t, clock.t + 600, "[" * 3000, "]" * 3000))
+    x = v.verify(iss.sign("k1", body.encode())).extra()["deep"]
+    n = 0
+    while isinstance(x, list):
+        x, n = x[0], n + 1
+    assert n == 3000 and x == 1 and type(x) is int

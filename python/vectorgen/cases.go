@@ -106,6 +106,15 @@ func (fx *fixture) vectors() (*File, error) {
 	add("data after the payload object", fx.tok("ed", edH, ok+" {}"), "", "ambiguous_claims")
 	add("payload is an array", fx.tok("ed", edH, "["+ok+"]"), "", "ambiguous_claims")
 	nest := func(n int) string { return strings.Repeat(`{"a":`, n) + "1" + strings.Repeat("}", n) }
+	// Extra claims as a claims_template renders them (objects, lists,
+	// numbers, booleans, null): both verifiers hand them back alike.
+	add("extra claims: objects, lists and numbers", fx.tok("ed", edH, claims(append(fx.base(),
+		`"team"`, `"payments"`,
+		`"ctx"`, `{"env":"prod","tier":2,"weight":0.25,"tags":["a",{"b":[1,-2.5,1e3,0]}],"none":null,"on":true}`,
+		`"groups"`, `["admins","ops"]`,
+		`"ids"`, `[1,9007199254740993,-12345678901234567890123]`,
+		`"empty"`, `{}`, `"nothing"`, `[]`)...)), "", "")
+	add("extra claim nested in a list of objects", fx.tok("ed", edH, claims(append(fx.base(), `"roles"`, `[{"name":"read","scopes":["a","b"]},{"name":"write","scopes":[]}]`)...)), "", "")
 	add("objects nested 32 deep", fx.tok("ed", edH, claims(append(fx.base(), `"deep"`, nest(31))...)), "", "")
 	add("objects nested 33 deep", fx.tok("ed", edH, claims(append(fx.base(), `"deep"`, nest(32))...)), "", "ambiguous_claims")
 	add("arrays nested 2000 deep", fx.tok("ed", edH, claims(append(fx.base(), `"deep"`, strings.Repeat("[", 2000)+strings.Repeat("]", 2000))...)), "", "")
@@ -218,6 +227,7 @@ func (fx *fixture) vectors() (*File, error) {
 		if got := g.verdict(c); got != c.Reason {
 			f.Cases[i].GoPending = fmt.Sprintf("meshtoken answers %q", got)
 		}
+		f.Cases[i].Extra = g.extra(c)
 	}
 	return f, nil
 }
@@ -254,6 +264,7 @@ func (fx *fixture) differential(n int) (*File, error) {
 	defer g.close()
 	for i := range f.Cases {
 		f.Cases[i].Reason = g.verdict(f.Cases[i])
+		f.Cases[i].Extra = g.extra(f.Cases[i])
 	}
 	return f, nil
 }

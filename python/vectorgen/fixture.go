@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/datapunk/vault-plugin-secrets-meshauth/meshtoken"
@@ -73,6 +74,12 @@ type Case struct {
 	// yet (a rule of the contract another change brings to Go); the Go test
 	// reports such cases instead of failing on them.
 	GoPending string `json:"go_pending,omitempty"`
+	// Extra is meshtoken's Claims.Extra() of an accepted token, as the text
+	// of its JSON encoding (numbers as the float64 Extra decodes them into;
+	// null when Extra cannot decode the payload into Go values); absent when
+	// refused. Text, not nested JSON, so the file loads in any JSON reader
+	// whatever the claims' nesting (a case nests arrays 2000 deep).
+	Extra string `json:"extra,omitempty"`
 }
 
 func writeJSON(path string, v any) error {
@@ -245,6 +252,19 @@ func (g *goVerifier) close() { g.srv.Close() }
 // verdict is meshtoken's answer to a case, as a reason ("" = accepted).
 // The Verifier's own errors, which carry no Parse reason, get the names the
 // Python package uses for them.
+// extra is meshtoken's Extra() of c as JSON text when c is accepted, else "".
+func (g *goVerifier) extra(c Case) string {
+	claims, err := g.v.VerifyThumbprint(context.Background(), c.Token, g.certs[c.Certificate])
+	if err != nil {
+		return ""
+	}
+	b, err := json.Marshal(claims.Extra())
+	if err != nil {
+		return strconv.Quote("unencodable: " + err.Error())
+	}
+	return string(b)
+}
+
 func (g *goVerifier) verdict(c Case) string {
 	_, err := g.v.VerifyThumbprint(context.Background(), c.Token, g.certs[c.Certificate])
 	switch {

@@ -40,6 +40,9 @@ func TestVectors(t *testing.T) {
 		case got != c.Reason:
 			t.Errorf("%s: meshtoken answers %q, the vector says %q", c.Name, got, c.Reason)
 		}
+		if got := g.extra(c); got != c.Extra && c.GoPending == "" {
+			t.Errorf("%s: meshtoken's Extra() is %s, the vector says %s", c.Name, got, c.Extra)
+		}
 	}
 }
 
@@ -61,6 +64,11 @@ func TestDifferential(t *testing.T) {
 		if got := g.verdict(c); got != c.Reason {
 			if bad++; bad <= 10 {
 				t.Errorf("#%d: meshtoken answers %q, recorded %q (meshtoken changed: run make vectors, then the Python suite)", i, got, c.Reason)
+			}
+		}
+		if got := g.extra(c); got != c.Extra {
+			if bad++; bad <= 10 {
+				t.Errorf("#%d: meshtoken's Extra() is %s, recorded %s (run make vectors, then the Python suite)", i, got, c.Extra)
 			}
 		}
 	}

@@ -8,6 +8,7 @@ vectors under testdata/vectors pin every reason in both languages.
 
 import base64
 import binascii
+import decimal
 import hashlib
 import math
 import re
@@ -34,6 +35,8 @@ CNF_MEMBERS = ("x5t#S256",)
 ACT_MEMBERS = ("sub", "gen", "act")
 # meshtoken.MaxActorDepth: the act nesting a token may carry.
 MAX_ACTOR_DEPTH = 8
+# A JSON number without fraction or exponent.
+_INTEGER_LITERAL = re.compile(r"-?(0|[1-9][0-9]*)\Z")
 
 # Reasons, spelled as meshtoken's.
 TOO_LARGE = "too_large"
@@ -248,8 +251,53 @@ class Claims:
         return self.service or self.subject
 
     def extra(self):
-        """The claims other than the registered ones."""
-        return {k: v for k, v in self.payload.items() if k not in REGISTERED_CLAIMS}
+        """The claims other than the registered ones (the service's claims and
+        its rendered claims_template), as plain Python values: objects as
+        dicts, lists as lists, strings, True/False/None, and numbers as int
+        for an integer literal (exactly, however large), float otherwise
+        (decimal.Decimal, exactly, beyond float's range). Each call returns
+        new objects: changing them does not change the claims kept in the
+        verified-token cache."""
+        return {k: _plain(v) for k, v in self.payload.items() if k not in REGISTERED_CLAIMS}
+
+
+def _plain(v):
+    """v with every _json.Number made a number, in new containers. Iterative:
+    arrays may nest far deeper than Python's recursion limit (only objects
+    are bounded, at 32, as meshtoken bounds them)."""
+    # The parser keeps numbers as _json.Number (their literal text, as Go's
+    # json.Number); a caller wants numbers. The engine renders templates with
+    # UseNumber, so an integer claim can exceed 2**53: int keeps it exact.
+    def scalar(x):
+        if not isinstance(x, _json.Number):
+            return x
+        if _INTEGER_LITERAL.match(x):
+            try:
+                return int(x)
+            except ValueError:  # beyond int's string-conversion limit (4300 digits)
+                return decimal.Decimal(str(x))
+        f = float(x)
+        return f if not math.isinf(f) else decimal.Decimal(str(x))
+
+    def container(x):
+        return {} if isinstance(x, dict) else []
+
+    if not isinstance(v, (dict, list)):
+        return scalar(v)
+    root = container(v)
+    stack = [(v, root)]
+    while stack:
+        src, dst = stack.pop()
+        items = src.items() if isinstance(src, dict) else enumerate(src)
+        for k, x in items:
+            y = container(x) if isinstance(x, (dict, list)) else scalar(x)
+            if isinstance(dst, dict):
+                dst[k] = y
+            else:
+                dst.append(y)
+            if isinstance(x, (dict, list)):
+                stack.append((x, y))
+    return root
 
 
 def _string(v):

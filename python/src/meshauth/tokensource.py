@@ -28,6 +28,9 @@ import requests
 
 API_KEY_HEADER = "X-Meshauth-Api-Key"
 LOCKOUT_PHRASE = "try again after "
+# Starts the engine's text of a refused login (path_login.go); Vault wraps it
+# in its own words, so it is looked for inside the message.
+LOGIN_REFUSED_PREFIX = "meshauth: login refused"
 MAX_TOKEN_LIFE = 7 * 24 * 3600.0
 MAX_LOCKOUT_WAIT = 24 * 3600.0
 GRANT_TYPE_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -38,8 +41,13 @@ log = logging.getLogger("meshauth")
 
 
 class LoginError(Exception):
-    """A failed login. .locked_until is the lockout's end (Unix seconds) when
-    the engine answered a lockout; .retry_at is when the source tries again."""
+    """A failed login. .status is Vault's HTTP status (None when there was no
+    answer); .locked_until is the lockout's end (Unix seconds) when the engine
+    answered a lockout; .retry_at is when the source tries again.
+
+    The refusals that need different action have their own subclasses:
+    LoginRefused (meshauth refused the credentials), VaultPermissionDenied
+    (Vault refused before meshauth saw the request) and LoginLocked."""
 
     def __init__(self, message, status=None, locked_until=None):
         super().__init__(message)
@@ -48,10 +56,36 @@ class LoginError(Exception):
         self.retry_at = None
 
 
+class LoginRefused(LoginError):
+    """meshauth refused the login (403, "meshauth: login refused"): the API
+    key, the client certificate presented to Vault, or the service's state
+    (unknown, disabled, its key rotated away) did not pass. The answer does
+    not say which; Vault's server log has the reason at level info (message
+    "login refused"). Retrying cannot help until someone fixes the cause, and
+    every attempt counts toward the engine's lockout, so the source waits
+    max_backoff before asking again."""
+
+
+class VaultPermissionDenied(LoginError):
+    """Vault refused the request before meshauth saw it (a 403 that is not the
+    engine's): the Vault token's policies do not grant update on
+    <mount>/login/<service> (read too, for use_get), or the token is invalid
+    or expired (.invalid_token; the source then logs in to Vault again)."""
+
+    def __init__(self, message, status=None, invalid_token=False):
+        super().__init__(message, status)
+        self.invalid_token = invalid_token
+
+
+class LoginLocked(LoginError):
+    """The engine locked this caller out after too many refused logins; no
+    login is tried before .locked_until (Unix seconds; at most 24h is waited)."""
+
+
 def _errors(resp):
     try:
         return [str(e) for e in resp.json().get("errors") or []]
-    except ValueError:
+    except (ValueError, AttributeError):
         return []
 
 
@@ -66,6 +100,30 @@ def _locked_until(resp):
             except ValueError:
                 continue
     return None
+
+
+def _login_failure(resp, service, mount):
+    """The LoginError for a meshauth login answered with an error, told apart
+    as client/tokensource.go does: a lockout, the engine's refusal (its text
+    is inside Vault's wrapping, "1 error occurred:\n\t* meshauth: ..."), or
+    a 403 of Vault's own."""
+    errs = _errors(resp)
+    # The engine's and Vault's messages carry no secret; they are safe to show.
+    msg = "; ".join(e.strip() for e in errs) or ("HTTP %d" % resp.status_code)
+    prefix = "meshauth login as %r: " % service
+    if resp.status_code != 403:
+        return LoginError(prefix + msg, resp.status_code)
+    until = _locked_until(resp)
+    if until is not None:
+        return LoginLocked(prefix + msg, 403, until)
+    if any(LOGIN_REFUSED_PREFIX in e for e in errs):
+        return LoginRefused(prefix + msg, 403)
+    if any("invalid token" in e for e in errs):
+        return VaultPermissionDenied(prefix + msg + " (Vault does not accept the Vault token: it is invalid or "
+                                     "expired; the next attempt logs in to Vault again)", 403, invalid_token=True)
+    return VaultPermissionDenied(prefix + msg + " (Vault's ACL refused the request before meshauth saw it: the "
+                                 "Vault token's policies must grant update on %s/login/%s, and read for use_get)"
+                                 % (mount, service), 403)
 
 
 class StaticToken:
@@ -190,10 +248,7 @@ class TokenSource:
     def _login(self, start):
         resp = self._send()
         if resp.status_code != 200:
-            until = _locked_until(resp)
-            # The engine's messages carry no secret; they are safe to show.
-            msg = "; ".join(_errors(resp)) or ("HTTP %d" % resp.status_code)
-            raise LoginError("meshauth login as %r: %s" % (self.service, msg), resp.status_code, until)
+            raise _login_failure(resp, self.service, self.mount)
         data = (resp.json() or {}).get("data") or {}
         value = data.get("token")
         life = data.get("expires_in")
@@ -267,6 +322,10 @@ class TokenSource:
                 self._failures += 1
                 now = self.clock()
                 retry = now + self._backoff(self._failures)
+                if isinstance(err, LoginRefused):
+                    # Not in a tight loop: the credentials will not mend
+                    # themselves, and each attempt counts toward lockout.
+                    retry = max(retry, now + self._backoff(64))  # max_backoff, less jitter
                 if err.locked_until is not None:
                     retry = max(retry, min(err.locked_until, now + MAX_LOCKOUT_WAIT))
                 self._retry_at = retry

@@ -157,6 +157,16 @@ class RevocationConfig:
         self.allow_stale = allow_stale
 
 
+def _same_origin(base, ref, member):
+    """ref resolved against base (a relative reference such as /v1/<mount>/jwks
+    is usual); an absolute one must stay on base's scheme and host."""
+    resolved = urllib.parse.urljoin(base, ref)
+    b, r = urllib.parse.urlsplit(base), urllib.parse.urlsplit(resolved)
+    if (b.scheme, b.netloc) != (r.scheme, r.netloc):
+        raise ValueError("meshauth verify: %s %s is not on %s" % (member, resolved, b.netloc))
+    return resolved
+
+
 class _Feed:
     __slots__ = ("tokens", "services", "disabled", "keys", "certificates", "etag", "iat", "confirmed", "fresh_until")
 
@@ -166,13 +176,19 @@ class Verifier:
 
     discovery_url or jwks_url says where the keys are; issuer defaults to the
     discovery document's; audience is required unless allow_any_audience.
-    Times are seconds. http: an object with get(url, limit, headers) ->
+    The revocation feed is checked by default (revocations=None means a
+    default RevocationConfig; its URL is discovery's revocation_endpoint, else
+    the JWKS URL's sibling "revocations"); skip_revocations=True turns it off,
+    as meshtoken's SkipRevocations: revoked tokens, revoked or disabled
+    services and removed keys are then accepted until the tokens expire or
+    their key leaves the JWKS. Times are seconds. http: an object with get(url, limit, headers) ->
     (status, headers, body), for tests; by default requests with ca_file.
     """
 
     def __init__(self, discovery_url="", jwks_url="", issuer="", audience="", allow_any_audience=False,
                  require_binding=False, leeway=_tok.DEFAULT_LEEWAY, min_refetch_interval=DEFAULT_MIN_REFETCH,
-                 max_staleness=DEFAULT_MAX_STALENESS, revocations=None, max_cached_tokens=DEFAULT_MAX_CACHED_TOKENS,
+                 max_staleness=DEFAULT_MAX_STALENESS, revocations=None, skip_revocations=False,
+                 max_cached_tokens=DEFAULT_MAX_CACHED_TOKENS,
                  trusted_proxies=None, ca_file=None, session=None, http=None, clock=time.time,
                  max_delegation_depth=0, allowed_actors=None):
         if not audience and not allow_any_audience:
@@ -180,6 +196,10 @@ class Verifier:
                              "minted for another service must not be accepted here), or allow_any_audience=True")
         if audience and allow_any_audience:
             raise ValueError("meshauth verify: audience and allow_any_audience contradict each other: set one")
+        if skip_revocations and revocations is not None:
+            raise ValueError("meshauth verify: revocations and skip_revocations contradict each other: set one")
+        if not skip_revocations and revocations is None:
+            revocations = RevocationConfig()
         self.issuer = issuer
         self.audience = "" if allow_any_audience else audience
         self.require_binding = require_binding
@@ -199,6 +219,8 @@ class Verifier:
         self._max_cached = max_cached_tokens
         self._verified = {}
         self.jwks_url = jwks_url
+        # discovery's revocation_endpoint, resolved; "" when it named none.
+        self._revocations_url = ""
         if discovery_url:
             self._discover(discovery_url)
         if not self.jwks_url:
@@ -212,7 +234,7 @@ class Verifier:
         self._revocations = None
         self._feed = None
         if revocations is not None:
-            url = revocations.url
+            url = revocations.url or self._revocations_url
             if not url:
                 u = urllib.parse.urlsplit(self.jwks_url)
                 path = u.path[:u.path.rfind("/") + 1] + "revocations"
@@ -229,14 +251,17 @@ class Verifier:
             raise ValueError("meshauth verify: discovery: GET %s: %d" % (url, status))
         doc = _json.loads_checked(body)
         jwks_uri = doc.get("jwks_uri")
-        if not isinstance(jwks_uri, str) or not jwks_uri:
+        if not isinstance(jwks_uri, str) or isinstance(jwks_uri, _json.Number) or not jwks_uri:
             raise ValueError("meshauth verify: discovery document at %s has no jwks_uri" % url)
-        resolved = urllib.parse.urljoin(url, jwks_uri)
-        b, r = urllib.parse.urlsplit(url), urllib.parse.urlsplit(resolved)
-        # A tampered document must not point the verifier at another host.
-        if (b.scheme, b.netloc) != (r.scheme, r.netloc):
-            raise ValueError("meshauth verify: jwks_uri %s is not on %s" % (resolved, b.netloc))
-        self.jwks_url = resolved
+        # A tampered document must not point the verifier at another host,
+        # for the keys nor for its idea of what is revoked.
+        self.jwks_url = _same_origin(url, jwks_uri, "jwks_uri")
+        endpoint = doc.get("revocation_endpoint")
+        # _json keeps numbers as Number, a str: Go's string field refuses them.
+        if endpoint is not None and (not isinstance(endpoint, str) or isinstance(endpoint, _json.Number)):
+            raise ValueError("meshauth verify: discovery document at %s: revocation_endpoint is not a string" % url)
+        if endpoint:
+            self._revocations_url = _same_origin(url, endpoint, "revocation_endpoint")
         if not self.issuer and isinstance(doc.get("issuer"), str):
             self.issuer = doc["issuer"]
 
