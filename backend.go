@@ -155,6 +155,7 @@ func newBackend() *backend {
 			pathTrustDomains(b),
 			pathLogin(b),
 			pathToken(b),
+			pathExchange(b),
 			pathKeys(b),
 			pathJWKS(b),
 			pathSPIFFEBundle(b),

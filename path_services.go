@@ -105,7 +105,7 @@ func serviceFields() map[string]*framework.FieldSchema {
 		},
 		"claims": {
 			Type:        framework.TypeKVPairs,
-			Description: "Extra string claims put into every token of the service. Names that are, or fold to (any case, Unicode folding), a registered claim (iss, sub, aud, exp, nbf, iat, jti, cnf, gen) or a JOSE header name (alg, kid, typ, crit, ...) are refused, as are claims that could make a token exceed 16 KiB.",
+			Description: "Extra string claims put into every token of the service. Names that are, or fold to (any case, Unicode folding), a registered claim (iss, sub, aud, exp, nbf, iat, jti, cnf, gen, meshauth_service, act, meshauth_derived_from) or a JOSE header name (alg, kid, typ, crit, ...) are refused, as are claims that could make a token exceed 16 KiB.",
 		},
 		"disabled": {
 			Type:        framework.TypeBool,
@@ -120,6 +120,7 @@ func serviceFields() map[string]*framework.FieldSchema {
 	// claims_template, template_missing (claims_template.go)
 	addClaimsTemplateFields(fields)
 	addRevocationServiceFields(fields) // revocation_check and its settings (cert_revocation.go)
+	addExchangeServiceFields(fields)   // exchange_audiences, max_delegation_depth (path_exchange.go)
 	return fields
 }
 
@@ -205,6 +206,7 @@ func serviceResponse(e *serviceEntry, now time.Time) map[string]any {
 	addSPIFFEServiceResponse(data, e)
 	addClaimsTemplateResponse(data, e)
 	addRevocationServiceResponse(data, e)
+	addExchangeServiceResponse(data, e)
 	if e.RevokedBefore > 0 {
 		data["tokens_revoked_before"] = time.Unix(e.RevokedBefore, 0).UTC().Format(time.RFC3339)
 	}
@@ -403,6 +405,9 @@ func applyServiceFields(e *serviceEntry, d *framework.FieldData, creating bool) 
 		e.RequireMTLS = e.Certificate != "" || e.CAChain != "" || spiffeIDs
 	}
 	if msg := applyRevocationFields(e, d); msg != "" {
+		return msg
+	}
+	if msg := applyExchangeFields(e, d); msg != "" {
 		return msg
 	}
 	return applySPIFFEFields(e, d)

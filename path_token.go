@@ -128,6 +128,10 @@ func (b *backend) verifyToken(ctx context.Context, s logical.Storage, raw, audie
 	if revoked {
 		return &verification{reason: reasonTokenRevoked}, nil
 	}
+	// An exchanged token: its origins and actors (path_exchange.go).
+	if reason, err = b.delegationReason(ctx, s, parsed.claims); err != nil || reason != "" {
+		return &verification{reason: reason}, err
+	}
 	return &verification{parsed: parsed, service: name}, nil
 }
 
@@ -205,13 +209,15 @@ func (b *backend) pathVerify(ctx context.Context, req *logical.Request, d *frame
 	}
 	b.metrics.verified(verificationResultGood)
 	c := v.parsed.claims
-	return &logical.Response{Data: map[string]any{
+	resp := &logical.Response{Data: map[string]any{
 		"valid":      true,
 		"service":    v.service,
 		"claims":     payloadClaims(c),
 		"expires_at": c.ExpiresAt.UTC().Format(time.RFC3339),
 		"kid":        v.parsed.key.entry.KID,
-	}}, nil
+	}}
+	addActorsResponse(resp.Data, c) // an exchanged token's actor chain (path_exchange.go)
+	return resp, nil
 }
 
 func (b *backend) pathRevoke(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
@@ -293,7 +299,11 @@ certificate_mismatch, unbound_token, spiffe_id_not_registered,
 identity_withdrawn (the service's trust domain is no longer registered, or a
 JWT-SVID's service no longer gets SPIFFE subjects in config trust_domain),
 certificate_revoked (the token is bound to a client certificate found revoked
-after it logged in; see revocation_check).
+after it logged in; see revocation_check), actor_withdrawn (an exchanged
+token whose acting service was since disabled, revoked, deleted or
+re-registered). An exchanged token (exchange/<name>) also fails with
+token_revoked when any token it derives from (meshauth_derived_from) is
+revoked, and its answer carries actors, the actor chain, outermost first.
 
 A JWT-SVID (a service with token_subject=spiffe_id) has the SPIFFE ID in sub
 and names its service in meshauth_service; it is valid only while that

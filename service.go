@@ -121,6 +121,10 @@ type serviceEntry struct {
 	OCSPServers        []string      `json:"ocsp_servers,omitempty"`
 	RevocationFailOpen bool          `json:"revocation_fail_open,omitempty"`
 	RevocationMaxAge   time.Duration `json:"revocation_max_age,omitempty"`
+	// ExchangeAudiences and MaxDelegationDepth are the service's token
+	// exchange policy as an acting service (path_exchange.go).
+	ExchangeAudiences  []string `json:"exchange_audiences,omitempty"`
+	MaxDelegationDepth int      `json:"max_delegation_depth,omitempty"`
 	// CreatedAt is when the service was registered.
 	CreatedAt time.Time `json:"created_at"`
 	// UpdatedAt is the last write.

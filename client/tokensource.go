@@ -156,6 +156,8 @@ type TokenSource struct {
 	session vaultSession
 	// stats are the counters Stats reports.
 	stats counters
+	// exchanged caches Exchange's tokens (exchange.go).
+	exchanged exchangeCache
 }
 
 // NewTokenSource checks the configuration and returns a source; call Start

@@ -129,14 +129,16 @@ func (p *pki) issue(tb testing.TB, cn string, usage x509.ExtKeyUsage) tls.Certif
 type seen struct {
 	mu     sync.Mutex
 	claims *meshtoken.Claims
+	token  string
 	md     metadata.MD
 }
 
 func (s *seen) record(ctx context.Context) {
 	c, _ := meshtoken.ClaimsFromContext(ctx)
+	tok, _ := meshtoken.TokenFromContext(ctx)
 	md, _ := metadata.FromIncomingContext(ctx)
 	s.mu.Lock()
-	s.claims, s.md = c, md
+	s.claims, s.token, s.md = c, tok, md
 	s.mu.Unlock()
 }
 
@@ -198,6 +200,9 @@ func TestInterceptorsVerifyAndBind(t *testing.T) {
 	}
 	if s.claims == nil || s.claims.Subject != "orders" {
 		t.Fatalf("claims in the handler's context: %#v", s.claims)
+	}
+	if s.token != tok {
+		t.Fatal("the verified token is not in the handler's context")
 	}
 	s.claims = nil
 	w, err := good.Watch(ctx, &healthpb.HealthCheckRequest{})

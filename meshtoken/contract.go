@@ -123,6 +123,8 @@ const (
 var registeredClaims = [...]string{
 	ClaimIssuer, ClaimSubject, ClaimAudience, ClaimExpiry, ClaimNotBefore, ClaimIssuedAt,
 	ClaimID, ClaimConfirmation, ClaimGeneration, ClaimService,
+	// Written by token exchange (exchange.go).
+	ClaimActor, ClaimDerivedFrom,
 }
 
 // headerNames are the JOSE header parameters (RFC 7515 section 4.1): a
@@ -140,12 +142,13 @@ func RegisteredClaims() []string { return slices.Clone(registeredClaims[:]) }
 // no extra claim may take it.
 const ClaimActor = "act"
 
-// reservedNames are the registered claims, act and the JOSE header names.
-var reservedNames = append(append(RegisteredClaims(), ClaimActor), headerNames[:]...)
+// reservedNames are the registered claims (act among them) and the JOSE
+// header names.
+var reservedNames = append(RegisteredClaims(), headerNames[:]...)
 
 // ReservedNames returns the names no service-defined extra claim may take
-// in any spelling, a new slice each call: the registered claims, act and
-// the JOSE header parameters (RFC 7515 section 4.1). Keeping header names out of
+// in any spelling, a new slice each call: the registered claims (act and
+// meshauth_derived_from among them) and the JOSE header parameters (RFC 7515 section 4.1). Keeping header names out of
 // the payload stops a token from seeming to carry header facts among its
 // claims.
 func ReservedNames() []string { return slices.Clone(reservedNames) }

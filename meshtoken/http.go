@@ -22,7 +22,8 @@ func ClaimsFromContext(ctx context.Context) (*Claims, bool) {
 
 // Middleware requires a valid meshauth bearer token on every request, bound
 // to the request's client certificate when the token says so, and puts the
-// claims into the request context. Behind a sidecar that terminates mutual
+// claims into the request context (ClaimsFromContext, and the token itself:
+// TokenFromContext). Behind a sidecar that terminates mutual
 // TLS, the client certificate comes from the header VerifierConfig.
 // TrustedProxies names, and only from the proxies it names; from anyone
 // else the forwarded-certificate headers are ignored and removed before
@@ -41,6 +42,8 @@ func (v *Verifier) Middleware(next http.Handler) http.Handler {
 		}
 		switch FailureOf(err) {
 		case FailureNone:
+			// The claims carry the token too, for a handler that
+			// exchanges it to call onward (TokenFromContext).
 			next.ServeHTTP(w, r.WithContext(NewContext(r.Context(), claims)))
 		case FailureUnavailable:
 			// Failing closed on our side, not the caller's fault: a 401

@@ -41,7 +41,7 @@ const maxDepth = 32
 // without being equal to it. Member names are compared after JSON unescaping,
 // as every reader does.
 func CheckMembers(payload []byte) error {
-	return checkMembers(payload, registeredClaims[:], map[string][]string{"cnf": cnfMembers})
+	return checkMembers(payload, registeredClaims[:], map[string][]string{"cnf": cnfMembers, ClaimActor: actMembers})
 }
 
 // checkMembers checks one JSON object: no duplicates at any depth, top-level

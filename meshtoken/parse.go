@@ -123,6 +123,11 @@ type Claims struct {
 	Service string
 	// KeyID is the kid of the key that verified the token.
 	KeyID string
+	// actors, actorGens and derivedFrom are act and meshauth_derived_from,
+	// read by Actors, ActorGenerations and DerivedFrom (exchange.go).
+	actors, actorGens, derivedFrom []string
+	// raw is the token as verified, for TokenFromContext.
+	raw string
 	// Payload is the decoded claims segment, for Extra.
 	Payload []byte
 }
@@ -160,6 +165,9 @@ type registered struct {
 	Cnf *Confirmation `json:"cnf,omitempty"`
 	Gen string        `json:"gen,omitempty"`
 	Svc string        `json:"meshauth_service,omitempty"`
+	// Act and Derived are read by exchange.go.
+	Act     json.RawMessage `json:"act,omitempty"`
+	Derived []string        `json:"meshauth_derived_from,omitempty"`
 }
 
 // Parse checks an untrusted token completely: its size and compact form, a
@@ -204,6 +212,11 @@ func Parse(raw string, keys KeyFunc, opts Options) (*Claims, error) {
 	}
 	switch {
 	case reason == "":
+		// An exchanged token's act and meshauth_derived_from (exchange.go).
+		if err := c.readDelegation(rc); err != nil {
+			return nil, refuse(ReasonMalformed, err)
+		}
+		c.raw = raw
 		return c, nil
 	case reason == ReasonExpired && opts.AllowExpired:
 		// The signature verified above and every other claim holds, so

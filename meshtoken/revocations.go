@@ -225,6 +225,12 @@ func (v *Verifier) checkRevoked(ctx context.Context, c *Claims) error {
 	if _, ok := f.Tokens[c.ID]; ok {
 		return fmt.Errorf("%w: jti %s", ErrRevoked, c.ID)
 	}
+	// An exchanged token ends with any token it was derived from.
+	for _, jti := range c.derivedFrom {
+		if _, ok := f.Tokens[jti]; ok {
+			return fmt.Errorf("%w: it was exchanged from jti %s, which is revoked", ErrRevoked, jti)
+		}
+	}
 	if c.Bound() {
 		if _, ok := f.Certificates[c.Confirmation.X5tS256]; ok {
 			return fmt.Errorf("%w: its client certificate %s was revoked", ErrRevoked, c.Confirmation.X5tS256)
@@ -236,6 +242,15 @@ func (v *Verifier) checkRevoked(ctx context.Context, c *Claims) error {
 	}
 	if s, ok := f.Services[service]; ok && s.Gen != c.Generation {
 		return fmt.Errorf("%w: every token of service %s issued before its last revoke", ErrRevoked, service)
+	}
+	// Each actor of an exchanged token, by the same rules.
+	for i, actor := range c.actors {
+		if _, ok := f.Disabled[actor]; ok {
+			return fmt.Errorf("%w: acting service %s is disabled", ErrRevoked, actor)
+		}
+		if s, ok := f.Services[actor]; ok && s.Gen != c.actorGens[i] {
+			return fmt.Errorf("%w: acting service %s was revoked after the exchange", ErrRevoked, actor)
+		}
 	}
 	return nil
 }

@@ -105,6 +105,14 @@ type VerifierConfig struct {
 	// terminates mutual TLS does; nil trusts no one, and the headers are
 	// ignored.
 	TrustedProxies *TrustedProxies
+	// MaxDelegationDepth bounds the actor chain of an exchanged token
+	// (Claims.Actors): 0 accepts any depth the engine issued, a negative
+	// value refuses every delegated token (ErrDelegation).
+	MaxDelegationDepth int
+	// AllowedActors, when non-nil, lists the services that may act on a
+	// caller's behalf: a delegated token naming any other actor anywhere in
+	// its chain is refused (ErrDelegation). Tokens without act pass.
+	AllowedActors []string
 }
 
 // keySet is one JWKS answer. It is immutable once published.
@@ -424,6 +432,9 @@ func (v *Verifier) VerifyThumbprint(ctx context.Context, token, thumbprint strin
 		return nil, err
 	}
 	if err := (Binding{Thumbprint: thumbprint, Required: v.cfg.RequireBinding}).Check(claims); err != nil {
+		return nil, err
+	}
+	if err := v.checkDelegation(claims); err != nil {
 		return nil, err
 	}
 	if err := v.checkRevoked(ctx, claims); err != nil {

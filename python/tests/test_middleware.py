@@ -58,6 +58,7 @@ def wsgi_call(app, environ):
 def inner_app(environ, start_response):
     start_response("200 OK", [])
     seen = environ.get("HTTP_X_FORWARDED_CLIENT_CERT", "-")
+    assert environ["HTTP_AUTHORIZATION"] == "Bearer " + environ["meshauth.token"]
     return [("%s %s" % (environ["meshauth.claims"].subject, seen[:4])).encode()]
 
 
@@ -107,6 +108,7 @@ def asgi_call(app, headers, client=("127.0.0.1", 5000), tls=None):
 
 async def inner_asgi(scope, receive, send):
     fwd = [v for k, v in scope["headers"] if k == b"client-cert"]
+    assert (b"authorization", b"Bearer " + scope["meshauth.token"].encode()) in scope["headers"]
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": ("%s %d" % (scope["meshauth.claims"].subject, len(fwd))).encode()})
 

@@ -141,6 +141,26 @@ def test_tls_settings_reach_every_request(monkeypatch):
     assert seen[0]["verify"] == "vault-ca.pem" and seen[0]["cert"] == ("c.pem", "c.key")
 
 
+def test_exchange_cached_per_subject_and_audience(vault):
+    clock = Clock()
+    ts = TokenSource(vault, "payments", "K", StaticToken("root"), clock=clock)
+    FakeVault.answers = [ok("x1", 300), ok("x2", 300), ok("x3", 300)]
+    assert ts.exchange("subj", "ledger") == "x1"
+    assert ts.exchange("subj", "ledger") == "x1"
+    method, path, _, body = FakeVault.seen[-1]
+    assert method == "POST" and path == "/v1/meshauth/exchange/payments"
+    assert json.loads(body) == {"api_key": "K", "subject_token": "subj", "audience": "ledger",
+                                "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+                                "subject_token_type": "urn:ietf:params:oauth:token-type:jwt"}
+    assert ts.exchange("other", "ledger") == "x2"
+    clock.t += 201  # past two thirds of the lifetime
+    assert ts.exchange("subj", "ledger") == "x3"
+    FakeVault.answers = [(403, {"errors": ["meshauth: exchange refused: audience \"x\" is not in the exchange_audiences"]})]
+    with pytest.raises(LoginError) as e:
+        ts.exchange("subj", "x")
+    assert "exchange_audiences" in str(e.value)
+
+
 # Answer bodies as Vault 1.21 sends them (docs/http-api.md): the engine's
 # errors wrapped in Vault's "1 error occurred" list.
 REFUSED = {"errors": ["1 error occurred:\n\t* meshauth: login refused for service \"orders\": the API key, the client "

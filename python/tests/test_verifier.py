@@ -290,6 +290,29 @@ def test_garbage_only_ever_refused():
             pass
 
 
+def test_exchanged_token_actors_and_derived_revocation():
+    iss, clock = Issuer(), Clock()
+    now = int(clock.t)
+    v, state, _ = make(iss, clock, feed=iss.feed(iat=now))
+    tok = iss.token(jti="x", act={"sub": "ledger", "act": {"sub": "payments"}}, meshauth_derived_from=["orig", "hop"])
+    c = v.verify(tok)
+    assert c.actors == ("ledger", "payments") and c.derived_from == ("orig", "hop")
+    assert "act" not in c.extra()
+    assert reason(v, iss.token(act={"sub": "payments"})) == "malformed"  # no derived_from
+    v2, _, _ = make(iss, clock, max_delegation_depth=1)
+    assert reason(v2, tok) == "delegation_not_allowed"
+    v3, _, _ = make(iss, clock, allowed_actors=["ledger"])
+    assert reason(v3, tok) == "delegation_not_allowed"
+    v4, _, _ = make(iss, clock, allowed_actors=["ledger", "payments"], max_delegation_depth=-1)
+    assert reason(v4, tok) == "delegation_not_allowed" and reason(v4, iss.token()) == ""
+    # Revoking the original ends the exchanged token through the feed.
+    state["feed"] = iss.feed(iat=now + 3, tokens={"orig": now + 600})
+    clock.t += 6
+    reason(v, tok)
+    v._feed_fetch._running and v._feed_fetch._running.wait(2)
+    assert reason(v, tok) == "revoked"
+
+
 def test_extra_claims_objects_lists_numbers_intact():
     # claims_template renders objects, lists and numbers (with UseNumber, so
     # integers beyond 2**53 stay exact in the token).

@@ -200,6 +200,47 @@ func (fx *fixture) vectors() (*File, error) {
 	rcnf := `{"x5t#S256":` + q(fx.x5t("revoked")) + `}`
 	add("bound to a revoked certificate", fx.tok("ed", edH, claims(fx.base(`"cnf"`, rcnf)...)), "revoked", "revoked")
 
+	// Token exchange (RFC 8693): act and meshauth_derived_from.
+	deleg := func(act, derived string) string {
+		m := fx.base()
+		if act != "" {
+			m = append(m, `"act"`, act)
+		}
+		if derived != "" {
+			m = append(m, `"meshauth_derived_from"`, derived)
+		}
+		return fx.tok("ed", edH, claims(m...))
+	}
+	nested := `{"sub":"a0"}`
+	for i := 1; i <= 8; i++ {
+		nested = `{"sub":"a` + fmt.Sprint(i) + `","act":` + nested + `}`
+	}
+	add("exchanged token", deleg(`{"sub":"payments"}`, `["jti-orig"]`), "", "")
+	add("exchanged twice", deleg(`{"sub":"ledger","act":{"sub":"payments"}}`, `["jti-orig","jti-hop"]`), "", "")
+	add("exchanged from a revoked jti", deleg(`{"sub":"payments"}`, `["jti-revoked"]`), "", "revoked")
+	add("exchanged from a revoked original", deleg(`{"sub":"ledger","act":{"sub":"payments"}}`, `["jti-revoked","jti-hop"]`), "", "revoked")
+	add("act without derived_from", deleg(`{"sub":"payments"}`, ""), "", "malformed")
+	add("derived_from without act", deleg("", `["jti-orig"]`), "", "malformed")
+	add("act null", deleg(`null`, ""), "", "")
+	add("nested act null", deleg(`{"sub":"payments","act":null}`, `["jti-orig"]`), "", "")
+	add("act an array", deleg(`[{"sub":"payments"}]`, `["jti-orig"]`), "", "malformed")
+	add("act sub a number", deleg(`{"sub":7}`, `["jti-orig"]`), "", "malformed")
+	add("act sub empty", deleg(`{"sub":""}`, `["jti-orig"]`), "", "malformed")
+	add("act without sub", deleg(`{"act":{"sub":"x"}}`, `["jti-orig"]`), "", "malformed")
+	add("act member spelled SUB", deleg(`{"SUB":"payments"}`, `["jti-orig"]`), "", "ambiguous_claims")
+	add("act nested nine deep", deleg(nested, `["1","2","3","4","5","6","7","8","9"]`), "", "malformed")
+	add("derived_from a string", deleg(`{"sub":"payments"}`, `"jti-orig"`), "", "malformed")
+	add("derived_from with null", deleg(`{"sub":"payments"}`, `[null]`), "", "")
+	add("actor in its current gen", deleg(`{"sub":"rotated","gen":"g2"}`, `["jti-orig"]`), "", "")
+	add("actor revoked since (old gen)", deleg(`{"sub":"rotated","gen":"g1"}`, `["jti-orig"]`), "", "revoked")
+	add("actor revoked since (no gen)", deleg(`{"sub":"rotated"}`, `["jti-orig"]`), "", "revoked")
+	add("earlier actor revoked since", deleg(`{"sub":"payments","act":{"sub":"rotated","gen":"g1"}}`, `["jti-orig","jti-hop"]`), "", "revoked")
+	add("actor disabled", deleg(`{"sub":"disabled","gen":"g"}`, `["jti-orig"]`), "", "revoked")
+	add("act gen a number", deleg(`{"sub":"payments","gen":1}`, `["jti-orig"]`), "", "malformed")
+	add("act gen null", deleg(`{"sub":"payments","gen":null}`, `["jti-orig"]`), "", "")
+	add("act member spelled GEN", deleg(`{"sub":"payments","GEN":"g"}`, `["jti-orig"]`), "", "ambiguous_claims")
+	add("ACT spelled differently", fx.tok("ed", edH, claims(append(fx.base(), `"ACT"`, `{"sub":"payments"}`)...)), "", "ambiguous_claims")
+
 	f.Feeds = fx.feedVectors()
 	if err := feedVerdicts(f); err != nil {
 		return nil, err
@@ -276,7 +317,7 @@ var (
 	oddNames = []string{
 		`"sub"`, `"SUB"`, `"Sub"`, `"ſub"`, `"\u017fub"`, `"\u0073ub"`, `"su\u0062"`, `"iss"`, `"ISS"`, `"iſs"`, `"aud"`, `"AUD"`,
 		`"exp"`, `"EXP"`, `"nbf"`, `"iat"`, `"jti"`, `"JTI"`, `"cnf"`, `"CNF"`, `"gen"`, `"GEN"`, `"meshauth_service"`,
-		`"meshauth_ſervice"`, `"kid"`, `"\u212aid"`, `"x"`, `"X"`, `"\ud800"`, `"\udc00"`, `"\ufffd"`, "\"\xff\"", "\"\xed\xa0\x80\"",
+		`"meshauth_ſervice"`, `"act"`, `"ACT"`, `"meshauth_derived_from"`, `"kid"`, `"\u212aid"`, `"x"`, `"X"`, `"\ud800"`, `"\udc00"`, `"\ufffd"`, "\"\xff\"", "\"\xed\xa0\x80\"",
 		`"é"`, `"e\u0301"`, `"\u0000"`, `""`, `"team"`, `"Team"`, `"s\u017f"`,
 	}
 	oddValues = []string{
@@ -284,6 +325,7 @@ var (
 		`true`, `1`, `0`, `-0`, `1.5`, `1e3`, `1E3`, `-1`, `4102444800`, `4102444800.999`, `"4102444800"`, `" 4102444800"`,
 		`1e19`, `-1e19`, `9223372036854775807`, `9223372036854775808`, `9.2233720368547748e18`, `-9223372036854775808`,
 		`1e400`, `1e-400`, `4.9e-324`, `{}`, `{"x5t#S256":null}`, `{"a":1,"a":2}`, `[1,"a",null]`, `"\ud800"`, "\"\xff\"",
+		`{"sub":"payments"}`, `{"sub":"a","act":{"sub":"b"}}`, `{"sub":"rotated","gen":"g1"}`, `["jti-revoked"]`, `["a","b"]`,
 		`"g2"`, `"g1"`, `"jti-revoked"`, `"\u006frders"`, `"ord\u0000ers"`, `NaN`, `Infinity`, `01`, `1.`, `.5`, `+1`,
 	}
 )

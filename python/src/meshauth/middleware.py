@@ -15,7 +15,9 @@ saying nothing about why; 503 while the key set or the revocation feed is
 past its staleness (the verifier fails closed, not the caller's fault); 400
 for a forwarded-certificate header from a trusted proxy that does not read
 as one certificate. The verified Claims are in environ["meshauth.claims"]
-(WSGI) or scope["meshauth.claims"] (ASGI).
+(WSGI) or scope["meshauth.claims"] (ASGI), and the verified token itself in
+"meshauth.token", for TokenSource.exchange (calling onward on the caller's
+behalf); never forward it to another service.
 """
 
 import asyncio
@@ -106,6 +108,7 @@ class WSGIMiddleware:
                                              ("Content-Length", str(len(body)))] + _challenge(status, authorization))
             return [body]
         environ["meshauth.claims"] = claims
+        environ["meshauth.token"] = authorization[len("Bearer "):]
         return self.app(environ, start_response)
 
 
@@ -152,4 +155,5 @@ class ASGIMiddleware:
             return
         scope = dict(scope, headers=headers)
         scope["meshauth.claims"] = claims
+        scope["meshauth.token"] = authorization[len("Bearer "):]
         return await self.app(scope, receive, send)

@@ -27,9 +27,14 @@ ALGORITHMS = (ES256, ES384, EDDSA, RS256)
 MAX_TOKEN_LENGTH = 16 << 10
 DEFAULT_LEEWAY = 30.0
 
-REGISTERED_CLAIMS = ("iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf", "gen", "meshauth_service")
+# act and meshauth_derived_from are written by token exchange (RFC 8693).
+REGISTERED_CLAIMS = ("iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf", "gen", "meshauth_service",
+                     "act", "meshauth_derived_from")
 HEADER_NAMES = ("alg", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "typ", "cty", "crit")
 CNF_MEMBERS = ("x5t#S256",)
+ACT_MEMBERS = ("sub", "gen", "act")
+# meshtoken.MaxActorDepth: the act nesting a token may carry.
+MAX_ACTOR_DEPTH = 8
 # A JSON number without fraction or exponent.
 _INTEGER_LITERAL = re.compile(r"-?(0|[1-9][0-9]*)\Z")
 
@@ -233,11 +238,18 @@ class Claims:
     hand the same object to several requests)."""
 
     __slots__ = ("issuer", "subject", "audience", "issued_at", "not_before", "expires_at",
-                 "id", "thumbprint", "has_cnf", "generation", "service", "key_id", "payload", "_times")
+                 "id", "thumbprint", "has_cnf", "generation", "service", "key_id", "payload", "_times",
+                 "actors", "actor_gens", "derived_from")
 
     def __init__(self):
         self.thumbprint = ""
         self.has_cnf = False
+        # actors: an exchanged token's actor chain, outermost (the service
+        # holding the token) first; derived_from: the jti of every token it
+        # was exchanged from, the original first. Empty for a login's token.
+        self.actors = ()
+        self.actor_gens = ()
+        self.derived_from = ()
 
     @property
     def bound(self):
@@ -425,7 +437,7 @@ def parse(raw, keys, issuer="", audience="", leeway=DEFAULT_LEEWAY, now=None):
     returns its Claims or raises TokenError. keys(kid) returns a Key or
     raises UnknownKey; any other exception it raises passes through (the
     verifier uses that for a stale key set)."""
-    h, payload, trailing = _verify_jws(raw, MAX_TOKEN_LENGTH, keys, REGISTERED_CLAIMS, {"cnf": CNF_MEMBERS})
+    h, payload, trailing = _verify_jws(raw, MAX_TOKEN_LENGTH, keys, REGISTERED_CLAIMS, {"cnf": CNF_MEMBERS, "act": ACT_MEMBERS})
     if h["typ"] == REVOCATIONS_TYPE:
         raise TokenError(MALFORMED, "a revocation feed is not a token")
     if trailing:
@@ -436,6 +448,7 @@ def parse(raw, keys, issuer="", audience="", leeway=DEFAULT_LEEWAY, now=None):
     if c.has_cnf and not is_thumbprint(c.thumbprint):
         raise TokenError(UNSUPPORTED_CONFIRMATION, "cnf must carry exactly x5t#S256, 43 base64url characters of a SHA-256")
     validate(c, issuer, audience, leeway, now)
+    read_delegation(c)
     return c
 
 
@@ -452,6 +465,7 @@ def claims_of(payload, kid):
     c.service = _string(payload.get("meshauth_service"))
     c.audience = _audience(payload.get("aud"))
     exp, nbf, iat = _date(payload.get("exp")), _date(payload.get("nbf")), _date(payload.get("iat"))
+    derived = _string_list(payload.get("meshauth_derived_from"))
     cnf = payload.get("cnf")
     if cnf is not None:
         if not isinstance(cnf, dict):
@@ -459,12 +473,48 @@ def claims_of(payload, kid):
         c.has_cnf = True
         c.thumbprint = _string(cnf.get("x5t#S256"))
     c._times = (exp, nbf, iat)
+    c.derived_from = derived
     c.expires_at = unix_seconds(exp) if exp else None
     c.not_before = unix_seconds(nbf) if nbf else None
     c.issued_at = unix_seconds(iat) if iat else None
     c.key_id = kid
     c.payload = payload
     return c
+
+
+def _string_list(v):
+    # A Go []string field: null is absent, a null element is "".
+    if v is None:
+        return ()
+    if not isinstance(v, list):
+        raise TokenError(MALFORMED, "a registered claim has the wrong JSON type")
+    return tuple(_string(x) for x in v)
+
+
+def read_delegation(c):
+    """Reads act as meshtoken's readDelegation: exact member names, a
+    non-empty string sub at each level, at most MAX_ACTOR_DEPTH levels, and
+    one meshauth_derived_from jti per actor."""
+    actors, gens = [], []
+    act = c.payload.get("act")
+    while act is not None:
+        if len(actors) == MAX_ACTOR_DEPTH:
+            raise TokenError(MALFORMED, "act nests too many actors")
+        if not isinstance(act, dict):
+            raise TokenError(MALFORMED, "act must be a JSON object")
+        sub = act.get("sub")
+        if not isinstance(sub, str) or isinstance(sub, _json.Number) or sub == "":
+            raise TokenError(MALFORMED, "act must carry sub, a non-empty string")
+        gen = act.get("gen")
+        if gen is not None and (not isinstance(gen, str) or isinstance(gen, _json.Number)):
+            raise TokenError(MALFORMED, "act's gen must be a string")
+        actors.append(sub)
+        gens.append(gen or "")
+        act = act.get("act")
+    if len(c.derived_from) != len(actors):
+        raise TokenError(MALFORMED, "meshauth_derived_from must list one jti per actor")
+    c.actors = tuple(actors)
+    c.actor_gens = tuple(gens)
 
 
 _ZERO_TIME = (0, 0)

@@ -17,6 +17,7 @@ or when its TTL has passed; the next login logs in to Vault again).
 """
 
 import datetime
+import hashlib
 import logging
 import random
 import threading
@@ -32,6 +33,9 @@ LOCKOUT_PHRASE = "try again after "
 LOGIN_REFUSED_PREFIX = "meshauth: login refused"
 MAX_TOKEN_LIFE = 7 * 24 * 3600.0
 MAX_LOCKOUT_WAIT = 24 * 3600.0
+GRANT_TYPE_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
+MAX_EXCHANGED = 4096
 
 log = logging.getLogger("meshauth")
 
@@ -192,6 +196,8 @@ class TokenSource:
         self._stop = threading.Event()
         self._thread = None
         self.logins = 0
+        self._exchanged = {}  # (sha256 of subject token, audience) -> (value, refresh_at)
+        self._exchange_lock = threading.Lock()
 
     # --- Vault ------------------------------------------------------------
 
@@ -254,6 +260,46 @@ class TokenSource:
         refresh = start + life - life / 3 - random.uniform(0, life / 10)
         refresh = max(refresh, self.clock() + self.min_backoff)
         return (value, start + life, refresh)
+
+    def exchange(self, subject_token, audience):
+        """Trades subject_token, a token this service received (environ or
+        scope "meshauth.token"), for a token to call audience on the caller's
+        behalf (RFC 8693, exchange/<service>), bound to this service's
+        certificate. Cached per (subject_token, audience) until two thirds of
+        its lifetime; raises LoginError when the engine refuses."""
+        if not subject_token or not audience:
+            raise ValueError("meshauth exchange: subject_token and audience are required")
+        key = (hashlib.sha256(subject_token.encode()).digest(), audience)
+        with self._exchange_lock:
+            hit = self._exchanged.get(key)
+            if hit is not None and self.clock() < hit[1]:
+                return hit[0]
+        start = self.clock()
+        vault_token = self._ensure_vault_token()
+        url = "%s/v1/%s/exchange/%s" % (self.vault_addr, self.mount, urllib.parse.quote(self.service, safe=""))
+        body = {"api_key": self._api_key, "subject_token": subject_token, "audience": audience,
+                "grant_type": GRANT_TYPE_TOKEN_EXCHANGE, "subject_token_type": TOKEN_TYPE_JWT}
+        resp = self._session.post(url, json=body, headers={"X-Vault-Token": vault_token}, timeout=self.timeout,
+                                  allow_redirects=False, **self._tls)
+        if resp.status_code != 200:
+            if resp.status_code == 403 and any("invalid token" in e for e in _errors(resp)):
+                self._vault_token = None
+            msg = "; ".join(_errors(resp)) or ("HTTP %d" % resp.status_code)
+            raise LoginError("meshauth exchange as %r toward %r: %s" % (self.service, audience, msg),
+                             resp.status_code, _locked_until(resp))
+        data = (resp.json() or {}).get("data") or {}
+        value, life = data.get("token"), data.get("expires_in")
+        if not isinstance(value, str) or not value or not isinstance(life, (int, float)) or life <= 0:
+            raise LoginError("meshauth exchange as %r: answer lacks a token or a lifetime" % self.service)
+        life = min(float(life), MAX_TOKEN_LIFE)
+        with self._exchange_lock:
+            if len(self._exchanged) >= MAX_EXCHANGED:
+                now = self.clock()
+                self._exchanged = {k: v for k, v in self._exchanged.items() if now < v[1]}
+                if len(self._exchanged) >= MAX_EXCHANGED:
+                    self._exchanged = {}
+            self._exchanged[key] = (value, start + life - life / 3)
+        return value
 
     def _backoff(self, n):
         d = self.min_backoff

@@ -54,6 +54,7 @@ UNBOUND = "unbound_token"
 CERTIFICATE_MISSING = "certificate_missing"
 CERTIFICATE_MISMATCH = "certificate_mismatch"
 REVOKED = "revoked"
+DELEGATION_NOT_ALLOWED = "delegation_not_allowed"
 KEYS_STALE = "keys_stale"
 REVOCATIONS_STALE = "revocations_stale"
 
@@ -199,7 +200,8 @@ class Verifier:
                  require_binding=False, leeway=_tok.DEFAULT_LEEWAY, min_refetch_interval=DEFAULT_MIN_REFETCH,
                  max_staleness=DEFAULT_MAX_STALENESS, revocations=None, skip_revocations=False,
                  max_cached_tokens=DEFAULT_MAX_CACHED_TOKENS,
-                 trusted_proxies=None, ca_file=None, session=None, http=None, clock=time.time):
+                 trusted_proxies=None, ca_file=None, session=None, http=None, clock=time.time,
+                 max_delegation_depth=0, allowed_actors=None):
         if not audience and not allow_any_audience:
             raise ValueError("meshauth verify: set audience to the name callers use for this service (a token "
                              "minted for another service must not be accepted here), or allow_any_audience=True")
@@ -216,6 +218,10 @@ class Verifier:
         self.min_refetch_interval = min_refetch_interval if min_refetch_interval > 0 else DEFAULT_MIN_REFETCH
         self.max_staleness = max(max_staleness, 0.0)
         self.trusted_proxies = trusted_proxies
+        # As meshtoken's MaxDelegationDepth (0: any, negative: none) and
+        # AllowedActors (None: any).
+        self.max_delegation_depth = max_delegation_depth
+        self.allowed_actors = None if allowed_actors is None else frozenset(allowed_actors)
         self.clock = clock
         self._http = http or _HTTP(session=session, ca_file=ca_file)
         self._keys_fetch = _BackgroundFetch()
@@ -332,6 +338,7 @@ class Verifier:
             raise VerifyError(CERTIFICATE_MISSING, "token is bound to a client certificate, but none was presented")
         elif not hmac.compare_digest(thumbprint.encode(), claims.thumbprint.encode()):
             raise VerifyError(CERTIFICATE_MISMATCH, "token is bound to another client certificate")
+        self._check_delegation(claims)
         self._check_revoked(claims)
         return claims
 
@@ -428,6 +435,17 @@ class Verifier:
             raise TokenError(_tok.MALFORMED, "key set is past max_staleness: %s" % e)
         return k
 
+    def _check_delegation(self, c):
+        if not c.actors:
+            return
+        depth = self.max_delegation_depth
+        if depth < 0:
+            raise VerifyError(DELEGATION_NOT_ALLOWED, "this verifier accepts no delegated tokens")
+        if depth > 0 and len(c.actors) > depth:
+            raise VerifyError(DELEGATION_NOT_ALLOWED, "the actor chain is longer than allowed")
+        if self.allowed_actors is not None and any(a not in self.allowed_actors for a in c.actors):
+            raise VerifyError(DELEGATION_NOT_ALLOWED, "an actor is not in allowed_actors")
+
     def _check_revoked(self, c):
         rc = self._revocations
         if rc is None:
@@ -451,6 +469,9 @@ class Verifier:
             raise VerifyError(REVOKED, "its signing key was removed")
         if c.id in f.tokens:
             raise VerifyError(REVOKED, "jti is revoked")
+        # An exchanged token ends with any token it was derived from.
+        if any(jti in f.tokens for jti in c.derived_from):
+            raise VerifyError(REVOKED, "it was exchanged from a revoked token")
         if c.bound and c.thumbprint in f.certificates:
             raise VerifyError(REVOKED, "its client certificate is revoked")
         service = c.service_name
@@ -458,4 +479,10 @@ class Verifier:
             raise VerifyError(REVOKED, "service is disabled")
         if service in f.services and f.services[service] != c.generation:
             raise VerifyError(REVOKED, "every token of the service issued before its last revoke")
+        # Each actor of an exchanged token, by the same rules.
+        for actor, gen in zip(c.actors, c.actor_gens):
+            if actor in f.disabled:
+                raise VerifyError(REVOKED, "an acting service is disabled")
+            if actor in f.services and f.services[actor] != gen:
+                raise VerifyError(REVOKED, "an acting service was revoked after the exchange")
 
