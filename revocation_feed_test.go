@@ -327,9 +327,14 @@ func TestRevocationFeedWorstCaseFitsVerifiers(t *testing.T) {
 		Services: map[string]meshtoken.FeedService{},
 		Disabled: map[string]int64{},
 		Keys:     map[string]int64{},
+
+		Certificates: map[string]int64{},
 	}
 	for i := range meshtoken.MaxRevokedTokens {
 		doc.Tokens[fmt.Sprintf("%026d", i)] = maxNumber
+	}
+	for i := range meshtoken.MaxRevokedCertificates {
+		doc.Certificates[fmt.Sprintf("%043d", i)] = maxNumber
 	}
 	for i := range meshtoken.MaxServiceNames {
 		name := fmt.Sprintf("%0*d", meshtoken.MaxServiceNameLength, i)

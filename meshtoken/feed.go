@@ -66,7 +66,7 @@ const (
 )
 
 // MaxFeedLength is the largest feed a Verifier reads: the engine's worst
-// case (at most 6,251,432 bytes: docs/token-rules.md) with room to spare, so no sequence of writes can grow
+// case (at most 7,144,789 bytes: docs/token-rules.md) with room to spare, so no sequence of writes can grow
 // the feed past what verifiers accept and make them fail closed.
 const MaxFeedLength = 8 << 20
 
