@@ -145,5 +145,24 @@ func ParseFeed(raw string, keys KeyFunc, issuer string) (*Feed, error) {
 	return f, nil
 }
 
+// Covers reports whether f lists every entry that earlier lists: each
+// revoked token, key and certificate, each disabled service, and each
+// service's revocation (its gen may have moved on). Within one step, where
+// iat does not tell renders apart, a later render covers an earlier one.
+func (f *Feed) Covers(earlier *Feed) bool {
+	return coversKeys(f.Tokens, earlier.Tokens) && coversKeys(f.Disabled, earlier.Disabled) &&
+		coversKeys(f.Keys, earlier.Keys) && coversKeys(f.Certificates, earlier.Certificates) &&
+		coversKeys(f.Services, earlier.Services)
+}
+
+func coversKeys[V any](later, earlier map[string]V) bool {
+	for k := range earlier {
+		if _, ok := later[k]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
 // Time is IssuedAt as a time.
 func (f *Feed) Time() time.Time { return time.Unix(f.IssuedAt, 0) }

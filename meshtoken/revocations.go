@@ -172,6 +172,15 @@ func (v *Verifier) fetchRevocations(ctx context.Context, start time.Time) (err e
 	if old != nil && feed.IssuedAt < old.feed.IssuedAt {
 		return fmt.Errorf("%w (iat %d, accepted %d)", ErrFeedRollback, feed.IssuedAt, old.feed.IssuedAt)
 	}
+	if old != nil && feed.IssuedAt == old.feed.IssuedAt && !feed.Covers(old.feed) {
+		// Within one step every render has the same iat, and entries only
+		// leave at a step boundary: a feed of the same iat that lacks an
+		// entry of the accepted one is an earlier render of the step (from
+		// a cache, a lagging node, or anyone on the path), and taking it
+		// would let a revoked token verify again. A service enabled again
+		// within the step stays refused until the next step's feed.
+		return fmt.Errorf("%w (iat %d, an earlier render of the same step)", ErrFeedRollback, feed.IssuedAt)
+	}
 	// Fetches run one at a time (backgroundFetch), so old is still the
 	// current copy here: nothing older can replace a newer one.
 	rs.list.Store(&revocationList{feed: feed, etag: resp.Header.Get("ETag"), issued: feed.Time(), freshUntil: start.Add(age)})

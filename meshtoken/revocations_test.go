@@ -279,6 +279,20 @@ func TestVerifierRefusesAnOlderFeed(t *testing.T) {
 	if _, err := v.Verify(t.Context(), revoked, nil); !errors.Is(err, ErrRevoked) {
 		t.Fatalf("after a rollback attempt the revoked token: %v", err)
 	}
+	// An earlier render of the same step: the same iat, without the
+	// revocation (found by the attacker's read of the feed: it was taken).
+	feed.set(t, j, kid, map[string]any{"iss": "meshauth", "iat": now.Unix()})
+	if err := v.fetchRevocations(t.Context(), now); !errors.Is(err, ErrFeedRollback) {
+		t.Fatalf("a same-iat feed without an accepted entry: %v; want ErrFeedRollback", err)
+	}
+	if _, err := v.Verify(t.Context(), revoked, nil); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("after a same-iat rollback attempt the revoked token: %v", err)
+	}
+	// A later render of the same step, with one more entry, is taken.
+	feed.set(t, j, kid, map[string]any{"iss": "meshauth", "iat": now.Unix(), "tokens": map[string]int64{"REVOKED": exp, "ALSO": exp}})
+	if err := v.fetchRevocations(t.Context(), now); err != nil {
+		t.Fatalf("a same-iat feed that covers the accepted one: %v", err)
+	}
 	// A feed served fresh but with an iat past MaxStaleness (+ leeway).
 	feed.set(t, j, kid, map[string]any{"iss": "meshauth", "iat": now.Add(time.Minute).Unix()})
 	if err := v.fetchRevocations(t.Context(), now); err != nil {

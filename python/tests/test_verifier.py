@@ -176,6 +176,15 @@ def test_feed_rollback_refused_and_stale_from_iat():
     with pytest.raises(ValueError, match="older than one already accepted"):
         v._fetch_feed(clock())
     assert reason(v, iss.token(jti="b")) == "revoked" and v.revocations_age() == clock() - now
+    # An earlier render of the same step (same iat, without the revocation)
+    # is refused too; a later one that covers the accepted feed is taken.
+    state["feed"] = iss.feed(iat=now)
+    with pytest.raises(ValueError, match="earlier render of the same step"):
+        v._fetch_feed(clock())
+    assert reason(v, iss.token(jti="b")) == "revoked"
+    state["feed"] = iss.feed(iat=now, tokens={"b": now + 600, "c": now + 600})
+    v._fetch_feed(clock())
+    assert reason(v, iss.token(jti="c")) == "revoked"
     # A feed whose iat is already past max_staleness is stale at once,
     # however recently it was fetched.
     state["feed"] = iss.feed(iat=now + 1)

@@ -572,6 +572,12 @@ class Feed:
 
     __slots__ = ("issuer", "iat", "tokens", "services", "disabled", "keys", "certificates")
 
+    def covers(self, earlier):
+        """meshtoken's Feed.Covers: whether this feed lists every entry the
+        earlier one lists (tokens, disabled, keys, certificates, services)."""
+        return all(set(getattr(earlier, m)) <= set(getattr(self, m))
+                   for m in ("tokens", "disabled", "keys", "certificates", "services"))
+
 
 def _int64(v):
     # A Go int64 field: an integer literal in range, or null (left 0).

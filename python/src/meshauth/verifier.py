@@ -422,6 +422,12 @@ class Verifier:
             # token cannot verify again.
             raise ValueError("meshauth verify: revocations feed is older than one already accepted "
                              "(iat %d, accepted %d)" % (feed.iat, old.feed.iat))
+        if old is not None and feed.iat == old.feed.iat and not feed.covers(old.feed):
+            # meshtoken: within one step every render has the same iat and
+            # entries only leave at a step boundary, so a same-iat feed that
+            # lacks an accepted entry is an earlier render of the step.
+            raise ValueError("meshauth verify: revocations feed is older than one already accepted "
+                             "(iat %d, an earlier render of the same step)" % feed.iat)
         # Fetches run one at a time (_BackgroundFetch), so old is still the
         # current copy here: nothing older can replace a newer one.
         self._feed = _Feed(feed, resp_headers.get("ETag", ""), start + age)
