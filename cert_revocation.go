@@ -980,7 +980,8 @@ func (b *backend) checkRevocation(t *serviceTrust, chain []*x509.Certificate, no
 	switch {
 	case errors.Is(err, errCertificateRevoked):
 		b.certRevocation.results.add(revocationResultRevoked)
-		go b.listRefusedCertificate(chain[0])
+		// Listed in the feed by the login, and only for a caller that also
+		// holds the service's API key (listRefusedCertificate).
 	case err != nil && t.revocation.failOpen:
 		b.certRevocation.results.add(revocationResultFailOpen)
 		b.Logger().Warn("login allowed without a current revocation answer (revocation_fail_open)", "error", err)
@@ -998,6 +999,14 @@ func (b *backend) checkRevocation(t *serviceTrust, chain []*x509.Certificate, no
 // tokens minted by a standby. The refused verdict is cached, and a listing
 // already as long is not written again, so a holder of a revoked key (the
 // TLS handshake proves possession) causes at most one write a minute.
+//
+// Only a login that presented the service's live API key lists it (the
+// login checks that first): a token bound to the certificate can exist only
+// for someone holding both. Without that rule, anyone controlling a CA one
+// service trusts could fill the mount-wide list (MaxRevokedCertificates)
+// with certificates no token was ever bound to, and push the genuine ones
+// out of offline verifiers' sight. A listing that already runs to within a
+// minute of the new end is not written again.
 func (b *backend) listRefusedCertificate(leaf *x509.Certificate) {
 	if !b.canWrite() || b.storageView == nil {
 		return
@@ -1006,7 +1015,12 @@ func (b *backend) listRefusedCertificate(leaf *x509.Certificate) {
 	defer cancel()
 	cfg, err := b.getConfig(ctx, b.storageView)
 	if err == nil {
-		err = b.certRevocation.listRevoked(ctx, b.storageView, certificateThumbprint(leaf), b.now().Add(cfg.MaxTTL))
+		x5t, until := certificateThumbprint(leaf), b.now().Add(cfg.MaxTTL)
+		listed, lerr := b.certRevocation.revokedCertificates(ctx, b.storageView)
+		if lerr == nil && listed[x5t].After(until.Add(-time.Minute)) {
+			return
+		}
+		err = b.certRevocation.listRevoked(ctx, b.storageView, x5t, until)
 	}
 	if err != nil {
 		b.Logger().Warn("could not list a revoked certificate in the feed", "x5t#S256", certificateThumbprint(leaf), "error", err)

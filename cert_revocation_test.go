@@ -426,6 +426,18 @@ func TestChainVerdictRacingARevocationChangeIsNotKept(t *testing.T) {
 func TestRefusedRevokedCertificateIsListedWithoutTracking(t *testing.T) {
 	e, ca, apiKey, conn, leaf := revSetup(t, "ocsp", nil)
 	ca.revoke(1001)
+	// Without the service's API key nothing is listed: otherwise anyone
+	// controlling a CA that one service trusts could fill the mount-wide
+	// list with certificates no token is bound to (attacker's read).
+	for range 3 {
+		if _, err := revLogin(t, e, "orders", "not-the-api-key", conn); !errors.Is(err, logical.ErrPermissionDenied) {
+			t.Fatalf("revoked, wrong key: %v", err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	if m, _ := e.b.certRevocation.revokedCertificates(t.Context(), e.storage); len(m) != 0 {
+		t.Fatalf("listed without the API key: %v", m)
+	}
 	if _, err := revLogin(t, e, "orders", apiKey, conn); !errors.Is(err, logical.ErrPermissionDenied) {
 		t.Fatalf("revoked: %v", err)
 	}

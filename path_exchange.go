@@ -148,6 +148,12 @@ func (b *backend) pathExchange(ctx context.Context, req *logical.Request, d *fra
 		return nil, exchangeRefusal("subject_token does not verify for service %q (reason %s)", name, v.reason)
 	}
 	sc := v.parsed.claims
+	if strings.HasPrefix(sc.Subject, spiffeScheme) {
+		// A JWT-SVID's sub would carry over: to a SPIFFE verifier, which
+		// reads neither act nor cnf, the exchanged token would be a plain
+		// JWT-SVID of the caller that the acting service obtained.
+		return nil, exchangeRefusal("subject_token is a JWT-SVID (sub %s); JWT-SVIDs are not exchanged, since SPIFFE verifiers read neither act nor cnf: exchange a token of a service with token_subject=name", sc.Subject)
+	}
 	depth := len(sc.Actors()) + 1
 	if depth > svc.entry.maxDelegationDepth() {
 		return nil, exchangeRefusal("the chain would have %d actors; service %q allows at most %d (max_delegation_depth)", depth, name, svc.entry.maxDelegationDepth())

@@ -448,3 +448,25 @@ func BenchmarkExchangeBesideLogin(b *testing.B) {
 func mtlsLoginB(b *testing.B, e *testEnv, s *meshService) (*logical.Response, error) {
 	return e.requestWith(b, logical.UpdateOperation, "login/"+s.name, map[string]any{"api_key": s.key}, s.conn)
 }
+
+// A JWT-SVID is not exchanged: to SPIFFE verifiers, which read neither act
+// nor cnf, the result would be a plain JWT-SVID of the caller (attacker's
+// read of the exchange).
+func TestExchangeRefusesJWTSVIDSubjects(t *testing.T) {
+	e, mesh := operatorEnv(t)
+	id := "spiffe://" + testTD + "/ns/shop/sa/caller"
+	key := e.register(t, "caller", map[string]any{"spiffe_ids": id, "token_subject": "spiffe_id", "default_audience": "payments", "allowed_audiences": "payments"})
+	resp, err := mtlsLogin(t, e, "caller", key, mesh.svidConn(t, svidOptions{uris: []string{id}}))
+	if err != nil || resp.IsError() {
+		t.Fatalf("login: %v %#v", err, resp)
+	}
+	svid := resp.Data["token"].(string)
+	leaf, leafKey, _ := mesh.issue(t, "payments", leafOptions{dns: []string{"payments.mesh"}})
+	payments := &meshService{
+		name: "payments",
+		key:  e.register(t, "payments", map[string]any{"ca_chain": mesh.pem, "hostnames": "payments.mesh", "exchange_audiences": "ledger"}),
+		conn: tlsConn(handshake(t, []*x509.Certificate{leaf}, leafKey)),
+	}
+	resp, err = exchange(t, e, payments, payments.conn, map[string]any{"subject_token": svid, "audience": "ledger"})
+	refusedWith(t, resp, err, "JWT-SVIDs are not exchanged")
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -291,6 +292,13 @@ func (b *backend) authenticateCaller(ctx context.Context, req *logical.Request, 
 			}
 		}
 		if failure, stored := authenticate(svc, apiKey, certErr, cfg, now); failure != "" {
+			if errors.Is(certErr, errCertificateRevoked) && svc != nil && len(chain) > 0 &&
+				matchAPIKey(svc.entry.APIKeys, apiKey, now, cfg.APIKeyMaxAge) {
+				// A revoked certificate whose holder also has the API key
+				// may have tokens bound to it: the feed lists it
+				// (cert_revocation.go).
+				go b.listRefusedCertificate(chain[0])
+			}
 			b.loginFailed(svc, name, who, key, failure, !stored, cfg, now)
 			return nil, errLoginRefused(req, name)
 		}
