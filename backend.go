@@ -98,6 +98,9 @@ type backend struct {
 	metrics *metrics
 	// adoption counts distinct fetchers of jwks holding the next key.
 	adoption *keyAdoption
+	// createLock serialises service creations from the name count
+	// (serviceRoom) to the write; taken after the service's own lock.
+	createLock sync.Mutex
 	// verifiedChains caches the result of verifying a presented client
 	// certificate chain, keyed by the SHA-256 of the whole chain.
 	verifiedChains *chainCache

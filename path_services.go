@@ -249,6 +249,11 @@ func (b *backend) pathServiceWrite(ctx context.Context, req *logical.Request, d 
 		return nil, err
 	}
 	if old == nil {
+		// One creation at a time, from the count to the write: the feed's
+		// size bound counts on MaxServiceNames, and per-name locks alone let
+		// concurrent creations of different names all pass the count.
+		b.createLock.Lock()
+		defer b.createLock.Unlock()
 		if msg, err := serviceRoom(ctx, req.Storage); err != nil || msg != "" {
 			if err != nil {
 				return nil, err

@@ -217,9 +217,9 @@ var maxServiceNames = meshtoken.MaxServiceNames
 // maxServiceNames names, registered or tombstoned: every such name may be
 // listed in the revocation feed, and this bound is what keeps the feed
 // within what every verifier reads (meshtoken.MaxFeedLength). Only creation
-// is refused; disabling, revoking and deleting never are. Two creations
-// racing past the count add at most one name each, well within the
-// headroom between the feed's worst case and MaxFeedLength.
+// is refused; disabling, revoking and deleting never are. Creations are
+// serialised from the count to the write (backend.createLock, on the node
+// that takes writes), so no race adds names past it.
 func serviceRoom(ctx context.Context, s logical.Storage) (string, error) {
 	live, err := s.List(ctx, storageServicePrefix)
 	if err != nil {

@@ -382,3 +382,30 @@ func TestServiceNamesAreBounded(t *testing.T) {
 	e.mustOK(t, logical.DeleteOperation, "services/a", nil)
 	e.mustOK(t, logical.UpdateOperation, "services/c", map[string]any{"token_ttl": "5m"})
 }
+
+// Concurrent creations of different names cannot race past the bound the
+// feed's size counts on (attacker's read: with per-name locks alone, 300
+// racing creations stored up to 50 names past a bound of 3).
+func TestServiceNameBoundHoldsUnderConcurrentCreations(t *testing.T) {
+	e := getTestBackend(t)
+	old := maxServiceNames
+	maxServiceNames = 3
+	t.Cleanup(func() { maxServiceNames = old })
+	e.register(t, "a", nil)
+	var wg sync.WaitGroup
+	for i := range 60 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = e.request(t, logical.CreateOperation, fmt.Sprintf("services/team-%d", i), map[string]any{})
+		}()
+	}
+	wg.Wait()
+	names, err := e.storage.List(t.Context(), storageServicePrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) != 3 {
+		t.Fatalf("%d service names stored; the bound is 3", len(names))
+	}
+}
