@@ -283,12 +283,14 @@ type revocationAnswer struct {
 	err   error
 }
 
-// crlSource is one CRL URL: the last good CRL and its fetch state.
-type crlSource struct {
-	url string
-	mu  sync.Mutex
-	crl *parsedCRL
-	// until is when crl stops counting (nextUpdate or the max age).
+// answerSource is one fetched revocation answer (the CRL of one URL, or the
+// OCSP answer for one issuer, serial and responder) and its fetch state:
+// one fetch at a time, a refresh at about half the answer's life, nothing
+// refreshed once idle. T is the parsed answer, nil until the first good one.
+type answerSource[T comparable] struct {
+	mu     sync.Mutex
+	answer T
+	// until is when answer stops counting (nextUpdate or the max age).
 	until time.Time
 	// inflight is closed when the running fetch ends; nil when none runs.
 	inflight chan struct{}
@@ -298,7 +300,17 @@ type crlSource struct {
 	maxAge   time.Duration
 	// span is how long the last good answer counted when fetched.
 	span time.Duration
+	// what names the source in errors and logs; failed is its results
+	// label when a fetch fails.
+	what, failed string
+	// ask fetches and validates one answer, and says its nextUpdate.
+	ask func(ctx context.Context, now time.Time) (T, time.Time, error)
+	// same reports whether a new answer says what the last one said.
+	same func(last, next T) bool
 }
+
+// crlSource is one CRL URL: the last good CRL and its fetch state.
+type crlSource = answerSource[*parsedCRL]
 
 // ocspKey names one OCSP answer: the issuing CA by key, the serial, and the
 // responder asked.
@@ -309,20 +321,7 @@ type ocspKey struct {
 }
 
 // ocspSource is one cached OCSP answer and its fetch state.
-type ocspSource struct {
-	key      ocspKey
-	cert     *x509.Certificate
-	issuer   *x509.Certificate
-	mu       sync.Mutex
-	resp     *ocsp.Response
-	until    time.Time
-	inflight chan struct{}
-	lastErr  error
-	lastUsed time.Time
-	timer    *time.Timer
-	maxAge   time.Duration
-	span     time.Duration
-}
+type ocspSource = answerSource[*ocsp.Response]
 
 // trackedCertificate is a certificate that logged in on this node, kept so
 // that a later revocation can list it in the feed.
@@ -510,27 +509,50 @@ func (r *certRevocation) crlSource(u string, maxAge time.Duration, now time.Time
 		if r.closed || len(r.crls) >= maxRevocationSources {
 			return nil
 		}
-		s = &crlSource{url: u, maxAge: maxAge}
+		s = &crlSource{
+			what: "CRL " + u, failed: revocationResultCRLFailed, maxAge: maxAge,
+			// The CRL is kept if it parses; its signature is checked per
+			// certificate, against the issuer in the verified chain.
+			ask: func(ctx context.Context, now time.Time) (*parsedCRL, time.Time, error) {
+				body, err := r.download(ctx, http.MethodGet, u, "", nil, maxCRLBytes)
+				if err != nil {
+					return nil, time.Time{}, err
+				}
+				c, err := parseCRL(body)
+				if err != nil {
+					return nil, time.Time{}, err
+				}
+				c.fetched = now
+				return c, c.list.NextUpdate, nil
+			},
+			same: func(last, next *parsedCRL) bool { return bytes.Equal(last.raw, next.raw) },
+		}
 		r.crls[u] = s
 	}
+	s.use(now, maxAge)
+	return s
+}
+
+// use records that a login asked the source now, under a policy of maxAge.
+func (s *answerSource[T]) use(now time.Time, maxAge time.Duration) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.lastUsed = now
 	if maxAge > 0 && (s.maxAge == 0 || maxAge < s.maxAge) {
 		s.maxAge = maxAge
 	}
-	s.mu.Unlock()
-	return s
 }
 
-// get returns the source's CRL and until when it counts. With none yet (or
-// one no longer counting) and fetch set, it waits for a fetch, started if
-// none runs.
-func (s *crlSource) get(ctx context.Context, r *certRevocation, now time.Time, fetch bool) (*parsedCRL, time.Time, error) {
+// get returns the source's answer and until when it counts. With none yet
+// (or one no longer counting) and fetch set, it waits for a fetch, started
+// if none runs.
+func (s *answerSource[T]) get(ctx context.Context, r *certRevocation, now time.Time, fetch bool) (T, time.Time, error) {
+	var none T
 	s.mu.Lock()
-	if s.crl != nil && now.Before(s.until) || !fetch {
-		c, until, err := s.crl, s.until, s.lastErr
+	if s.answer != none && now.Before(s.until) || !fetch {
+		a, until, err := s.answer, s.until, s.lastErr
 		s.mu.Unlock()
-		return c, until, err
+		return a, until, err
 	}
 	done := s.startLocked(r)
 	s.mu.Unlock()
@@ -540,11 +562,11 @@ func (s *crlSource) get(ctx context.Context, r *certRevocation, now time.Time, f
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.crl, s.until, s.lastErr
+	return s.answer, s.until, s.lastErr
 }
 
 // startLocked starts a fetch unless one runs, and returns its channel.
-func (s *crlSource) startLocked(r *certRevocation) chan struct{} {
+func (s *answerSource[T]) startLocked(r *certRevocation) chan struct{} {
 	if s.inflight != nil {
 		return s.inflight
 	}
@@ -554,29 +576,24 @@ func (s *crlSource) startLocked(r *certRevocation) chan struct{} {
 	return done
 }
 
-// fetch downloads the CRL once, keeps it if it parses (its signature is
-// checked per certificate, against the issuer in the verified chain), and
-// schedules the next refresh.
-func (s *crlSource) fetch(r *certRevocation, done chan struct{}) {
+// fetch asks once, keeps the answer only if it validates, and schedules
+// the next refresh.
+func (s *answerSource[T]) fetch(r *certRevocation, done chan struct{}) {
 	ctx, cancel := context.WithTimeout(context.Background(), revocationFetchTimeout)
 	defer cancel()
-	body, err := r.download(ctx, http.MethodGet, s.url, "", nil, maxCRLBytes)
-	var c *parsedCRL
-	if err == nil {
-		c, err = parseCRL(body)
-	}
 	now := r.b.now()
+	a, nextUpdate, err := s.ask(ctx, now)
+	var none T
 	s.mu.Lock()
 	changed := false
 	if err != nil {
-		s.lastErr = fmt.Errorf("CRL %s: %w", s.url, err)
-		r.results.add(revocationResultCRLFailed)
-		r.b.Logger().Warn("CRL fetch failed", "url", s.url, "error", err)
+		s.lastErr = fmt.Errorf("%s: %w", s.what, err)
+		r.results.add(s.failed)
+		r.b.Logger().Warn("revocation fetch failed", "source", s.what, "error", err)
 	} else {
-		c.fetched = now
-		changed = s.crl == nil || !bytes.Equal(s.crl.raw, c.raw)
-		s.crl, s.lastErr = c, nil
-		s.until = (&revocationPolicy{maxAge: s.maxAge}).answerLife(now, c.list.NextUpdate)
+		changed = s.answer == none || !s.same(s.answer, a)
+		s.answer, s.lastErr = a, nil
+		s.until = (&revocationPolicy{maxAge: s.maxAge}).answerLife(now, nextUpdate)
 		s.span = s.until.Sub(now)
 	}
 	next := refreshAt(now, s.until, err != nil)
@@ -584,7 +601,7 @@ func (s *crlSource) fetch(r *certRevocation, done chan struct{}) {
 	s.inflight = nil
 	close(done)
 	s.mu.Unlock()
-	r.schedule(idle, next.Sub(now), func(t *time.Timer) { s.setTimer(t) }, func() {
+	r.schedule(idle, next.Sub(now), s.setTimer, func() {
 		s.mu.Lock()
 		s.startLocked(r)
 		s.mu.Unlock()
@@ -594,7 +611,7 @@ func (s *crlSource) fetch(r *certRevocation, done chan struct{}) {
 	}
 }
 
-func (s *crlSource) setTimer(t *time.Timer) {
+func (s *answerSource[T]) setTimer(t *time.Timer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.timer = t
@@ -699,92 +716,31 @@ func (r *certRevocation) ocspSource(k ocspKey, cert, issuer *x509.Certificate, m
 		if r.closed || len(r.ocsps) >= maxRevocationSources {
 			return nil
 		}
-		s = &ocspSource{key: k, cert: cert, issuer: issuer, maxAge: maxAge}
+		s = &ocspSource{
+			what: "OCSP " + k.server + " serial " + k.serial, failed: revocationResultOCSPFailed, maxAge: maxAge,
+			// One POST (RFC 6960 appendix A); the answer is kept only if it
+			// validates.
+			ask: func(ctx context.Context, now time.Time) (*ocsp.Response, time.Time, error) {
+				req, err := ocsp.CreateRequest(cert, issuer, &ocsp.RequestOptions{Hash: crypto.SHA256})
+				if err != nil {
+					return nil, time.Time{}, err
+				}
+				body, err := r.download(ctx, http.MethodPost, k.server, "application/ocsp-request", req, maxOCSPBytes)
+				if err != nil {
+					return nil, time.Time{}, err
+				}
+				resp, err := validateOCSP(body, cert, issuer, now)
+				if err != nil {
+					return nil, time.Time{}, err
+				}
+				return resp, resp.NextUpdate, nil
+			},
+			same: func(last, next *ocsp.Response) bool { return last.Status == next.Status },
+		}
 		r.ocsps[k] = s
 	}
-	s.mu.Lock()
-	s.lastUsed = now
-	if maxAge > 0 && (s.maxAge == 0 || maxAge < s.maxAge) {
-		s.maxAge = maxAge
-	}
-	s.mu.Unlock()
+	s.use(now, maxAge)
 	return s
-}
-
-func (s *ocspSource) get(ctx context.Context, r *certRevocation, now time.Time, fetch bool) (*ocsp.Response, time.Time, error) {
-	s.mu.Lock()
-	if s.resp != nil && now.Before(s.until) || !fetch {
-		resp, until, err := s.resp, s.until, s.lastErr
-		s.mu.Unlock()
-		return resp, until, err
-	}
-	done := s.startLocked(r)
-	s.mu.Unlock()
-	select {
-	case <-done:
-	case <-ctx.Done():
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.resp, s.until, s.lastErr
-}
-
-func (s *ocspSource) startLocked(r *certRevocation) chan struct{} {
-	if s.inflight != nil {
-		return s.inflight
-	}
-	done := make(chan struct{})
-	s.inflight = done
-	go s.fetch(r, done)
-	return done
-}
-
-func (s *ocspSource) setTimer(t *time.Timer) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.timer = t
-}
-
-// fetch asks the responder once (POST, RFC 6960 appendix A) and keeps the
-// answer only if it validates.
-func (s *ocspSource) fetch(r *certRevocation, done chan struct{}) {
-	ctx, cancel := context.WithTimeout(context.Background(), revocationFetchTimeout)
-	defer cancel()
-	now := r.b.now()
-	var resp *ocsp.Response
-	req, err := ocsp.CreateRequest(s.cert, s.issuer, &ocsp.RequestOptions{Hash: crypto.SHA256})
-	if err == nil {
-		var body []byte
-		body, err = r.download(ctx, http.MethodPost, s.key.server, "application/ocsp-request", req, maxOCSPBytes)
-		if err == nil {
-			resp, err = validateOCSP(body, s.cert, s.issuer, now)
-		}
-	}
-	s.mu.Lock()
-	changed := false
-	if err != nil {
-		s.lastErr = fmt.Errorf("OCSP %s: %w", s.key.server, err)
-		r.results.add(revocationResultOCSPFailed)
-		r.b.Logger().Warn("OCSP request failed", "url", s.key.server, "serial", s.key.serial, "error", err)
-	} else {
-		changed = s.resp == nil || s.resp.Status != resp.Status
-		s.resp, s.lastErr = resp, nil
-		s.until = (&revocationPolicy{maxAge: s.maxAge}).answerLife(now, resp.NextUpdate)
-		s.span = s.until.Sub(now)
-	}
-	next := refreshAt(now, s.until, err != nil)
-	idle := isIdle(now, s.lastUsed, s.span)
-	s.inflight = nil
-	close(done)
-	s.mu.Unlock()
-	r.schedule(idle, next.Sub(now), s.setTimer, func() {
-		s.mu.Lock()
-		s.startLocked(r)
-		s.mu.Unlock()
-	})
-	if changed {
-		r.changed()
-	}
 }
 
 // validateOCSP parses a response for cert and checks what
