@@ -297,7 +297,7 @@ func (b *backend) authenticateCaller(ctx context.Context, req *logical.Request, 
 				// A revoked certificate whose holder also has the API key
 				// may have tokens bound to it: the feed lists it
 				// (cert_revocation.go).
-				go b.listRefusedCertificate(chain[0])
+				go b.listRefusedCertificate(chain[0]) //nolint:gosec // G118: the listing outlives the refused request on purpose, with its own timeout
 			}
 			b.loginFailed(svc, name, who, key, failure, !stored, cfg, now)
 			return nil, errLoginRefused(req, name)
