@@ -308,6 +308,18 @@ func (b *backend) delegationReason(ctx context.Context, s logical.Storage, c *me
 	return "", nil
 }
 
+// delegationDepthReason is verify's max_delegation_depth: a token with act
+// passes only when the caller of verify opted in with a depth at least its
+// chain's. Off by default, since whoever can write the acting service's
+// exchange_audiences could otherwise have it mint tokens in any caller's
+// name toward the verifying service.
+func delegationDepthReason(c *meshtoken.Claims, maxDepth int) string {
+	if n := len(c.Actors()); n > 0 && n > maxDepth {
+		return meshtoken.ReasonDelegationNotAllowed
+	}
+	return ""
+}
+
 // addActorsResponse adds verify's actors: an exchanged token's actor chain,
 // outermost (the service holding it) first; absent for a token from login.
 func addActorsResponse(data map[string]any, c *meshtoken.Claims) {

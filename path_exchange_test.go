@@ -161,14 +161,20 @@ func TestExchangeIssuesBoundDelegatedToken(t *testing.T) {
 		t.Errorf("exp %v after the subject's %v", p["exp"], o["exp"])
 	}
 	// verify shows the chain and checks the binding to payments.
-	ok, reason := e.verify(t, tok, map[string]any{"audience": "ledger", "certificate": pemCert(s["payments"].leaf.Raw)})
+	ok, reason := e.verify(t, tok, map[string]any{"audience": "ledger", "certificate": pemCert(s["payments"].leaf.Raw), "max_delegation_depth": 1})
 	if !ok {
 		t.Fatalf("verify with payments' certificate: %s", reason)
 	}
+	// Secure by default: verify refuses a token with act unless the caller
+	// opts in with max_delegation_depth.
+	if ok, reason := e.verify(t, tok, map[string]any{"audience": "ledger", "certificate": pemCert(s["payments"].leaf.Raw)}); ok || reason != meshtoken.ReasonDelegationNotAllowed {
+		t.Errorf("verify without max_delegation_depth: %v %s", ok, reason)
+	}
+	e.mustFail(t, logical.UpdateOperation, "verify", map[string]any{"token": tok, "max_delegation_depth": -1}, "max_delegation_depth must be")
 	if ok, reason := e.verify(t, tok, map[string]any{"certificate": pemCert(s["orders"].leaf.Raw)}); ok || reason != meshtoken.ReasonCertMismatch {
 		t.Errorf("verify with orders' certificate: %v %s", ok, reason)
 	}
-	vr := e.mustOK(t, logical.UpdateOperation, "verify", map[string]any{"token": tok})
+	vr := e.mustOK(t, logical.UpdateOperation, "verify", map[string]any{"token": tok, "max_delegation_depth": 1})
 	if got := vr.Data["actors"]; !equalStrings(got, []string{"payments"}) {
 		t.Errorf("verify actors %v", got)
 	}
@@ -335,7 +341,7 @@ func TestRevokingOriginalEndsExchanged(t *testing.T) {
 		}
 		return v
 	}
-	c, err := ledger(meshtoken.VerifierConfig{}).Verify(t.Context(), tok, s["payments"].leaf)
+	c, err := ledger(meshtoken.VerifierConfig{MaxDelegationDepth: 1}).Verify(t.Context(), tok, s["payments"].leaf)
 	if err != nil {
 		t.Fatalf("ledger with payments' certificate: %v", err)
 	}
@@ -349,21 +355,29 @@ func TestRevokingOriginalEndsExchanged(t *testing.T) {
 		t.Errorf("ledger with no certificate: %v", err)
 	}
 	// The Verifier's delegation options.
-	if _, err := ledger(meshtoken.VerifierConfig{AllowedActors: []string{"billing"}}).Verify(t.Context(), tok, s["payments"].leaf); !errors.Is(err, meshtoken.ErrDelegation) {
+	if _, err := ledger(meshtoken.VerifierConfig{MaxDelegationDepth: 1, AllowedActors: []string{"billing"}}).Verify(t.Context(), tok, s["payments"].leaf); !errors.Is(err, meshtoken.ErrDelegation) {
 		t.Errorf("actor not allowed: %v", err)
 	}
-	if _, err := ledger(meshtoken.VerifierConfig{AllowedActors: []string{"payments"}}).Verify(t.Context(), tok, s["payments"].leaf); err != nil {
+	if _, err := ledger(meshtoken.VerifierConfig{MaxDelegationDepth: 1, AllowedActors: []string{"payments"}}).Verify(t.Context(), tok, s["payments"].leaf); err != nil {
 		t.Errorf("allowed actor: %v", err)
 	}
-	if _, err := ledger(meshtoken.VerifierConfig{MaxDelegationDepth: -1}).Verify(t.Context(), tok, s["payments"].leaf); !errors.Is(err, meshtoken.ErrDelegation) {
-		t.Errorf("no delegation allowed: %v", err)
+	// Secure by default: without MaxDelegationDepth, even an allowed actor's
+	// token is refused.
+	for name, cfg := range map[string]meshtoken.VerifierConfig{
+		"default":             {},
+		"AllowedActors alone": {AllowedActors: []string{"payments"}},
+		"negative depth":      {MaxDelegationDepth: -1},
+	} {
+		if _, err := ledger(cfg).Verify(t.Context(), tok, s["payments"].leaf); !errors.Is(err, meshtoken.ErrDelegation) || meshtoken.ReasonOf(err) != meshtoken.ReasonDelegationNotAllowed {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 
 	e.mustOK(t, logical.UpdateOperation, "revoke", map[string]any{"token": orig})
 	if ok, reason := e.verify(t, tok, nil); ok || reason != reasonTokenRevoked {
 		t.Errorf("online verify after revoking the original: %v %s", ok, reason)
 	}
-	if _, err := ledger(meshtoken.VerifierConfig{}).Verify(t.Context(), tok, s["payments"].leaf); !errors.Is(err, meshtoken.ErrRevoked) {
+	if _, err := ledger(meshtoken.VerifierConfig{MaxDelegationDepth: 1}).Verify(t.Context(), tok, s["payments"].leaf); !errors.Is(err, meshtoken.ErrRevoked) {
 		t.Errorf("offline verify with a fresh feed after revoking the original: %v", err)
 	}
 }
@@ -393,7 +407,7 @@ func TestExchangedTokenEndsWithSubjectServiceAndActor(t *testing.T) {
 	offline := func() error {
 		v, err := meshtoken.NewVerifier(t.Context(), meshtoken.VerifierConfig{
 			JWKSURL: srv.URL + "/jwks", Issuer: "meshauth", Audience: "ledger", HTTPClient: srv.Client(),
-			Revocations: &meshtoken.RevocationConfig{},
+			Revocations: &meshtoken.RevocationConfig{}, MaxDelegationDepth: 1,
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -32,9 +32,16 @@ const MaxActorDepth = 8
 // actMembers are the members meshauth reads inside act.
 var actMembers = []string{"sub", "gen", ClaimActor}
 
+// ReasonDelegationNotAllowed is the reason of ErrDelegation, as online
+// verify reports it.
+const ReasonDelegationNotAllowed = "delegation_not_allowed"
+
 // ErrDelegation is returned by Verify for a delegated token (one with act)
-// that the Verifier's MaxDelegationDepth or AllowedActors refuse.
-var ErrDelegation = errors.New(errPrefix + "delegation chain not allowed here")
+// that the Verifier does not accept: MaxDelegationDepth is not set (a
+// verifier accepts delegated tokens only when it opts in), the chain is
+// longer, or AllowedActors refuses an actor. It is an *Error of reason
+// ReasonDelegationNotAllowed and wraps ErrInvalidToken.
+var ErrDelegation = refuse(ReasonDelegationNotAllowed, fmt.Errorf("%w: delegation chain not allowed here", ErrInvalidToken))
 
 // Actors returns the token's actor chain, outermost (the service that
 // holds the token and exchanged for it last) first, then the actors before
@@ -84,15 +91,18 @@ func (c *Claims) readDelegation(rc *registered) error {
 	return nil
 }
 
-// checkDelegation applies MaxDelegationDepth and AllowedActors.
+// checkDelegation applies MaxDelegationDepth and AllowedActors. Delegated
+// tokens are refused unless the verifier opts in: whoever may write the
+// acting service's exchange_audiences could otherwise let it mint tokens
+// in any caller's name toward this service.
 func (v *Verifier) checkDelegation(c *Claims) error {
 	if len(c.actors) == 0 {
 		return nil
 	}
 	switch depth := v.cfg.MaxDelegationDepth; {
-	case depth < 0:
-		return fmt.Errorf("%w: this verifier accepts no delegated tokens", ErrDelegation)
-	case depth > 0 && len(c.actors) > depth:
+	case depth <= 0:
+		return fmt.Errorf("%w: this verifier accepts no delegated tokens (set MaxDelegationDepth to accept them)", ErrDelegation)
+	case len(c.actors) > depth:
 		return fmt.Errorf("%w: %d actors, at most %d allowed", ErrDelegation, len(c.actors), depth)
 	}
 	if v.cfg.AllowedActors != nil {

@@ -16,6 +16,12 @@ func TestActorChain(t *testing.T) {
 		"act":                   map[string]any{"sub": "ledger", "act": map[string]any{"sub": "payments"}},
 		"meshauth_derived_from": []string{"J0", "J1"},
 	})
+	// Secure by default: a verifier that did not opt in (MaxDelegationDepth
+	// 0) refuses every token with act.
+	if _, err := v.Verify(t.Context(), tok, nil); !errors.Is(err, ErrDelegation) || !errors.Is(err, ErrInvalidToken) || ReasonOf(err) != ReasonDelegationNotAllowed {
+		t.Fatalf("delegated token without opting in: %v", err)
+	}
+	v.cfg.MaxDelegationDepth = 2
 	c, err := v.Verify(t.Context(), tok, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -302,15 +302,21 @@ def test_garbage_only_ever_refused():
 def test_exchanged_token_actors_and_derived_revocation():
     iss, clock = Issuer(), Clock()
     now = int(clock.t)
-    v, state, _ = make(iss, clock, feed=iss.feed(iat=now))
+    v, state, _ = make(iss, clock, feed=iss.feed(iat=now), max_delegation_depth=2)
     tok = iss.token(jti="x", act={"sub": "ledger", "act": {"sub": "payments"}}, meshauth_derived_from=["orig", "hop"])
+    # Secure by default: a verifier that does not opt in refuses act, even
+    # with every actor allowed.
+    v0, _, _ = make(iss, clock)
+    assert reason(v0, tok) == "delegation_not_allowed" and reason(v0, iss.token()) == ""
+    v0, _, _ = make(iss, clock, allowed_actors=["ledger", "payments"])
+    assert reason(v0, tok) == "delegation_not_allowed"
     c = v.verify(tok)
     assert c.actors == ("ledger", "payments") and c.derived_from == ("orig", "hop")
     assert "act" not in c.extra()
     assert reason(v, iss.token(act={"sub": "payments"})) == "malformed"  # no derived_from
     v2, _, _ = make(iss, clock, max_delegation_depth=1)
     assert reason(v2, tok) == "delegation_not_allowed"
-    v3, _, _ = make(iss, clock, allowed_actors=["ledger"])
+    v3, _, _ = make(iss, clock, allowed_actors=["ledger"], max_delegation_depth=2)
     assert reason(v3, tok) == "delegation_not_allowed"
     v4, _, _ = make(iss, clock, allowed_actors=["ledger", "payments"], max_delegation_depth=-1)
     assert reason(v4, tok) == "delegation_not_allowed" and reason(v4, iss.token()) == ""
