@@ -318,7 +318,9 @@ re-registered), delegation_not_allowed (a token with act, exchanged on a
 caller's behalf, while max_delegation_depth is 0, the default, or smaller
 than its chain: the verifying service opts in to delegated tokens). An
 exchanged token (exchange/<name>) also fails with token_revoked when any
-token it derives from (meshauth_derived_from) is revoked, and its answer
+token it derives from (meshauth_derived_from) is revoked, and with
+certificate_revoked when any certificate one of them was bound to
+(meshauth_derived_cnf) is revoked; its answer
 carries actors, the actor chain, outermost first.
 
 A JWT-SVID (a service with token_subject=spiffe_id) has the SPIFFE ID in sub

@@ -23,6 +23,14 @@ const (
 	// of them ends the derived token: online in verify, offline through the
 	// revocations feed, which lists revoked jtis.
 	ClaimDerivedFrom = "meshauth_derived_from"
+	// ClaimDerivedCnf lists, in the order of meshauth_derived_from, the
+	// x5t#S256 each of those tokens was bound to ("" for an unbound one).
+	// The exchanged token's own cnf is the acting service's certificate, so
+	// without it revoking the caller's certificate would not end what was
+	// exchanged from the caller's tokens; with it, online verify and the
+	// offline verifiers check every listed certificate against the revoked
+	// ones (the feed's certificates).
+	ClaimDerivedCnf = "meshauth_derived_cnf"
 )
 
 // MaxActorDepth bounds the act nesting Parse reads; the engine's
@@ -56,7 +64,12 @@ func (c *Claims) ActorGenerations() []string { return slices.Clone(c.actorGens) 
 // the original first; empty for a token issued at login.
 func (c *Claims) DerivedFrom() []string { return slices.Clone(c.derivedFrom) }
 
-// readDelegation reads act and meshauth_derived_from. act is read with
+// DerivedConfirmations returns the x5t#S256 of the certificate each token
+// of DerivedFrom was bound to, in the same order ("" for an unbound one);
+// empty for a token issued at login.
+func (c *Claims) DerivedConfirmations() []string { return slices.Clone(c.derivedCnf) }
+
+// readDelegation reads act, meshauth_derived_from and meshauth_derived_cnf. act is read with
 // exact member names (a map, not a struct, so "SUB" is not "sub", as for
 // every other JSON reader); a token with act carries one jti of
 // meshauth_derived_from per actor, as the engine writes them, and a token
@@ -87,7 +100,16 @@ func (c *Claims) readDelegation(rc *registered) error {
 	if len(rc.Derived) != len(c.actors) {
 		return fmt.Errorf("%s must list one jti per actor (%d actors, %d jtis)", ClaimDerivedFrom, len(c.actors), len(rc.Derived))
 	}
+	if len(rc.DerivedCnf) != len(c.actors) {
+		return fmt.Errorf("%s must list one x5t#S256 (or \"\") per actor (%d actors, %d entries)", ClaimDerivedCnf, len(c.actors), len(rc.DerivedCnf))
+	}
+	for _, t := range rc.DerivedCnf {
+		if t != "" && !IsThumbprint(t) {
+			return fmt.Errorf("%s entries must be x5t#S256 thumbprints or \"\"", ClaimDerivedCnf)
+		}
+	}
 	c.derivedFrom = rc.Derived
+	c.derivedCnf = rc.DerivedCnf
 	return nil
 }
 

@@ -481,6 +481,10 @@ class Verifier:
             raise VerifyError(REVOKED, "it was exchanged from a revoked token")
         if c.bound and c.thumbprint in f.certificates:
             raise VerifyError(REVOKED, "its client certificate is revoked")
+        # And with the certificate of any token it was exchanged from: the
+        # caller's certificate revocation ends what others obtained for it.
+        if any(t and t in f.certificates for t in c.derived_cnf):
+            raise VerifyError(REVOKED, "it was exchanged from a token bound to a revoked client certificate")
         service = c.service_name
         if service in f.disabled:
             raise VerifyError(REVOKED, "service is disabled")
