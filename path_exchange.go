@@ -214,6 +214,7 @@ type exchangedClaims struct {
 	Service     string                  `json:"meshauth_service,omitempty"`
 	Act         *actorClaim             `json:"act"`
 	DerivedFrom []string                `json:"meshauth_derived_from"`
+	DerivedCnf  []string                `json:"meshauth_derived_cnf"`
 }
 
 // mintExchanged signs the token exchange issues for actor from the verified
@@ -242,6 +243,9 @@ func mintExchanged(key *signingKey, cfg *configEntry, sc *meshtoken.Claims, acto
 		Service:     sc.Service,
 		Act:         act,
 		DerivedFrom: append(sc.DerivedFrom(), sc.ID),
+		// The certificate sc was bound to ("" if unbound), beside its jti:
+		// revoking it ends this token too, though cnf names the actor's.
+		DerivedCnf: append(sc.DerivedConfirmations(), subjectX5t(sc)),
 	}
 	payload, err := json.Marshal(claims)
 	if err != nil {
@@ -280,6 +284,14 @@ func mintExchanged(key *signingKey, cfg *configEntry, sc *meshtoken.Claims, acto
 	}, nil
 }
 
+// subjectX5t is the x5t#S256 the subject token is bound to, "" if unbound.
+func subjectX5t(sc *meshtoken.Claims) string {
+	if sc.Bound() {
+		return sc.Confirmation.X5tS256
+	}
+	return ""
+}
+
 // delegationReason is verify's check of an exchanged token beyond its own
 // jti: every token it was derived from is unrevoked, and every actor in its
 // chain is still the registration it was, enabled, in the epoch it had at
@@ -295,6 +307,18 @@ func (b *backend) delegationReason(ctx context.Context, s logical.Storage, c *me
 			return reasonTokenRevoked, nil
 		}
 	}
+	// A token it was exchanged from was bound to a certificate revoked
+	// since: the caller's certificate revocation ends what was obtained on
+	// its behalf, as its own tokens.
+	for _, x5t := range c.DerivedConfirmations() {
+		if x5t == "" {
+			continue
+		}
+		reason, err := b.certificateRevokedReason(ctx, s, x5t)
+		if err != nil || reason != "" {
+			return reason, err
+		}
+	}
 	gens := c.ActorGenerations()
 	for i, actor := range c.Actors() {
 		svc, err := b.getService(ctx, s, actor)
@@ -306,6 +330,18 @@ func (b *backend) delegationReason(ctx context.Context, s logical.Storage, c *me
 		}
 	}
 	return "", nil
+}
+
+// delegationDepthReason is verify's max_delegation_depth: a token with act
+// passes only when the caller of verify opted in with a depth at least its
+// chain's. Off by default, since whoever can write the acting service's
+// exchange_audiences could otherwise have it mint tokens in any caller's
+// name toward the verifying service.
+func delegationDepthReason(c *meshtoken.Claims, maxDepth int) string {
+	if n := len(c.Actors()); n > 0 && n > maxDepth {
+		return meshtoken.ReasonDelegationNotAllowed
+	}
+	return ""
 }
 
 // addActorsResponse adds verify's actors: an exchanged token's actor chain,
@@ -396,7 +432,9 @@ The issued token expires no later than subject_token and no later than a
 token of the acting service would; it carries the subject's extra claims,
 its gen (services/<subject>/revoke ends it) and meshauth_derived_from, the
 jti of every token it was exchanged from, so revoking any of them ends it:
-at once in verify, offline through the revocations feed. grant_type and
+at once in verify, offline through the revocations feed; and
+meshauth_derived_cnf, the x5t#S256 each of those was bound to ("" if
+unbound), so revoking the caller's certificate ends it the same way. grant_type and
 subject_token_type are optional and, when sent, must be the RFC 8693 values.
 An exchange never writes to storage.
 `

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -161,14 +162,20 @@ func TestExchangeIssuesBoundDelegatedToken(t *testing.T) {
 		t.Errorf("exp %v after the subject's %v", p["exp"], o["exp"])
 	}
 	// verify shows the chain and checks the binding to payments.
-	ok, reason := e.verify(t, tok, map[string]any{"audience": "ledger", "certificate": pemCert(s["payments"].leaf.Raw)})
+	ok, reason := e.verify(t, tok, map[string]any{"audience": "ledger", "certificate": pemCert(s["payments"].leaf.Raw), "max_delegation_depth": 1})
 	if !ok {
 		t.Fatalf("verify with payments' certificate: %s", reason)
 	}
+	// Secure by default: verify refuses a token with act unless the caller
+	// opts in with max_delegation_depth.
+	if ok, reason := e.verify(t, tok, map[string]any{"audience": "ledger", "certificate": pemCert(s["payments"].leaf.Raw)}); ok || reason != meshtoken.ReasonDelegationNotAllowed {
+		t.Errorf("verify without max_delegation_depth: %v %s", ok, reason)
+	}
+	e.mustFail(t, logical.UpdateOperation, "verify", map[string]any{"token": tok, "max_delegation_depth": -1}, "max_delegation_depth must be")
 	if ok, reason := e.verify(t, tok, map[string]any{"certificate": pemCert(s["orders"].leaf.Raw)}); ok || reason != meshtoken.ReasonCertMismatch {
 		t.Errorf("verify with orders' certificate: %v %s", ok, reason)
 	}
-	vr := e.mustOK(t, logical.UpdateOperation, "verify", map[string]any{"token": tok})
+	vr := e.mustOK(t, logical.UpdateOperation, "verify", map[string]any{"token": tok, "max_delegation_depth": 1})
 	if got := vr.Data["actors"]; !equalStrings(got, []string{"payments"}) {
 		t.Errorf("verify actors %v", got)
 	}
@@ -335,7 +342,7 @@ func TestRevokingOriginalEndsExchanged(t *testing.T) {
 		}
 		return v
 	}
-	c, err := ledger(meshtoken.VerifierConfig{}).Verify(t.Context(), tok, s["payments"].leaf)
+	c, err := ledger(meshtoken.VerifierConfig{MaxDelegationDepth: 1}).Verify(t.Context(), tok, s["payments"].leaf)
 	if err != nil {
 		t.Fatalf("ledger with payments' certificate: %v", err)
 	}
@@ -349,21 +356,29 @@ func TestRevokingOriginalEndsExchanged(t *testing.T) {
 		t.Errorf("ledger with no certificate: %v", err)
 	}
 	// The Verifier's delegation options.
-	if _, err := ledger(meshtoken.VerifierConfig{AllowedActors: []string{"billing"}}).Verify(t.Context(), tok, s["payments"].leaf); !errors.Is(err, meshtoken.ErrDelegation) {
+	if _, err := ledger(meshtoken.VerifierConfig{MaxDelegationDepth: 1, AllowedActors: []string{"billing"}}).Verify(t.Context(), tok, s["payments"].leaf); !errors.Is(err, meshtoken.ErrDelegation) {
 		t.Errorf("actor not allowed: %v", err)
 	}
-	if _, err := ledger(meshtoken.VerifierConfig{AllowedActors: []string{"payments"}}).Verify(t.Context(), tok, s["payments"].leaf); err != nil {
+	if _, err := ledger(meshtoken.VerifierConfig{MaxDelegationDepth: 1, AllowedActors: []string{"payments"}}).Verify(t.Context(), tok, s["payments"].leaf); err != nil {
 		t.Errorf("allowed actor: %v", err)
 	}
-	if _, err := ledger(meshtoken.VerifierConfig{MaxDelegationDepth: -1}).Verify(t.Context(), tok, s["payments"].leaf); !errors.Is(err, meshtoken.ErrDelegation) {
-		t.Errorf("no delegation allowed: %v", err)
+	// Secure by default: without MaxDelegationDepth, even an allowed actor's
+	// token is refused.
+	for name, cfg := range map[string]meshtoken.VerifierConfig{
+		"default":             {},
+		"AllowedActors alone": {AllowedActors: []string{"payments"}},
+		"negative depth":      {MaxDelegationDepth: -1},
+	} {
+		if _, err := ledger(cfg).Verify(t.Context(), tok, s["payments"].leaf); !errors.Is(err, meshtoken.ErrDelegation) || meshtoken.ReasonOf(err) != meshtoken.ReasonDelegationNotAllowed {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 
 	e.mustOK(t, logical.UpdateOperation, "revoke", map[string]any{"token": orig})
 	if ok, reason := e.verify(t, tok, nil); ok || reason != reasonTokenRevoked {
 		t.Errorf("online verify after revoking the original: %v %s", ok, reason)
 	}
-	if _, err := ledger(meshtoken.VerifierConfig{}).Verify(t.Context(), tok, s["payments"].leaf); !errors.Is(err, meshtoken.ErrRevoked) {
+	if _, err := ledger(meshtoken.VerifierConfig{MaxDelegationDepth: 1}).Verify(t.Context(), tok, s["payments"].leaf); !errors.Is(err, meshtoken.ErrRevoked) {
 		t.Errorf("offline verify with a fresh feed after revoking the original: %v", err)
 	}
 }
@@ -393,7 +408,7 @@ func TestExchangedTokenEndsWithSubjectServiceAndActor(t *testing.T) {
 	offline := func() error {
 		v, err := meshtoken.NewVerifier(t.Context(), meshtoken.VerifierConfig{
 			JWKSURL: srv.URL + "/jwks", Issuer: "meshauth", Audience: "ledger", HTTPClient: srv.Client(),
-			Revocations: &meshtoken.RevocationConfig{},
+			Revocations: &meshtoken.RevocationConfig{}, MaxDelegationDepth: 1,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -469,4 +484,64 @@ func TestExchangeRefusesJWTSVIDSubjects(t *testing.T) {
 	}
 	resp, err = exchange(t, e, payments, payments.conn, map[string]any{"subject_token": svid, "audience": "ledger"})
 	refusedWith(t, resp, err, "JWT-SVIDs are not exchanged")
+}
+
+// Revoking the caller's certificate ends the tokens exchanged from its
+// tokens, online and offline, though their cnf is the actor's certificate:
+// the exchanged token lists the subject token's certificate in
+// meshauth_derived_cnf.
+func TestRevokingCallerCertificateEndsExchanged(t *testing.T) {
+	e, s := exchangeEnv(t)
+	t.Cleanup(func() { e.b.certRevocation.stop() })
+	ca := newRevCA(t, "orders-ca")
+	ca.crlLife = 2 * time.Second // refreshed after about a second
+	leaf, key := ca.issueLeaf(t, 1001)
+	e.mustOK(t, logical.UpdateOperation, "services/orders", map[string]any{
+		"ca_chain": ca.pem, "hostnames": "orders.internal", "revocation_check": "crl",
+	})
+	s["orders"].leaf, s["orders"].conn = leaf, tlsConn(handshake(t, []*x509.Certificate{leaf}, key))
+	orig := loginAs(t, e, s["orders"], nil)
+	resp, err := exchange(t, e, s["payments"], s["payments"].conn, map[string]any{"subject_token": orig, "audience": "ledger"})
+	if err != nil || resp.IsError() {
+		t.Fatalf("exchange: %v %#v", err, resp)
+	}
+	tok := resp.Data["token"].(string)
+	x5t := certificateThumbprint(leaf)
+	if d, _ := payloadOf(t, tok)[meshtoken.ClaimDerivedCnf].([]any); len(d) != 1 || d[0] != x5t {
+		t.Fatalf("%s %v; want [%s]", meshtoken.ClaimDerivedCnf, d, x5t)
+	}
+	srv := engineFeed(t, e)
+	offline := func() error {
+		v, err := meshtoken.NewVerifier(t.Context(), meshtoken.VerifierConfig{
+			JWKSURL: srv.URL + "/jwks", Issuer: "meshauth", Audience: "ledger", HTTPClient: srv.Client(),
+			Revocations: &meshtoken.RevocationConfig{}, MaxDelegationDepth: 1, RequireBinding: true,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = v.Verify(t.Context(), tok, s["payments"].leaf)
+		return err
+	}
+	if ok, reason := e.verify(t, tok, map[string]any{"max_delegation_depth": 1}); !ok {
+		t.Fatalf("online before the revocation: %s", reason)
+	}
+	if err := offline(); err != nil {
+		t.Fatalf("offline before the revocation: %v", err)
+	}
+	ca.revoke(1001)
+	waitFor(t, "orders' login refused after its certificate's revocation", func() bool {
+		_, err := e.requestWith(t, logical.UpdateOperation, "login/orders", map[string]any{"api_key": s["orders"].key}, s["orders"].conn)
+		return errors.Is(err, logical.ErrPermissionDenied)
+	})
+	waitFor(t, "the exchanged token refused online", func() bool {
+		ok, reason := e.verify(t, tok, map[string]any{"max_delegation_depth": 1})
+		return !ok && reason == reasonCertificateRevoked
+	})
+	if err := offline(); !errors.Is(err, meshtoken.ErrRevoked) {
+		t.Errorf("offline with a fresh feed after the caller's certificate was revoked: %v", err)
+	}
+	// Nor can payments exchange it onward.
+	e.mustOK(t, logical.UpdateOperation, "services/ledger", map[string]any{"exchange_audiences": "payments", "max_delegation_depth": 2})
+	resp, err = exchange(t, e, s["ledger"], s["ledger"].conn, map[string]any{"subject_token": tok, "audience": "payments"})
+	refusedWith(t, resp, err, reasonCertificateRevoked)
 }

@@ -105,7 +105,7 @@ func serviceFields() map[string]*framework.FieldSchema {
 		},
 		"claims": {
 			Type:        framework.TypeKVPairs,
-			Description: "Extra string claims put into every token of the service. Names that are, or fold to (any case, Unicode folding), a registered claim (iss, sub, aud, exp, nbf, iat, jti, cnf, gen, meshauth_service, act, meshauth_derived_from) or a JOSE header name (alg, kid, typ, crit, ...) are refused, as are claims that could make a token exceed 16 KiB.",
+			Description: "Extra string claims put into every token of the service. Names that are, or fold to (any case, Unicode folding), a registered claim (iss, sub, aud, exp, nbf, iat, jti, cnf, gen, meshauth_service, act, meshauth_derived_from, meshauth_derived_cnf) or a JOSE header name (alg, kid, typ, crit, ...) are refused, as are claims that could make a token exceed 16 KiB.",
 		},
 		"disabled": {
 			Type:        framework.TypeBool,

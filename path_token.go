@@ -3,6 +3,7 @@ package meshauth
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,6 +37,10 @@ func pathToken(b *backend) []*framework.Path {
 				"require_binding": {
 					Type:        framework.TypeBool,
 					Description: "Refuse tokens that carry no cnf.x5t#S256 binding (reason unbound_token). Default: false.",
+				},
+				"max_delegation_depth": {
+					Type:        framework.TypeInt,
+					Description: "Accept exchanged (delegated) tokens, those carrying act, with at most this many actors. 0 (the default) refuses every token with act (reason delegation_not_allowed): the receiving service opts in to tokens another service obtained on a caller's behalf. 0 to " + strconv.Itoa(meshtoken.MaxActorDepth) + ".",
 				},
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
@@ -190,12 +195,20 @@ func (b *backend) pathVerify(ctx context.Context, req *logical.Request, d *frame
 	if msg != "" {
 		return logical.ErrorResponse(msg), nil
 	}
+	maxDepth := d.Get("max_delegation_depth").(int)
+	if maxDepth < 0 || maxDepth > meshtoken.MaxActorDepth {
+		return logical.ErrorResponse(fmt.Sprintf("max_delegation_depth must be 0 (no delegated tokens) to %d", meshtoken.MaxActorDepth)), nil
+	}
 	v, err := b.verifyToken(ctx, req.Storage, raw, d.Get("audience").(string))
 	if err != nil {
 		return nil, err
 	}
 	if v.reason == "" {
 		v.reason = meshtoken.ReasonOf(binding.Check(v.parsed.claims))
+	}
+	if v.reason == "" {
+		// The receiving service opts in to delegated tokens (path_exchange.go).
+		v.reason = delegationDepthReason(v.parsed.claims, maxDepth)
 	}
 	if v.reason == "" && v.parsed.claims.Bound() {
 		// A token bound to a certificate revoked since (cert_revocation.go).
@@ -301,9 +314,14 @@ JWT-SVID's service no longer gets SPIFFE subjects in config trust_domain),
 certificate_revoked (the token is bound to a client certificate found revoked
 after it logged in; see revocation_check), actor_withdrawn (an exchanged
 token whose acting service was since disabled, revoked, deleted or
-re-registered). An exchanged token (exchange/<name>) also fails with
-token_revoked when any token it derives from (meshauth_derived_from) is
-revoked, and its answer carries actors, the actor chain, outermost first.
+re-registered), delegation_not_allowed (a token with act, exchanged on a
+caller's behalf, while max_delegation_depth is 0, the default, or smaller
+than its chain: the verifying service opts in to delegated tokens). An
+exchanged token (exchange/<name>) also fails with token_revoked when any
+token it derives from (meshauth_derived_from) is revoked, and with
+certificate_revoked when any certificate one of them was bound to
+(meshauth_derived_cnf) is revoked; its answer
+carries actors, the actor chain, outermost first.
 
 A JWT-SVID (a service with token_subject=spiffe_id) has the SPIFFE ID in sub
 and names its service in meshauth_service; it is valid only while that

@@ -95,6 +95,7 @@ func TestTokenExchange(t *testing.T) {
 		DiscoveryURL:       issuer + "/.well-known/openid-configuration",
 		Audience:           "ledger",
 		RequireBinding:     true,
+		MaxDelegationDepth: 1, // ledger opts in to delegated tokens
 		AllowedActors:      []string{"payments"},
 		HTTPClient:         &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}},
 		MinRefetchInterval: time.Second,

@@ -124,7 +124,7 @@ var registeredClaims = [...]string{
 	ClaimIssuer, ClaimSubject, ClaimAudience, ClaimExpiry, ClaimNotBefore, ClaimIssuedAt,
 	ClaimID, ClaimConfirmation, ClaimGeneration, ClaimService,
 	// Written by token exchange (exchange.go).
-	ClaimActor, ClaimDerivedFrom,
+	ClaimActor, ClaimDerivedFrom, ClaimDerivedCnf,
 }
 
 // headerNames are the JOSE header parameters (RFC 7515 section 4.1): a
@@ -148,7 +148,7 @@ var reservedNames = append(RegisteredClaims(), headerNames[:]...)
 
 // ReservedNames returns the names no service-defined extra claim may take
 // in any spelling, a new slice each call: the registered claims (act and
-// meshauth_derived_from among them) and the JOSE header parameters (RFC 7515 section 4.1). Keeping header names out of
+// meshauth_derived_from and meshauth_derived_cnf among them) and the JOSE header parameters (RFC 7515 section 4.1). Keeping header names out of
 // the payload stops a token from seeming to carry header facts among its
 // claims.
 func ReservedNames() []string { return slices.Clone(reservedNames) }

@@ -8,6 +8,9 @@ import (
 	"testing"
 )
 
+// x5tOrders is a well-formed x5t#S256 (43 base64url characters).
+const x5tOrders = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+
 func TestActorChain(t *testing.T) {
 	j := newJWKSServer(t)
 	kid := j.addKey("ES256")
@@ -15,7 +18,14 @@ func TestActorChain(t *testing.T) {
 	tok := j.sign(t, kid, map[string]any{
 		"act":                   map[string]any{"sub": "ledger", "act": map[string]any{"sub": "payments"}},
 		"meshauth_derived_from": []string{"J0", "J1"},
+		"meshauth_derived_cnf":  []string{"", x5tOrders},
 	})
+	// Secure by default: a verifier that did not opt in (MaxDelegationDepth
+	// 0) refuses every token with act.
+	if _, err := v.Verify(t.Context(), tok, nil); !errors.Is(err, ErrDelegation) || !errors.Is(err, ErrInvalidToken) || ReasonOf(err) != ReasonDelegationNotAllowed {
+		t.Fatalf("delegated token without opting in: %v", err)
+	}
+	v.cfg.MaxDelegationDepth = 2
 	c, err := v.Verify(t.Context(), tok, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -26,6 +36,9 @@ func TestActorChain(t *testing.T) {
 	if got := c.DerivedFrom(); !slices.Equal(got, []string{"J0", "J1"}) {
 		t.Errorf("DerivedFrom %v", got)
 	}
+	if got := c.DerivedConfirmations(); !slices.Equal(got, []string{"", x5tOrders}) {
+		t.Errorf("DerivedConfirmations %v", got)
+	}
 	if _, ok := c.Extra()["act"]; ok {
 		t.Error("Extra holds act")
 	}
@@ -33,7 +46,10 @@ func TestActorChain(t *testing.T) {
 		"act without derived_from": {"act": map[string]any{"sub": "payments"}},
 		"act not an object":        {"act": "payments", "meshauth_derived_from": []string{"J0"}},
 		"ACT":                      {"ACT": map[string]any{"sub": "payments"}},
-		"act.SUB":                  {"act": map[string]any{"SUB": "payments"}, "meshauth_derived_from": []string{"J0"}},
+		"act.SUB":                  {"act": map[string]any{"SUB": "payments"}, "meshauth_derived_from": []string{"J0"}, "meshauth_derived_cnf": []string{""}},
+		"act without derived_cnf":  {"act": map[string]any{"sub": "payments"}, "meshauth_derived_from": []string{"J0"}},
+		"derived_cnf not x5t":      {"act": map[string]any{"sub": "payments"}, "meshauth_derived_from": []string{"J0"}, "meshauth_derived_cnf": []string{"orders"}},
+		"derived_cnf too long":     {"act": map[string]any{"sub": "payments"}, "meshauth_derived_from": []string{"J0"}, "meshauth_derived_cnf": []string{"", ""}},
 	} {
 		if _, err := v.Verify(t.Context(), j.sign(t, kid, mod), nil); !errors.Is(err, ErrInvalidToken) {
 			t.Errorf("%s: %v", name, err)

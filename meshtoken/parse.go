@@ -124,8 +124,9 @@ type Claims struct {
 	// KeyID is the kid of the key that verified the token.
 	KeyID string
 	// actors, actorGens and derivedFrom are act and meshauth_derived_from,
-	// read by Actors, ActorGenerations and DerivedFrom (exchange.go).
-	actors, actorGens, derivedFrom []string
+	// read by Actors, ActorGenerations and DerivedFrom (exchange.go);
+	// derivedCnf is meshauth_derived_cnf (DerivedConfirmations).
+	actors, actorGens, derivedFrom, derivedCnf []string
 	// raw is the token as verified, for TokenFromContext.
 	raw string
 	// Payload is the decoded claims segment, for Extra.
@@ -165,9 +166,10 @@ type registered struct {
 	Cnf *Confirmation `json:"cnf,omitempty"`
 	Gen string        `json:"gen,omitempty"`
 	Svc string        `json:"meshauth_service,omitempty"`
-	// Act and Derived are read by exchange.go.
-	Act     json.RawMessage `json:"act,omitempty"`
-	Derived []string        `json:"meshauth_derived_from,omitempty"`
+	// Act, Derived and DerivedCnf are read by exchange.go.
+	Act        json.RawMessage `json:"act,omitempty"`
+	Derived    []string        `json:"meshauth_derived_from,omitempty"`
+	DerivedCnf []string        `json:"meshauth_derived_cnf,omitempty"`
 }
 
 // Parse checks an untrusted token completely: its size and compact form, a

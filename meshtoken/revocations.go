@@ -245,6 +245,13 @@ func (v *Verifier) checkRevoked(ctx context.Context, c *Claims) error {
 			return fmt.Errorf("%w: its client certificate %s was revoked", ErrRevoked, c.Confirmation.X5tS256)
 		}
 	}
+	// And with the certificate of any token it was exchanged from: revoking
+	// the caller's certificate ends what others obtained on its behalf.
+	for _, x5t := range c.derivedCnf {
+		if _, ok := f.Certificates[x5t]; ok && x5t != "" {
+			return fmt.Errorf("%w: it was exchanged from a token bound to client certificate %s, which was revoked", ErrRevoked, x5t)
+		}
+	}
 	service := c.ServiceName()
 	if _, ok := f.Disabled[service]; ok {
 		return fmt.Errorf("%w: service %s is disabled", ErrRevoked, service)

@@ -105,9 +105,11 @@ type VerifierConfig struct {
 	// terminates mutual TLS does; nil trusts no one, and the headers are
 	// ignored.
 	TrustedProxies *TrustedProxies
-	// MaxDelegationDepth bounds the actor chain of an exchanged token
-	// (Claims.Actors): 0 accepts any depth the engine issued, a negative
-	// value refuses every delegated token (ErrDelegation).
+	// MaxDelegationDepth opts in to exchanged (delegated) tokens and bounds
+	// their actor chain (Claims.Actors): a token with act is accepted only
+	// with at most this many actors. 0 (the default) or a negative value
+	// refuses every delegated token (ErrDelegation): the receiving service
+	// decides whether others may act on a caller's behalf toward it.
 	MaxDelegationDepth int
 	// AllowedActors, when non-nil, lists the services that may act on a
 	// caller's behalf: a delegated token naming any other actor anywhere in

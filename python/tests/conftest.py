@@ -37,6 +37,9 @@ def verifier_for(doc, **kw):
         "https://v/revocations": (200, {"Cache-Control": "max-age=3600"}, doc["feed"].encode()),
     })
     kw.setdefault("revocations", RevocationConfig(max_staleness=10 ** 9))
+    # The vectors' verdicts on tokens with act are those of a verifier that
+    # opts in to delegated tokens.
+    kw.setdefault("max_delegation_depth", doc.get("max_delegation_depth", 0))
     return Verifier(jwks_url="https://v/jwks", issuer=doc["issuer"], audience=doc["audience"], http=http,
                     max_cached_tokens=0, **kw)
 

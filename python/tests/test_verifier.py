@@ -299,18 +299,49 @@ def test_garbage_only_ever_refused():
             pass
 
 
+ORDERS_X5T = "A" * 43
+
+
+def test_exchanged_token_ends_with_callers_revoked_certificate():
+    # Revoking the caller's certificate ends the token exchanged from its
+    # token, though the exchanged token's cnf is the actor's certificate.
+    iss, clock = Issuer(), Clock()
+    now = int(clock.t)
+    v, state, _ = make(iss, clock, feed=iss.feed(iat=now), max_delegation_depth=1)
+    tok = iss.token(jti="x", act={"sub": "payments"}, meshauth_derived_from=["orig"],
+                    meshauth_derived_cnf=[ORDERS_X5T])
+    assert reason(v, tok) == ""
+    state["feed"] = iss.feed(iat=now + 3, certificates={ORDERS_X5T: now + 600})
+    clock.t += 6
+    reason(v, tok)
+    v._feed_fetch._running and v._feed_fetch._running.wait(2)
+    assert reason(v, tok) == "revoked"
+
+
 def test_exchanged_token_actors_and_derived_revocation():
     iss, clock = Issuer(), Clock()
     now = int(clock.t)
-    v, state, _ = make(iss, clock, feed=iss.feed(iat=now))
-    tok = iss.token(jti="x", act={"sub": "ledger", "act": {"sub": "payments"}}, meshauth_derived_from=["orig", "hop"])
+    v, state, _ = make(iss, clock, feed=iss.feed(iat=now), max_delegation_depth=2)
+    tok = iss.token(jti="x", act={"sub": "ledger", "act": {"sub": "payments"}}, meshauth_derived_from=["orig", "hop"],
+                    meshauth_derived_cnf=["", ORDERS_X5T])
+    # Secure by default: a verifier that does not opt in refuses act, even
+    # with every actor allowed.
+    v0, _, _ = make(iss, clock)
+    assert reason(v0, tok) == "delegation_not_allowed" and reason(v0, iss.token()) == ""
+    v0, _, _ = make(iss, clock, allowed_actors=["ledger", "payments"])
+    assert reason(v0, tok) == "delegation_not_allowed"
     c = v.verify(tok)
     assert c.actors == ("ledger", "payments") and c.derived_from == ("orig", "hop")
+    assert c.derived_cnf == ("", ORDERS_X5T)
+    one = {"act": {"sub": "payments"}, "meshauth_derived_from": ["orig"]}
+    assert reason(v, iss.token(**one)) == "malformed"  # no derived_cnf
+    assert reason(v, iss.token(meshauth_derived_cnf=["orders"], **one)) == "malformed"  # not an x5t#S256
+    assert reason(v, iss.token(meshauth_derived_cnf=["", ""], **one)) == "malformed"  # one per actor
     assert "act" not in c.extra()
     assert reason(v, iss.token(act={"sub": "payments"})) == "malformed"  # no derived_from
     v2, _, _ = make(iss, clock, max_delegation_depth=1)
     assert reason(v2, tok) == "delegation_not_allowed"
-    v3, _, _ = make(iss, clock, allowed_actors=["ledger"])
+    v3, _, _ = make(iss, clock, allowed_actors=["ledger"], max_delegation_depth=2)
     assert reason(v3, tok) == "delegation_not_allowed"
     v4, _, _ = make(iss, clock, allowed_actors=["ledger", "payments"], max_delegation_depth=-1)
     assert reason(v4, tok) == "delegation_not_allowed" and reason(v4, iss.token()) == ""

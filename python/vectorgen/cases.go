@@ -200,8 +200,9 @@ func (fx *fixture) vectors() (*File, error) {
 	rcnf := `{"x5t#S256":` + q(fx.x5t("revoked")) + `}`
 	add("bound to a revoked certificate", fx.tok("ed", edH, claims(fx.base(`"cnf"`, rcnf)...)), "revoked", "revoked")
 
-	// Token exchange (RFC 8693): act and meshauth_derived_from.
-	deleg := func(act, derived string) string {
+	// Token exchange (RFC 8693): act, meshauth_derived_from and
+	// meshauth_derived_cnf.
+	delegCnf := func(act, derived, cnf string) string {
 		m := fx.base()
 		if act != "" {
 			m = append(m, `"act"`, act)
@@ -209,7 +210,20 @@ func (fx *fixture) vectors() (*File, error) {
 		if derived != "" {
 			m = append(m, `"meshauth_derived_from"`, derived)
 		}
+		if cnf != "" {
+			m = append(m, `"meshauth_derived_cnf"`, cnf)
+		}
 		return fx.tok("ed", edH, claims(m...))
+	}
+	// deleg gives meshauth_derived_cnf one "" (an unbound subject token) per
+	// entry of a derived list, as the engine writes it.
+	deleg := func(act, derived string) string {
+		var list []json.RawMessage
+		cnf := ""
+		if json.Unmarshal([]byte(derived), &list) == nil && list != nil {
+			cnf = "[" + strings.TrimSuffix(strings.Repeat(`"",`, len(list)), ",") + "]"
+		}
+		return delegCnf(act, derived, cnf)
 	}
 	nested := `{"sub":"a0"}`
 	for i := 1; i <= 8; i++ {
@@ -239,6 +253,17 @@ func (fx *fixture) vectors() (*File, error) {
 	add("act gen a number", deleg(`{"sub":"payments","gen":1}`, `["jti-orig"]`), "", "malformed")
 	add("act gen null", deleg(`{"sub":"payments","gen":null}`, `["jti-orig"]`), "", "")
 	add("act member spelled GEN", deleg(`{"sub":"payments","GEN":"g"}`, `["jti-orig"]`), "", "ambiguous_claims")
+	ocnf := q(fx.x5t("orders"))
+	add("exchanged from a bound token", delegCnf(`{"sub":"payments"}`, `["jti-orig"]`, `[`+ocnf+`]`), "", "")
+	add("exchanged from a token bound to a revoked certificate", delegCnf(`{"sub":"payments"}`, `["jti-orig"]`, `[`+q(fx.x5t("revoked"))+`]`), "", "revoked")
+	add("earlier hop bound to a revoked certificate", delegCnf(`{"sub":"ledger","act":{"sub":"payments"}}`, `["jti-orig","jti-hop"]`, `[`+q(fx.x5t("revoked"))+`,`+ocnf+`]`), "", "revoked")
+	add("act without derived_cnf", delegCnf(`{"sub":"payments"}`, `["jti-orig"]`, ""), "", "malformed")
+	add("derived_cnf longer than act", delegCnf(`{"sub":"payments"}`, `["jti-orig"]`, `["",""]`), "", "malformed")
+	add("derived_cnf not a thumbprint", delegCnf(`{"sub":"payments"}`, `["jti-orig"]`, `["orders"]`), "", "malformed")
+	add("derived_cnf a string", delegCnf(`{"sub":"payments"}`, `["jti-orig"]`, `""`), "", "malformed")
+	add("derived_cnf with null", delegCnf(`{"sub":"payments"}`, `["jti-orig"]`, `[null]`), "", "")
+	add("derived_cnf without act", delegCnf("", "", `[""]`), "", "malformed")
+	add("DERIVED_CNF spelled differently", fx.tok("ed", edH, claims(append(fx.base(), `"MESHAUTH_DERIVED_CNF"`, `[""]`)...)), "", "ambiguous_claims")
 	add("ACT spelled differently", fx.tok("ed", edH, claims(append(fx.base(), `"ACT"`, `{"sub":"payments"}`)...)), "", "ambiguous_claims")
 
 	f.Feeds = fx.feedVectors()
@@ -317,7 +342,7 @@ var (
 	oddNames = []string{
 		`"sub"`, `"SUB"`, `"Sub"`, `"ſub"`, `"\u017fub"`, `"\u0073ub"`, `"su\u0062"`, `"iss"`, `"ISS"`, `"iſs"`, `"aud"`, `"AUD"`,
 		`"exp"`, `"EXP"`, `"nbf"`, `"iat"`, `"jti"`, `"JTI"`, `"cnf"`, `"CNF"`, `"gen"`, `"GEN"`, `"meshauth_service"`,
-		`"meshauth_ſervice"`, `"act"`, `"ACT"`, `"meshauth_derived_from"`, `"kid"`, `"\u212aid"`, `"x"`, `"X"`, `"\ud800"`, `"\udc00"`, `"\ufffd"`, "\"\xff\"", "\"\xed\xa0\x80\"",
+		`"meshauth_ſervice"`, `"act"`, `"ACT"`, `"meshauth_derived_from"`, `"meshauth_derived_cnf"`, `"kid"`, `"\u212aid"`, `"x"`, `"X"`, `"\ud800"`, `"\udc00"`, `"\ufffd"`, "\"\xff\"", "\"\xed\xa0\x80\"",
 		`"é"`, `"e\u0301"`, `"\u0000"`, `""`, `"team"`, `"Team"`, `"s\u017f"`,
 	}
 	oddValues = []string{

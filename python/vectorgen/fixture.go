@@ -58,7 +58,11 @@ type File struct {
 	JWKS         json.RawMessage   `json:"jwks"`
 	Feed         string            `json:"feed"`
 	Certificates map[string]string `json:"certificates"` // name -> base64 DER
-	Cases        []Case            `json:"cases"`
+	// MaxDelegationDepth is the verifiers' opt-in to exchanged tokens
+	// (meshtoken's MaxDelegationDepth, Python's max_delegation_depth): the
+	// cases with act are verdicts of a verifier that accepts them.
+	MaxDelegationDepth int    `json:"max_delegation_depth"`
+	Cases              []Case `json:"cases"`
 	// Feeds are revocation feeds and meshtoken.ParseFeed's verdict on each.
 	Feeds []FeedCase `json:"feeds,omitempty"`
 }
@@ -206,7 +210,10 @@ func (fx *fixture) file(comment string) *File {
 	for name, der := range fx.certs {
 		certs[name] = base64.StdEncoding.EncodeToString(der)
 	}
-	return &File{Comment: comment, Issuer: issuer, Audience: audience, JWKS: fx.jwks, Feed: fx.feed, Certificates: certs}
+	return &File{
+		Comment: comment, Issuer: issuer, Audience: audience, JWKS: fx.jwks, Feed: fx.feed, Certificates: certs,
+		MaxDelegationDepth: meshtoken.MaxActorDepth,
+	}
 }
 
 // goVerifier is a meshtoken Verifier over a File's keys and feed, served on
@@ -233,6 +240,8 @@ func newGoVerifier(f *File) (*goVerifier, error) {
 		Issuer:          f.Issuer,
 		Audience:        f.Audience,
 		MaxCachedTokens: -1,
+		// Delegated tokens are refused unless the verifier opts in.
+		MaxDelegationDepth: f.MaxDelegationDepth,
 		// The feed is as old as the vectors: staleness must not end them.
 		Revocations: &meshtoken.RevocationConfig{URL: srv.URL + "/revocations", MaxStaleness: 100 * 365 * 24 * time.Hour},
 	})

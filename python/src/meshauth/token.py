@@ -27,9 +27,10 @@ ALGORITHMS = (ES256, ES384, EDDSA, RS256)
 MAX_TOKEN_LENGTH = 16 << 10
 DEFAULT_LEEWAY = 30.0
 
-# act and meshauth_derived_from are written by token exchange (RFC 8693).
+# act, meshauth_derived_from and meshauth_derived_cnf are written by token
+# exchange (RFC 8693).
 REGISTERED_CLAIMS = ("iss", "sub", "aud", "exp", "nbf", "iat", "jti", "cnf", "gen", "meshauth_service",
-                     "act", "meshauth_derived_from")
+                     "act", "meshauth_derived_from", "meshauth_derived_cnf")
 HEADER_NAMES = ("alg", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "typ", "cty", "crit")
 CNF_MEMBERS = ("x5t#S256",)
 ACT_MEMBERS = ("sub", "gen", "act")
@@ -239,17 +240,20 @@ class Claims:
 
     __slots__ = ("issuer", "subject", "audience", "issued_at", "not_before", "expires_at",
                  "id", "thumbprint", "has_cnf", "generation", "service", "key_id", "payload", "_times",
-                 "actors", "actor_gens", "derived_from")
+                 "actors", "actor_gens", "derived_from", "derived_cnf")
 
     def __init__(self):
         self.thumbprint = ""
         self.has_cnf = False
         # actors: an exchanged token's actor chain, outermost (the service
         # holding the token) first; derived_from: the jti of every token it
-        # was exchanged from, the original first. Empty for a login's token.
+        # was exchanged from, the original first; derived_cnf: the x5t#S256
+        # each of those was bound to ("" if unbound), in the same order.
+        # Empty for a login's token.
         self.actors = ()
         self.actor_gens = ()
         self.derived_from = ()
+        self.derived_cnf = ()
 
     @property
     def bound(self):
@@ -466,6 +470,7 @@ def claims_of(payload, kid):
     c.audience = _audience(payload.get("aud"))
     exp, nbf, iat = _date(payload.get("exp")), _date(payload.get("nbf")), _date(payload.get("iat"))
     derived = _string_list(payload.get("meshauth_derived_from"))
+    derived_cnf = _string_list(payload.get("meshauth_derived_cnf"))
     cnf = payload.get("cnf")
     if cnf is not None:
         if not isinstance(cnf, dict):
@@ -474,6 +479,7 @@ def claims_of(payload, kid):
         c.thumbprint = _string(cnf.get("x5t#S256"))
     c._times = (exp, nbf, iat)
     c.derived_from = derived
+    c.derived_cnf = derived_cnf
     c.expires_at = unix_seconds(exp) if exp else None
     c.not_before = unix_seconds(nbf) if nbf else None
     c.issued_at = unix_seconds(iat) if iat else None
@@ -494,7 +500,8 @@ def _string_list(v):
 def read_delegation(c):
     """Reads act as meshtoken's readDelegation: exact member names, a
     non-empty string sub at each level, at most MAX_ACTOR_DEPTH levels, and
-    one meshauth_derived_from jti per actor."""
+    one meshauth_derived_from jti and one meshauth_derived_cnf entry (an
+    x5t#S256 or "") per actor."""
     actors, gens = [], []
     act = c.payload.get("act")
     while act is not None:
@@ -513,6 +520,10 @@ def read_delegation(c):
         act = act.get("act")
     if len(c.derived_from) != len(actors):
         raise TokenError(MALFORMED, "meshauth_derived_from must list one jti per actor")
+    if len(c.derived_cnf) != len(actors):
+        raise TokenError(MALFORMED, "meshauth_derived_cnf must list one x5t#S256 (or \"\") per actor")
+    if any(t != "" and not is_thumbprint(t) for t in c.derived_cnf):
+        raise TokenError(MALFORMED, "meshauth_derived_cnf entries must be x5t#S256 thumbprints or \"\"")
     c.actors = tuple(actors)
     c.actor_gens = tuple(gens)
 

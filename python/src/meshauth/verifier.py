@@ -218,8 +218,8 @@ class Verifier:
         self.min_refetch_interval = min_refetch_interval if min_refetch_interval > 0 else DEFAULT_MIN_REFETCH
         self.max_staleness = max(max_staleness, 0.0)
         self.trusted_proxies = trusted_proxies
-        # As meshtoken's MaxDelegationDepth (0: any, negative: none) and
-        # AllowedActors (None: any).
+        # As meshtoken's MaxDelegationDepth (0 or negative: no delegated
+        # tokens, the receiving service opts in) and AllowedActors (None: any).
         self.max_delegation_depth = max_delegation_depth
         self.allowed_actors = None if allowed_actors is None else frozenset(allowed_actors)
         self.clock = clock
@@ -445,9 +445,10 @@ class Verifier:
         if not c.actors:
             return
         depth = self.max_delegation_depth
-        if depth < 0:
-            raise VerifyError(DELEGATION_NOT_ALLOWED, "this verifier accepts no delegated tokens")
-        if depth > 0 and len(c.actors) > depth:
+        if depth <= 0:
+            raise VerifyError(DELEGATION_NOT_ALLOWED,
+                              "this verifier accepts no delegated tokens (set max_delegation_depth to accept them)")
+        if len(c.actors) > depth:
             raise VerifyError(DELEGATION_NOT_ALLOWED, "the actor chain is longer than allowed")
         if self.allowed_actors is not None and any(a not in self.allowed_actors for a in c.actors):
             raise VerifyError(DELEGATION_NOT_ALLOWED, "an actor is not in allowed_actors")
@@ -480,6 +481,10 @@ class Verifier:
             raise VerifyError(REVOKED, "it was exchanged from a revoked token")
         if c.bound and c.thumbprint in f.certificates:
             raise VerifyError(REVOKED, "its client certificate is revoked")
+        # And with the certificate of any token it was exchanged from: the
+        # caller's certificate revocation ends what others obtained for it.
+        if any(t and t in f.certificates for t in c.derived_cnf):
+            raise VerifyError(REVOKED, "it was exchanged from a token bound to a revoked client certificate")
         service = c.service_name
         if service in f.disabled:
             raise VerifyError(REVOKED, "service is disabled")
