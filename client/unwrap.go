@@ -64,7 +64,10 @@ func UnwrapAPIKey(ctx context.Context, vault *api.Client, wrappingToken, mount, 
 	anon.ClearToken()
 	info, err := anon.Logical().WriteWithContext(ctx, "sys/wrapping/lookup", map[string]any{"token": wrappingToken})
 	if err != nil {
-		if invalidWrappingToken(err) {
+		// Only a 400 says the token is not valid; a 403 here is an ACL on
+		// sys/wrapping/lookup, not a sign of interception (the Python
+		// package reads it the same way).
+		if statusOf(err) == http.StatusBadRequest {
 			return nil, ErrWrappingTokenUsed
 		}
 		return nil, fmt.Errorf("meshauth client: looking up the wrapping token: %w", err)
@@ -102,9 +105,8 @@ func UnwrapAPIKey(ctx context.Context, vault *api.Client, wrappingToken, mount, 
 }
 
 // invalidWrappingToken reports Vault's answer to a wrapping token it does
-// not know: 400 from sys/wrapping/lookup, 400 or 403 from
-// sys/wrapping/unwrap (used as the client token, it is refused like any
-// unknown token).
+// not know at sys/wrapping/unwrap: 400, or 403 (used as the client token,
+// it is refused like any unknown token).
 func invalidWrappingToken(err error) bool {
 	var re *api.ResponseError
 	if !errors.As(err, &re) {

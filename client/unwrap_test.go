@@ -100,3 +100,23 @@ func TestUnwrapAPIKeyRefusesOtherPaths(t *testing.T) {
 		t.Fatalf("rotate-key path: %v", err)
 	}
 }
+
+// A 403 at the lookup is an ACL on sys/wrapping/lookup, not a used token:
+// only a 400 says the token is not valid (as the Python package reads it).
+func TestUnwrapLookupForbiddenIsNotUsed(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusForbidden)
+		_, _ = w.Write([]byte(`{"errors":["permission denied"]}`))
+	}))
+	t.Cleanup(srv.Close)
+	cfg := api.DefaultConfig()
+	cfg.Address, cfg.MaxRetries = srv.URL, 0
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = UnwrapAPIKey(t.Context(), c, "hvs.wrap", "meshauth", "orders")
+	if err == nil || errors.Is(err, ErrWrappingTokenUsed) {
+		t.Fatalf("a 403 at lookup: %v; want an error that is not ErrWrappingTokenUsed", err)
+	}
+}
