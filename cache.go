@@ -203,3 +203,64 @@ func (v *countingView) Delete(ctx context.Context, key string) error {
 	v.ops++
 	return v.Storage.Delete(ctx, key)
 }
+
+// serviceMap is the shape of the login's per-service caches (verified
+// chains, rendered claims): entries grouped by service so that a write to a
+// service drops all of its entries at once, and a total bound past which the
+// map starts over rather than track recency on the login path. The *Locked
+// methods expect the caller to hold mu.
+type serviceMap[K comparable, V any] struct {
+	mu        sync.Mutex
+	max, size int
+	byService map[string]map[K]V
+}
+
+func newServiceMap[K comparable, V any](maxEntries int) serviceMap[K, V] {
+	return serviceMap[K, V]{max: maxEntries, byService: make(map[string]map[K]V)}
+}
+
+func (m *serviceMap[K, V]) getLocked(service string, key K) (V, bool) {
+	v, ok := m.byService[service][key]
+	return v, ok
+}
+
+func (m *serviceMap[K, V]) deleteLocked(service string, key K) {
+	if _, ok := m.byService[service][key]; ok {
+		delete(m.byService[service], key)
+		m.size--
+	}
+}
+
+// putLocked stores v; a new entry in a full map first empties it.
+func (m *serviceMap[K, V]) putLocked(service string, key K, v V) {
+	inner := m.byService[service]
+	if _, ok := inner[key]; !ok {
+		if m.size >= m.max {
+			clear(m.byService)
+			m.size = 0
+			inner = nil
+		}
+		m.size++
+	}
+	if inner == nil {
+		inner = make(map[K]V)
+		m.byService[service] = inner
+	}
+	inner[key] = v
+}
+
+// dropService forgets every entry of one service: it was written.
+func (m *serviceMap[K, V]) dropService(service string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.size -= len(m.byService[service])
+	delete(m.byService, service)
+}
+
+// dropAll forgets every entry.
+func (m *serviceMap[K, V]) dropAll() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	clear(m.byService)
+	m.size = 0
+}

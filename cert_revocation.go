@@ -132,7 +132,7 @@ func (p *revocationPolicy) answerLife(fetched, nextUpdate time.Time) time.Time {
 func addRevocationServiceFields(fields map[string]*framework.FieldSchema) {
 	fields["revocation_check"] = &framework.FieldSchema{
 		Type:        framework.TypeString,
-		Description: "Check the client certificate and the intermediates of its verified chain for revocation at login: none (default), crl, ocsp, or crl,ocsp (each method must answer). Needs ca_chain. A CRL or OCSP answer counts only when signed by the certificate's own issuing CA (by key), or for OCSP by a responder that CA delegated with id-kp-OCSPSigning.",
+		Description: "Check the client certificate and the intermediates of its verified chain for revocation at login: none (default), crl, ocsp, or crl,ocsp (each method must answer). Needs ca_chain, or spiffe_ids (the path to the trust domain's bundle is checked). A CRL or OCSP answer counts only when signed by the certificate's own issuing CA (by key), or for OCSP by a responder that CA delegated with id-kp-OCSPSigning.",
 	}
 	fields["crl_urls"] = &framework.FieldSchema{
 		Type:        framework.TypeCommaStringSlice,

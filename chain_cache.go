@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -48,10 +47,7 @@ type chainCall struct {
 
 // chainCache remembers verification results per service and chain.
 type chainCache struct {
-	mu        sync.Mutex
-	max       int
-	size      int
-	byService map[string]map[chainKey]*chainCall
+	serviceMap[chainKey, *chainCall]
 	// revocations advances whenever revocation data (a CRL, an OCSP
 	// answer, a pushed CRL) changes.
 	revocations atomic.Uint64
@@ -59,7 +55,7 @@ type chainCache struct {
 
 // newChainCache returns an empty cache holding at most max results.
 func newChainCache(max int) *chainCache {
-	return &chainCache{max: max, byService: make(map[string]map[chainKey]*chainCall)}
+	return &chainCache{serviceMap: newServiceMap[chainKey, *chainCall](max)}
 }
 
 // keyOf hashes a presented chain.
@@ -90,15 +86,9 @@ func (c *chainCache) verifyUntil(service string, trust *serviceTrust, chain []*x
 	// change is stored under the old generation and never reused.
 	gen := c.revocations.Load()
 	c.mu.Lock()
-	m := c.byService[service]
-	if m == nil {
-		m = make(map[chainKey]*chainCall)
-		c.byService[service] = m
-	}
-	if call, ok := m[key]; ok && (call.trust != trust || call.revocations != gen) {
+	if call, ok := c.getLocked(service, key); ok && (call.trust != trust || call.revocations != gen) {
 		// Computed against trust that has since been replaced.
-		delete(m, key)
-		c.size--
+		c.deleteLocked(service, key)
 	} else if ok {
 		select {
 		case <-call.done:
@@ -106,24 +96,15 @@ func (c *chainCache) verifyUntil(service string, trust *serviceTrust, chain []*x
 				c.mu.Unlock()
 				return call.res.err
 			}
-			delete(m, key)
-			c.size--
+			c.deleteLocked(service, key)
 		default:
 			c.mu.Unlock()
 			<-call.done
 			return call.res.err
 		}
 	}
-	if c.size >= c.max {
-		// Full: start over rather than track recency on the login path.
-		clear(c.byService)
-		c.size = 0
-		m = make(map[chainKey]*chainCall)
-		c.byService[service] = m
-	}
 	call := &chainCall{done: make(chan struct{}), trust: trust, revocations: gen}
-	m[key] = call
-	c.size++
+	c.putLocked(service, key, call)
 	c.mu.Unlock()
 
 	bound, err := check()
@@ -156,19 +137,3 @@ func earliestNotAfter(chain []*x509.Certificate) time.Time {
 // bumpRevocations makes every stored result stale: revocation data changed.
 // Called after the new data is visible to checks.
 func (c *chainCache) bumpRevocations() { c.revocations.Add(1) }
-
-// dropService forgets every result for one service: its trust changed.
-func (c *chainCache) dropService(service string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.size -= len(c.byService[service])
-	delete(c.byService, service)
-}
-
-// dropAll forgets every result.
-func (c *chainCache) dropAll() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	clear(c.byService)
-	c.size = 0
-}

@@ -607,22 +607,19 @@ type claimsResult struct {
 // the shape of chainCache: checked against the service they were computed
 // for, dropped with it, started over when full.
 type claimsCache struct {
-	mu        sync.Mutex
-	max       int
-	size      int
-	byService map[string]map[claimsKey]*claimsResult
+	serviceMap[claimsKey, *claimsResult]
 }
 
 // newClaimsCache returns an empty cache holding at most max renderings.
 func newClaimsCache(max int) *claimsCache {
-	return &claimsCache{max: max, byService: make(map[string]map[claimsKey]*claimsResult)}
+	return &claimsCache{serviceMap: newServiceMap[claimsKey, *claimsResult](max)}
 }
 
 // get returns a fresh rendering for the service and key, or nil.
 func (c *claimsCache) get(svc *cachedService, key claimsKey, now time.Time) *claimsResult {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	r := c.byService[svc.entry.Name][key]
+	r, _ := c.getLocked(svc.entry.Name, key)
 	if r == nil || r.svc != svc || !now.Before(r.until) {
 		return nil
 	}
@@ -633,39 +630,7 @@ func (c *claimsCache) get(svc *cachedService, key claimsKey, now time.Time) *cla
 func (c *claimsCache) put(key claimsKey, r *claimsResult) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	name := r.svc.entry.Name
-	m := c.byService[name]
-	if m == nil {
-		m = make(map[claimsKey]*claimsResult)
-		c.byService[name] = m
-	}
-	if _, ok := m[key]; !ok {
-		if c.size >= c.max {
-			// Full: start over rather than track recency on the login path.
-			clear(c.byService)
-			c.size = 0
-			m = make(map[claimsKey]*claimsResult)
-			c.byService[name] = m
-		}
-		c.size++
-	}
-	m[key] = r
-}
-
-// dropService forgets one service's renderings: it was written.
-func (c *claimsCache) dropService(name string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.size -= len(c.byService[name])
-	delete(c.byService, name)
-}
-
-// dropAll forgets every rendering.
-func (c *claimsCache) dropAll() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	clear(c.byService)
-	c.size = 0
+	c.putLocked(r.svc.entry.Name, key, r)
 }
 
 // templateClaims renders the service's template for a login that
